@@ -1,0 +1,98 @@
+"""Wires the parts together: one connection, one call runner, the samplers, the snapshot, HTTP."""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from libvirt_exporter.calls import CallRunner
+from libvirt_exporter.collector import SnapshotCollector
+from libvirt_exporter.collector.view import View
+from libvirt_exporter.config import Config
+from libvirt_exporter.connection import Connection, Opener
+from libvirt_exporter.cycle import Sampler, run_forever
+from libvirt_exporter.exposition import Snapshot
+from libvirt_exporter.http import make_server
+from libvirt_exporter.inventory import Inventory
+from libvirt_exporter.libvirt_client import open_read_only
+from libvirt_exporter.samplers import block, bulk
+from libvirt_exporter.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Exporter:
+    """The running exporter. `start` spawns its greenlets; nothing here blocks the hub."""
+
+    def __init__(self, config: Config, opener: Opener = open_read_only) -> None:
+        self.config = config
+        self.store = Store()
+        self.runner = CallRunner(config.max_concurrent_calls, config.max_stuck_calls)
+        self.connection = Connection(
+            config.libvirt_uri,
+            self.runner,
+            config.connect_deadline,
+            on_change=self.publish,
+            on_domain_events=self._domains_changed,
+            opener=opener,
+        )
+        bulk_config = config.sampler(bulk.NAME)
+        self.inventory = Inventory(self.connection, self.runner, bulk_config.deadline, self.store.forget)
+        parts = (self.connection, self.inventory, self.runner, self.store)
+        self.bulk = bulk.BulkSampler(bulk_config, *parts)
+        self.block = block.BlockSampler(config.sampler(block.NAME), *parts)
+        self.samplers: tuple[Sampler, ...] = (self.bulk, self.block)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(
+            SnapshotCollector(View(self.connection, self.inventory, self.store, self.runner, self.samplers))
+        )
+        ProcessCollector(registry=registry)
+        self.snapshot = Snapshot(registry)
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def publish(self) -> None:
+        """Render a new snapshot for the scrapes to come."""
+        self.snapshot.publish()
+
+    def start(self) -> None:
+        """Connect and start sampling in the background."""
+        self._greenlets.append(gevent.spawn(self.connection.run))
+        self._greenlets.append(gevent.spawn(self._start_samplers))
+
+    def _start_samplers(self) -> None:
+        """Once the first connection attempt is over, so that a start-up is not counted as failing."""
+        self.connection.first_attempt_done.wait()
+        for sampler in self.samplers:
+            self._greenlets.append(gevent.spawn(run_forever, sampler, self.store, self.publish))
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets)
+
+    def serve_forever(self) -> None:
+        server = make_server(
+            self.config.listen_host,
+            self.config.listen_port,
+            self.snapshot,
+            self.config.telemetry_path,
+        )
+        server.start()  # bind first: a port in use fails before any sampling starts
+        self.start()
+        log.info(
+            "listening",
+            extra={"fields": {"address": f"{self.config.listen_host}:{server.server_port}"}},
+        )
+        server.serve_forever()
+
+    def _domains_changed(self, names: set[str]) -> None:
+        """A lifecycle or device event: re-read those domains and the domain list now."""
+        self.inventory.mark_changed(names)
+        gevent.spawn(self._refresh_inventory)
+
+    def _refresh_inventory(self) -> None:
+        try:
+            self.inventory.refresh()
+        except Exception as error:
+            log.debug("inventory refresh after an event failed", extra={"fields": {"err": str(error)}})
+        self.publish()

@@ -1,0 +1,166 @@
+"""Run libvirt calls in real OS threads under a hard deadline, and never two at once for one subject.
+
+libvirt-python releases the GIL but never yields to gevent's hub, and a call into a frozen QEMU
+monitor can block for as long as QEMU is frozen. So every libvirt call runs in a thread of a
+dedicated pool, and the greenlet that asked for it waits at most `deadline` seconds. A call that
+runs past its deadline cannot be cancelled: it stays *stuck* in its thread until libvirt returns,
+and until then its key gets no new call (the caller counts a skip). Stuck threads therefore never
+outnumber the stuck subjects, and the pool is never drained by one frozen VM.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Generic, TypeVar
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.lock import BoundedSemaphore
+from gevent.threadpool import ThreadPool
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+HOST = ""
+"""The subject of a call that is about the whole host rather than one domain."""
+
+
+@dataclass(frozen=True)
+class CallKey:
+    """What a call is for: one sampler's call on one domain (or on the whole host)."""
+
+    sampler: str
+    subject: str = HOST
+
+
+@dataclass
+class Call:
+    """A call sent to a thread, as long as it has not returned."""
+
+    key: CallKey
+    started_at: float
+    """Unix time at dispatch: the time the values it returns stand for."""
+    started_monotonic: float
+    timed_out: bool = False
+    blamed: tuple[str, ...] = ()
+    """For a host-wide call past its deadline: the domains it is believed to be stuck on."""
+
+    def running_for(self, now_monotonic: float) -> float:
+        return now_monotonic - self.started_monotonic
+
+
+class Status(Enum):
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    SKIPPED = "skipped"
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """What became of one request for a call."""
+
+    status: Status
+    call: Call | None = None
+    value: T | None = None
+    error: BaseException | None = None
+
+
+LateHandler = Callable[[Outcome[Any]], None]
+
+
+@dataclass
+class _Captured:
+    """A thread's return value or exception, handed over without gevent printing a traceback."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+
+def _capture(fn: Callable[[], Any]) -> _Captured:
+    try:
+        return _Captured(value=fn())
+    except Exception as error:
+        return _Captured(error=error)
+
+
+@dataclass
+class CallRunner:
+    """Dispatches calls to a bounded pool of OS threads and tracks the ones that have not returned.
+
+    `max_concurrent` bounds the calls that are still within their deadline (and so the load put on
+    libvirtd); `max_stuck` bounds the threads that may be held by calls past their deadline. When
+    that many are stuck, new calls are refused (skipped) instead of waiting for a thread.
+    """
+
+    max_concurrent: int
+    max_stuck: int
+    _pool: ThreadPool = field(init=False)
+    _slots: BoundedSemaphore = field(init=False)
+    _in_flight: dict[CallKey, Call] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPool(self.max_concurrent + self.max_stuck)
+        self._slots = BoundedSemaphore(self.max_concurrent)
+
+    def in_flight(self) -> list[Call]:
+        """Calls sent and not yet returned, stuck ones included."""
+        return list(self._in_flight.values())
+
+    def is_in_flight(self, key: CallKey) -> bool:
+        return key in self._in_flight
+
+    def stuck_count(self) -> int:
+        return sum(1 for call in self._in_flight.values() if call.timed_out)
+
+    def busy_count(self) -> int:
+        return sum(1 for call in self._in_flight.values() if not call.timed_out)
+
+    def run(
+        self,
+        key: CallKey,
+        fn: Callable[[], T],
+        deadline: float,
+        on_late: LateHandler | None = None,
+    ) -> Outcome[T]:
+        """Run `fn` in a thread and wait for it at most `deadline` seconds once it has a thread.
+
+        A call that returns after its deadline is handed to `on_late`, so that its values can still
+        be used where nothing fresher has arrived meanwhile.
+        """
+        if key in self._in_flight:
+            return Outcome(Status.SKIPPED, call=self._in_flight[key])
+        if self.stuck_count() >= self.max_stuck:
+            log.warning("no thread left for a libvirt call", extra={"fields": {"call": key}})
+            return Outcome(Status.SKIPPED)
+        call = Call(key, started_at=time.time(), started_monotonic=time.monotonic())
+        self._in_flight[key] = call
+        self._slots.acquire()  # waits while max_concurrent calls are within their deadline
+        call.started_at, call.started_monotonic = time.time(), time.monotonic()
+        result: AsyncResult = self._pool.spawn(_capture, fn)
+        try:
+            captured: _Captured = result.get(timeout=deadline)
+        except gevent.Timeout:
+            call.timed_out = True
+            self._slots.release()
+            result.rawlink(lambda done: self._finish_late(call, done, on_late))
+            return Outcome(Status.TIMEOUT, call=call)
+        del self._in_flight[key]
+        self._slots.release()
+        return _outcome(call, captured)
+
+    def _finish_late(self, call: Call, done: AsyncResult, on_late: LateHandler | None) -> None:
+        del self._in_flight[call.key]
+        if on_late is not None:
+            on_late(_outcome(call, done.value))
+
+
+def _outcome(call: Call, captured: _Captured) -> Outcome[Any]:
+    if captured.error is not None:
+        return Outcome(Status.ERROR, call=call, error=captured.error)
+    return Outcome(Status.OK, call=call, value=captured.value)

@@ -1,0 +1,141 @@
+"""Command line: Prometheus-style flags, one line of error for a wrong one, then run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from libvirt_exporter import __version__
+from libvirt_exporter.config import (
+    Config,
+    ConfigError,
+    SamplerConfig,
+    parse_duration,
+    parse_listen_address,
+)
+from libvirt_exporter.logs import FORMATS, LEVELS, setup_logging
+
+log = logging.getLogger("libvirt_exporter")
+
+SAMPLER_DEFAULTS = {"bulk": ("15s", "5s"), "block": ("15s", "5s")}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line that says what is wrong, and exit 2 (argparse would add its usage block)."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="libvirt-exporter",
+        description="Prometheus exporter for libvirt hosts; scrapes are answered from a cached "
+        "snapshot and never wait for libvirt or QEMU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"libvirt-exporter {__version__}")
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9177",
+        help="address to listen on: host:port, :port or [v6-address]:port",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        help="path under which to expose metrics",
+    )
+    parser.add_argument(
+        "--libvirt.uri",
+        dest="uri",
+        default="qemu:///system",
+        help="libvirt URI to connect to (read-only)",
+    )
+    for name, (interval, deadline) in SAMPLER_DEFAULTS.items():
+        parser.add_argument(
+            f"--sampler.{name}.interval",
+            dest=f"{name}_interval",
+            default=interval,
+            help=f"how often the {name} sampler runs",
+        )
+        parser.add_argument(
+            f"--sampler.{name}.deadline",
+            dest=f"{name}_deadline",
+            default=deadline,
+            help=f"how long a {name} call may run before it counts as a timeout; it never delays a scrape",
+        )
+    parser.add_argument(
+        "--sampler.max-concurrent-calls",
+        dest="max_concurrent",
+        type=int,
+        default=4,
+        help="libvirt calls within their deadline at once (libvirtd serves 5 per client by default)",
+    )
+    parser.add_argument(
+        "--sampler.max-stuck-calls",
+        dest="max_stuck",
+        type=int,
+        default=64,
+        help="threads that calls stuck past their deadline may hold before new calls are skipped",
+    )
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=list(LEVELS))
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=FORMATS)
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Flags to a validated Config; any mistake exits 2 with one line."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        host, port = parse_listen_address(args.listen_address)
+        samplers = tuple(
+            SamplerConfig(
+                name,
+                parse_duration(getattr(args, f"{name}_interval")),
+                parse_duration(getattr(args, f"{name}_deadline")),
+            )
+            for name in SAMPLER_DEFAULTS
+        )
+        config = Config(
+            host, port, args.telemetry_path, args.uri, samplers, args.max_concurrent, args.max_stuck
+        )
+    except ConfigError as error:
+        parser.error(str(error))
+    return config, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, args = parse_config(argv)
+    setup_logging(args.log_level, args.log_format)
+    from libvirt_exporter.app import Exporter  # imports gevent and libvirt only once flags are good
+
+    note = ""
+    if config.libvirt_uri.startswith("test://"):
+        note = "libvirt's built-in test driver: demo domains, not this host's VMs"
+    log.info(
+        "starting libvirt-exporter",
+        extra={
+            "fields": {
+                "version": __version__,
+                "uri": config.libvirt_uri,
+                **({"note": note} if note else {}),
+            }
+        },
+    )
+    try:
+        Exporter(config).serve_forever()
+    except OSError as error:
+        print(
+            f"libvirt-exporter: error: cannot listen on {args.listen_address}: {error.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0

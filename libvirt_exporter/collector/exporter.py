@@ -1,0 +1,68 @@
+"""The exporter itself, its connection to libvirtd, and the host it watches."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client.core import Metric
+
+from libvirt_exporter import __version__
+from libvirt_exporter.collector.domain import state_name
+from libvirt_exporter.collector.families import Families, counter, gauge
+from libvirt_exporter.collector.view import View
+from libvirt_exporter.samplers.bulk import NAME as BULK
+
+UP = gauge("libvirt_up", "1 while the connection to libvirtd is alive, else 0.")
+RECONNECTS = counter(
+    "libvirt_connection_reconnects",
+    "Times the connection to libvirtd was opened again after it closed or failed.",
+)
+BUILD_INFO = gauge(
+    "libvirt_exporter_build_info",
+    "The exporter's version, with value 1.",
+    ("version", "libvirt_python_version"),
+)
+HOST_INFO = gauge(
+    "libvirt_host_info",
+    "The libvirt host as libvirtd describes itself, with value 1.",
+    ("hostname", "uri", "libvirt_version", "hypervisor", "hypervisor_version"),
+)
+DOMAINS = gauge("libvirt_domains", "Domains by state, as of their last sample.", ("state",))
+SPECS = (UP, RECONNECTS, BUILD_INFO, HOST_INFO, DOMAINS)
+
+
+def _libvirt_python_version() -> str:
+    try:
+        return version("libvirt-python")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_BUILD_LABELS = (__version__, _libvirt_python_version())
+
+
+def collect(view: View) -> Iterator[Metric]:
+    families = Families()
+    families.add(UP, (), 1.0 if view.connection.up else 0.0)
+    families.add(RECONNECTS, (), view.connection.reconnects)
+    families.add(BUILD_INFO, _BUILD_LABELS, 1)
+    host = view.connection.host
+    if host is not None:
+        labels = (
+            host.hostname,
+            view.connection.uri,
+            host.libvirt_version,
+            host.hypervisor,
+            host.hypervisor_version,
+        )
+        families.add(HOST_INFO, labels, 1)
+    states = Counter(
+        state_name(sample.values)
+        for entry in view.inventory.domains()
+        if (sample := view.store.sample(BULK, entry.name)) is not None and "state.state" in sample.values
+    )
+    for state, count in sorted(states.items()):
+        families.add(DOMAINS, (state,), count)
+    yield from families

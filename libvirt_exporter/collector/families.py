@@ -1,0 +1,54 @@
+"""Metric definitions as data, and the builder that turns raw libvirt numbers into families."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+NANOSECONDS = 1e-9
+KIBIBYTES = 1024.0
+
+
+class Kind(Enum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One metric family. A counter's name is given without `_total`: the client library adds it."""
+
+    name: str
+    help: str
+    kind: Kind
+    labels: tuple[str, ...]
+    scale: float = 1.0
+
+
+def gauge(name: str, help: str, labels: tuple[str, ...] = (), scale: float = 1.0) -> Spec:
+    return Spec(name, help, Kind.GAUGE, labels, scale)
+
+
+def counter(name: str, help: str, labels: tuple[str, ...] = (), scale: float = 1.0) -> Spec:
+    return Spec(name, help, Kind.COUNTER, labels, scale)
+
+
+class Families:
+    """Collects samples by spec and yields only the families that got at least one."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+
+    def add(self, spec: Spec, label_values: Sequence[str], value: float) -> None:
+        family = self._families.get(spec.name)
+        if family is None:
+            family_type = GaugeMetricFamily if spec.kind is Kind.GAUGE else CounterMetricFamily
+            family = family_type(spec.name, spec.help, labels=list(spec.labels))
+            self._families[spec.name] = family
+        family.add_metric(list(label_values), value * spec.scale)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._families.values())

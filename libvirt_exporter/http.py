@@ -1,0 +1,87 @@
+"""The HTTP side: a WSGI app that answers from the snapshot, served by gevent's WSGI server."""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gevent.pywsgi import WSGIServer
+
+from libvirt_exporter import __version__
+from libvirt_exporter.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    Snapshot,
+    accepts_gzip,
+    wants_openmetrics,
+)
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+
+_LANDING = """<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>libvirt exporter</title></head>
+<body>
+<h1>libvirt exporter</h1>
+<p>Version {version}. Values come from a snapshot refreshed in the background: a scrape never
+waits for libvirt or QEMU.</p>
+<p><a href="{path}">Metrics</a></p>
+</body>
+</html>
+"""
+
+
+def _respond(
+    start_response: StartResponse,
+    status: str,
+    content_type: str,
+    body: bytes,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> list[bytes]:
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra_headers]
+    start_response(status, headers)
+    return [body]
+
+
+def make_app(
+    snapshot: Snapshot, telemetry_path: str
+) -> Callable[[dict[str, Any], StartResponse], list[bytes]]:
+    landing = _LANDING.format(version=html.escape(__version__), path=html.escape(telemetry_path)).encode()
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        if path not in (telemetry_path, "/"):
+            return _respond(start_response, "404 Not Found", "text/plain; charset=utf-8", b"not found\n")
+        if method not in ("GET", "HEAD"):
+            return _respond(
+                start_response,
+                "405 Method Not Allowed",
+                "text/plain; charset=utf-8",
+                b"method not allowed\n",
+                [("Allow", "GET, HEAD")],
+            )
+        if path == "/":
+            return _respond(start_response, "200 OK", "text/html; charset=utf-8", landing)
+        openmetrics = wants_openmetrics(environ.get("HTTP_ACCEPT", ""))
+        gzipped = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
+        body = snapshot.current.body(openmetrics, gzipped)
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        encoding = [("Content-Encoding", "gzip")] if gzipped else []
+        return _respond(
+            start_response,
+            "200 OK",
+            content_type,
+            body,
+            [*encoding, ("Vary", "Accept, Accept-Encoding")],
+        )
+
+    return app
+
+
+def make_server(host: str, port: int, snapshot: Snapshot, telemetry_path: str) -> WSGIServer:
+    """A server that logs no access lines (scrapes would flood the log) and reports its errors."""
+    return WSGIServer((host, port), make_app(snapshot, telemetry_path), log=None, error_log=log)

@@ -1,0 +1,156 @@
+"""The domains of the host, as of the last survey, with each one's parsed XML.
+
+A survey lists the domains and asks each running one for its control info, which libvirt answers
+without the QEMU monitor even when QEMU is frozen: it tells which domains' monitors are busy, so
+that the samplers do not send them calls that would only get stuck too. Domain XML is read only
+for domains that are new, restarted or reported changed by an event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from libvirt_exporter.calls import CallKey, CallRunner, Status
+from libvirt_exporter.connection import Connection
+from libvirt_exporter.cycle import CycleFailed
+from libvirt_exporter.domain_xml import DomainDescription, parse_domain_xml
+from libvirt_exporter.libvirt_client import describe, is_missing_domain
+
+log = logging.getLogger(__name__)
+
+SURVEY = CallKey("inventory")
+_MONITOR_FREE_STATES = (libvirt.VIR_DOMAIN_CONTROL_OK, libvirt.VIR_DOMAIN_CONTROL_JOB)
+
+
+@dataclass(frozen=True)
+class DomainEntry:
+    name: str
+    domain: Any
+    """The virDomain of the connection the survey ran on."""
+    id: int
+    monitor_free: bool
+    monitor_busy_seconds: float
+    description: DomainDescription | None
+
+    @property
+    def active(self) -> bool:
+        return self.id >= 0
+
+
+@dataclass
+class _Surveyed:
+    """One domain as the survey thread saw it."""
+
+    name: str
+    domain: Any
+    id: int
+    control: list[int] | None
+    xml: str | None
+
+
+def _control_info(dom: Any) -> list[int] | None:
+    try:
+        info: list[int] = dom.controlInfo()
+        return info
+    except libvirt.libvirtError as error:
+        if is_missing_domain(error):
+            raise
+        return None  # unsupported by the driver, or unknown: treat the monitor as free
+
+
+def _survey(conn: Any, known_ids: dict[str, int]) -> list[_Surveyed]:
+    """Runs in a pool thread. `known_ids` maps names to the domain id their XML was read at."""
+    surveyed = []
+    for dom in conn.listAllDomains(0):
+        try:
+            name, dom_id = dom.name(), dom.ID()
+            control = _control_info(dom) if dom_id >= 0 else None
+            xml = dom.XMLDesc(0) if known_ids.get(name) != dom_id else None
+        except libvirt.libvirtError as error:
+            if not is_missing_domain(error):
+                log.warning("cannot survey domain", extra={"fields": {"err": describe(error)}})
+            continue
+        surveyed.append(_Surveyed(name, dom, dom_id, control, xml))
+    return surveyed
+
+
+class Inventory:
+    """Which domains exist now; samplers read it, the bulk sampler refreshes it every cycle."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        runner: CallRunner,
+        deadline: float,
+        on_forget: Callable[[set[str]], None],
+    ) -> None:
+        self._connection = connection
+        self._runner = runner
+        self._deadline = deadline
+        self._on_forget = on_forget
+        self._entries: dict[str, DomainEntry] = {}
+        self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
+
+    def domains(self) -> list[DomainEntry]:
+        return list(self._entries.values())
+
+    def get(self, name: str) -> DomainEntry | None:
+        return self._entries.get(name)
+
+    def mark_changed(self, names: set[str]) -> None:
+        """A lifecycle or device event: read these domains' XML again at the next survey."""
+        for name in names:
+            self._descriptions.pop(name, None)
+
+    def refresh(self) -> None:
+        """Survey the host; keep the previous inventory when the survey cannot be done."""
+        conn = self._connection.current()
+        if conn is None:
+            raise CycleFailed("not connected to libvirt")
+        known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
+        outcome = self._runner.run(SURVEY, lambda: _survey(conn, known_ids), self._deadline)
+        if outcome.status is Status.SKIPPED:
+            return  # a survey is still running (an event asked for one): its result will do
+        if outcome.status is not Status.OK or outcome.value is None:
+            reason = describe(outcome.error) if outcome.error else "ran past its deadline"
+            raise CycleFailed(f"listing domains failed: {reason}")
+        self._replace(outcome.value)
+
+    def _replace(self, surveyed: list[_Surveyed]) -> None:
+        entries = {}
+        for seen in surveyed:
+            if seen.xml is not None:
+                self._descriptions[seen.name] = (seen.id, _parse(seen.name, seen.xml))
+            entries[seen.name] = DomainEntry(
+                name=seen.name,
+                domain=seen.domain,
+                id=seen.id,
+                monitor_free=seen.control is None or seen.control[0] in _MONITOR_FREE_STATES,
+                monitor_busy_seconds=_busy_seconds(seen.control),
+                description=self._descriptions.get(seen.name, (0, None))[1],
+            )
+        gone = self._entries.keys() - entries.keys()
+        for name in gone:
+            self._descriptions.pop(name, None)
+        self._entries = entries
+        if gone:
+            self._on_forget(gone)
+
+
+def _busy_seconds(control: list[int] | None) -> float:
+    if control is None or control[0] != libvirt.VIR_DOMAIN_CONTROL_OCCUPIED:
+        return 0.0
+    return control[2] / 1000.0
+
+
+def _parse(name: str, xml: str) -> DomainDescription | None:
+    try:
+        return parse_domain_xml(xml)
+    except Exception as error:
+        log.warning("cannot parse domain XML", extra={"fields": {"domain": name, "err": str(error)}})
+        return None

@@ -1,0 +1,79 @@
+"""The few facts about libvirt-python that the rest of the exporter relies on, kept in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import libvirt
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL_SECONDS = 2
+KEEPALIVE_COUNT = 3
+"""With libvirt's event loop running, a frozen or dead libvirtd is noticed after about 8 s."""
+
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def _silence_default_error_printer() -> None:
+    """libvirt prints every error to stderr by default; the exporter logs the ones that matter."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def start_event_loop() -> None:
+    """Run libvirt's default event loop in a real OS thread, once per process.
+
+    It must be registered before the first connection is opened: without it keepalive does
+    nothing (a frozen libvirtd blocks calls forever), and no close or domain event is delivered.
+    """
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        _silence_default_error_printer()
+        libvirt.virEventRegisterDefaultImpl()
+        thread = threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True)
+        thread.start()
+        _event_loop_started = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:
+            log.error("libvirt's event loop failed an iteration")
+
+
+def open_read_only(uri: str) -> Any:
+    """A read-only connection with keepalive: it can read every statistic and change nothing."""
+    start_event_loop()
+    conn = libvirt.openReadOnly(uri)
+    with contextlib.suppress(libvirt.libvirtError):  # local drivers (test:///) have none, need none
+        conn.setKeepAlive(KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT)
+    return conn
+
+
+def error_code(error: BaseException) -> int | None:
+    """libvirt's error number for a libvirt error, None for anything else."""
+    if isinstance(error, libvirt.libvirtError):
+        code = error.get_error_code()
+        return int(code) if code is not None else None
+    return None
+
+
+def is_missing_domain(error: BaseException) -> bool:
+    """The domain went away between being listed and being asked: not a failure of anything."""
+    return bool(error_code(error) == libvirt.VIR_ERR_NO_DOMAIN)
+
+
+def is_unsupported(error: BaseException) -> bool:
+    """The driver does not implement the call (libvirt's test driver lacks some)."""
+    return bool(error_code(error) == libvirt.VIR_ERR_NO_SUPPORT)
+
+
+def describe(error: BaseException) -> str:
+    """One line for the log."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,1 @@
+"""Samplers: each refreshes part of the cached values on its own interval, under its own deadline."""

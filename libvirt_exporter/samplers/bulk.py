@@ -1,0 +1,134 @@
+"""The `bulk` sampler: the cheap stat groups of every domain, in one call when the host is healthy.
+
+`virConnectGetAllDomainStats` with NOWAIT answers at once for domains whose job another call
+holds, but whoever first touches a frozen QEMU's monitor blocks until QEMU resumes. So:
+- domains whose monitor is already busy (control info) are left out and counted as skipped;
+- when the one host-wide call runs past its deadline, the domains whose monitor it is now stuck
+  on are blamed for it, and every other domain is sampled at once with a call of its own;
+- while that host-wide call is still stuck, each cycle samples domain by domain, so that the
+  healthy domains stay fresh however long the frozen one stays frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import libvirt
+
+from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
+from libvirt_exporter.config import SamplerConfig
+from libvirt_exporter.connection import Connection
+from libvirt_exporter.cycle import CycleFailed
+from libvirt_exporter.inventory import DomainEntry, Inventory
+from libvirt_exporter.libvirt_client import describe
+from libvirt_exporter.samplers.per_domain import PerDomainCalls
+from libvirt_exporter.store import Sample, Store
+
+log = logging.getLogger(__name__)
+
+NAME = "bulk"
+GROUPS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+HOST_WIDE = CallKey(NAME)
+
+
+def read_stats(conn: Any, domains: list[Any]) -> dict[str, Mapping[str, Any]]:
+    """Runs in a pool thread: the stat groups of `domains`, by domain name."""
+    records = conn.domainListGetStats(domains, GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+    return {dom.name(): stats for dom, stats in records}
+
+
+class BulkSampler:
+    def __init__(
+        self,
+        config: SamplerConfig,
+        connection: Connection,
+        inventory: Inventory,
+        runner: CallRunner,
+        store: Store,
+    ) -> None:
+        self.config = config
+        self._connection = connection
+        self._inventory = inventory
+        self._runner = runner
+        self._store = store
+        self._per_domain = PerDomainCalls(
+            config, runner, store, still_exists=lambda name: inventory.get(name) is not None
+        )
+
+    def subjects(self) -> list[str]:
+        return [entry.name for entry in self._inventory.domains()]
+
+    def run_cycle(self) -> None:
+        self._inventory.refresh()
+        conn = self._connection.current()
+        if conn is None:
+            raise CycleFailed("not connected to libvirt")
+        ready = self._ready_domains()
+        if not ready:
+            return
+        if not self._runner.is_in_flight(HOST_WIDE):
+            ready = self._sample_host_wide(conn, ready)
+        self._per_domain.run((e.name, partial(read_stats, conn, [e.domain])) for e in ready)
+
+    def _ready_domains(self) -> list[DomainEntry]:
+        """The domains whose monitor is free; the others are counted as skipped."""
+        ready = []
+        for entry in self._inventory.domains():
+            if entry.monitor_free:
+                ready.append(entry)
+            else:
+                self._store.counters_of(NAME, entry.name).skipped += 1
+        return ready
+
+    def _sample_host_wide(self, conn: Any, ready: list[DomainEntry]) -> list[DomainEntry]:
+        """One call for all `ready` domains; returns the domains still to be sampled one by one."""
+        outcome = self._runner.run(
+            HOST_WIDE,
+            partial(read_stats, conn, [entry.domain for entry in ready]),
+            self.config.deadline,
+            on_late=self._take_late_host_wide,
+        )
+        if outcome.status is Status.OK and outcome.call is not None:
+            self._offer_all(outcome.value or {}, outcome.call.started_at)
+            return []
+        if outcome.status is Status.TIMEOUT and outcome.call is not None:
+            return self._blame_stuck_monitors(outcome.call, ready)
+        log.info(
+            "host-wide stats call failed, sampling domain by domain",
+            extra={"fields": {"err": describe(outcome.error or Exception(outcome.status.value))}},
+        )
+        return ready
+
+    def _blame_stuck_monitors(self, call: Any, ready: list[DomainEntry]) -> list[DomainEntry]:
+        """Find the domains the stuck call waits on (their monitors are now busy)."""
+        self._inventory.refresh()
+        stuck_on = []
+        for entry in ready:
+            current = self._inventory.get(entry.name)
+            if current is not None and not current.monitor_free:
+                stuck_on.append(entry.name)
+                self._store.counters_of(NAME, entry.name).timeouts += 1
+        call.blamed = tuple(stuck_on)
+        log.warning(
+            "host-wide stats call ran past its deadline",
+            extra={"fields": {"deadline": self.config.deadline, "stuck_on": ",".join(stuck_on)}},
+        )
+        return [e for e in self._inventory.domains() if e.monitor_free and e.name not in stuck_on]
+
+    def _take_late_host_wide(self, outcome: Outcome[Any]) -> None:
+        if outcome.status is Status.OK and outcome.call is not None:
+            self._offer_all(outcome.value or {}, outcome.call.started_at)
+
+    def _offer_all(self, stats_by_domain: Mapping[str, Mapping[str, Any]], taken_at: float) -> None:
+        for name, stats in stats_by_domain.items():
+            if self._inventory.get(name) is not None:
+                self._store.offer(NAME, name, Sample(stats, taken_at))

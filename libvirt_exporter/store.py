@@ -1,0 +1,71 @@
+"""The values sampled so far and the bookkeeping of every call: what a snapshot is rendered from."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The values one call returned for one domain, and the unix time the call was sent."""
+
+    values: Mapping[str, Any]
+    taken_at: float
+
+
+@dataclass
+class CallCounters:
+    timeouts: int = 0
+    errors: int = 0
+    skipped: int = 0
+
+
+@dataclass
+class SamplerStatus:
+    last_duration: float | None = None
+    last_success: float | None = None
+    errors: int = 0
+
+
+@dataclass
+class Store:
+    """Per sampler, the latest sample of each domain; per (sampler, domain), the call counters."""
+
+    samples: dict[str, dict[str, Sample]] = field(default_factory=lambda: defaultdict(dict))
+    counters: dict[tuple[str, str], CallCounters] = field(default_factory=lambda: defaultdict(CallCounters))
+    status: dict[str, SamplerStatus] = field(default_factory=lambda: defaultdict(SamplerStatus))
+
+    def offer(self, sampler: str, domain: str, sample: Sample) -> bool:
+        """Keep `sample` unless a newer one is already held: a late result never hides a fresh one."""
+        held = self.samples[sampler].get(domain)
+        if held is not None and held.taken_at >= sample.taken_at:
+            return False
+        self.samples[sampler][domain] = sample
+        return True
+
+    def sample(self, sampler: str, domain: str) -> Sample | None:
+        return self.samples[sampler].get(domain)
+
+    def counters_of(self, sampler: str, domain: str) -> CallCounters:
+        return self.counters[(sampler, domain)]
+
+    def forget(self, domains: Iterable[str]) -> None:
+        """Drop everything about domains that no longer exist, so that their series disappear."""
+        gone = set(domains)
+        for per_domain in self.samples.values():
+            for name in gone & per_domain.keys():
+                del per_domain[name]
+        for key in [key for key in self.counters if key[1] in gone]:
+            del self.counters[key]
+
+    def cycle_succeeded(self, sampler: str, duration: float, now: float) -> None:
+        status = self.status[sampler]
+        status.last_duration, status.last_success = duration, now
+
+    def cycle_failed(self, sampler: str, duration: float) -> None:
+        status = self.status[sampler]
+        status.last_duration = duration
+        status.errors += 1
