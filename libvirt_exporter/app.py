@@ -62,8 +62,9 @@ class Exporter:
         self._greenlets.append(gevent.spawn(self._start_samplers))
 
     def _start_samplers(self) -> None:
-        """Once the first connection attempt is over, so that a start-up is not counted as failing."""
+        """Once the first connection attempt is over, so that start-up is not counted as failing."""
         self.connection.first_attempt_done.wait()
+        self._refresh_inventory()  # so that the block sampler's first cycle knows the domains too
         for sampler in self.samplers:
             self._greenlets.append(gevent.spawn(run_forever, sampler, self.store, self.publish))
 

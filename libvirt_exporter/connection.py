@@ -107,7 +107,7 @@ class Connection:
         """Open the connection, wait for it to close, and open it again: forever."""
         backoff = MIN_BACKOFF_SECONDS
         while True:
-            if self.connect_once():
+            if self.up or self.connect_once():
                 backoff = MIN_BACKOFF_SECONDS
                 self._closed.wait()
                 continue

@@ -46,6 +46,11 @@ def read_stats(conn: Any, domains: list[Any]) -> dict[str, Mapping[str, Any]]:
     return {dom.name(): stats for dom, stats in records}
 
 
+def read_domain_stats(conn: Any, domain: Any) -> Mapping[str, Any]:
+    """Runs in a pool thread: the stat groups of one domain."""
+    return next(iter(read_stats(conn, [domain]).values()), {})
+
+
 class BulkSampler:
     def __init__(
         self,
@@ -77,7 +82,7 @@ class BulkSampler:
             return
         if not self._runner.is_in_flight(HOST_WIDE):
             ready = self._sample_host_wide(conn, ready)
-        self._per_domain.run((e.name, partial(read_stats, conn, [e.domain])) for e in ready)
+        self._per_domain.run((e.name, partial(read_domain_stats, conn, e.domain)) for e in ready)
 
     def _ready_domains(self) -> list[DomainEntry]:
         """The domains whose monitor is free; the others are counted as skipped."""

@@ -1,0 +1,82 @@
+"""Fixtures for unit tests: an exporter wired to a fake libvirt host, cycles driven by the test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import gevent
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from libvirt_exporter.app import Exporter
+from libvirt_exporter.config import Config, SamplerConfig
+from libvirt_exporter.cycle import Sampler, run_cycle_and_record
+from tests.unit.fake_libvirt import FakeDomain, FakeHost
+
+DEADLINE = 0.2
+INTERVAL = 1.0
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def make_config(deadline: float = DEADLINE, interval: float = INTERVAL, max_stuck: int = 16) -> Config:
+    samplers = tuple(SamplerConfig(name, interval, deadline) for name in ("bulk", "block"))
+    return Config("127.0.0.1", 0, "/metrics", "qemu:///system", samplers, 4, max_stuck)
+
+
+def parse(exposition: bytes) -> Series:
+    """Every sample of a text exposition, by name and label set."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(exposition.decode())
+        for s in family.samples
+    }
+
+
+def value(series: Series, name: str, **labels: str) -> float | None:
+    return series.get((name, frozenset(labels.items())))
+
+
+def domains_in(series: Series) -> set[str]:
+    return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let the hub run until a condition set by a thread or a greenlet holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        gevent.sleep(0.01)
+
+
+class Harness:
+    """An exporter on a fake host, whose cycles the test runs one at a time."""
+
+    def __init__(self, host: FakeHost, config: Config) -> None:
+        self.host = host
+        self.exporter = Exporter(config, opener=host.open)
+        assert self.exporter.connection.connect_once()
+        self.exporter.inventory.refresh()  # as the exporter does before it starts its samplers
+
+    def cycle(self, sampler: Sampler) -> Series:
+        run_cycle_and_record(sampler, self.exporter.store)
+        return self.scrape()
+
+    def scrape(self) -> Series:
+        self.exporter.publish()
+        return parse(self.exporter.snapshot.current.text)
+
+
+@pytest.fixture
+def fake_host() -> FakeHost:
+    return FakeHost([FakeDomain("a", 1), FakeDomain("b", 2), FakeDomain("c", 3)])
+
+
+@pytest.fixture
+def harness(fake_host: FakeHost) -> Iterator[Harness]:
+    harness = Harness(fake_host, make_config())
+    yield harness
+    for name in list(fake_host.current.domains):
+        fake_host.current.thaw(name)  # let stuck threads finish
+    harness.exporter.stop()

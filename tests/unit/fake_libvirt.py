@@ -1,0 +1,289 @@
+"""A fake libvirt connection for fast, deterministic unit tests of the exporter's logic.
+
+It copies the behaviour measured on a real libvirtd with a frozen QEMU (see
+shared notes, libvirt-behaviour.md): a call that needs a frozen domain's monitor blocks until the
+domain is thawed, whoever holds its job makes NOWAIT stats calls answer at once with partial
+stats, and control info reports the monitor as occupied while a call waits in it. Every call is
+counted per domain and method, so that tests can check that no second call was sent.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+MONITOR_GROUPS = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
+
+
+class FakeLibvirtError(libvirt.libvirtError):
+    def __init__(self, message: str, code: int = libvirt.VIR_ERR_INTERNAL_ERROR) -> None:
+        super().__init__(message)
+        self._code = code
+
+    def get_error_code(self) -> int:
+        return self._code
+
+
+@dataclass
+class FakeDomain:
+    """A running domain with 2 vCPUs, one disk and one NIC unless told otherwise."""
+
+    name: str
+    id: int
+    vcpus: int = 2
+    disks: tuple[str, ...] = ("vda",)
+    nics: tuple[str, ...] = ("vnet0",)
+    uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    reads: int = 0
+    """Stats calls answered so far: every value grows with it, so that fresher reads differ."""
+    block_reads: int = 0
+    frozen: threading.Event = field(default_factory=threading.Event)
+    job_holders: int = 0
+    monitor_waiters: int = 0
+    failures: dict[str, FakeLibvirtError] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.frozen.set()  # set = thawed: waiting on it returns at once
+
+    @property
+    def active(self) -> bool:
+        return self.id >= 0
+
+    def xml(self) -> str:
+        disks = "".join(
+            f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            f"<source file='/var/lib/libvirt/images/{self.name}-{d}.qcow2'/>"
+            f"<target dev='{d}' bus='virtio'/></disk>"
+            for d in self.disks
+        )
+        nics = "".join(
+            f"<interface type='bridge'><mac address='52:54:00:00:00:0{i}'/><source bridge='br0'/>"
+            f"<target dev='{n}'/><model type='virtio'/></interface>"
+            for i, n in enumerate(self.nics)
+        )
+        return (
+            f"<domain type='kvm'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
+            f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
+            f"<devices>{disks}{nics}</devices></domain>"
+        )
+
+    def stats(self, groups: int, with_monitor: bool) -> dict[str, Any]:
+        self.reads += 1
+        n = self.reads
+        stats: dict[str, Any] = {
+            "state.state": 1 if self.active else 5,
+            "state.reason": 1 if self.active else 2,
+        }
+        if not self.active:
+            return stats
+        stats.update(
+            {"cpu.time": n * 1_000_000_000, "cpu.user": n * 600_000_000, "cpu.system": n * 300_000_000}
+        )
+        stats.update({"balloon.current": 1_048_576, "balloon.maximum": 2_097_152})
+        stats.update({"vcpu.current": self.vcpus, "vcpu.maximum": self.vcpus})
+        for v in range(self.vcpus):
+            stats.update(
+                {f"vcpu.{v}.state": 1, f"vcpu.{v}.time": n * 500_000_000, f"vcpu.{v}.wait": n * 1000}
+            )
+            stats[f"vcpu.{v}.delay"] = n * 2000
+        stats["net.count"] = len(self.nics)
+        for i, nic in enumerate(self.nics):
+            stats[f"net.{i}.name"] = nic
+            for direction in ("rx", "tx"):
+                stats.update({f"net.{i}.{direction}.bytes": n * 1500, f"net.{i}.{direction}.pkts": n})
+                stats.update({f"net.{i}.{direction}.errs": 0, f"net.{i}.{direction}.drop": 0})
+        if with_monitor:
+            stats.update({"balloon.rss": 524_288, "balloon.usable": 700_000, "balloon.available": 1_000_000})
+            stats.update(
+                {"balloon.swap_in": 0, "balloon.major_fault": 3, "balloon.last-update": 1_700_000_000}
+            )
+        return stats
+
+
+class FakeVirDomain:
+    """The virDomain handle: what the exporter calls per domain."""
+
+    def __init__(self, conn: FakeConnection, domain: FakeDomain) -> None:
+        self._conn = conn
+        self._domain = domain
+
+    def name(self) -> str:
+        return self._domain.name
+
+    def ID(self) -> int:
+        return self._domain.id
+
+    def UUIDString(self) -> str:
+        return self._domain.uuid
+
+    def XMLDesc(self, flags: int = 0) -> str:
+        self._conn.count(self._domain.name, "XMLDesc")
+        self._conn.check(self._domain, "XMLDesc")
+        return self._domain.xml()
+
+    def controlInfo(self) -> list[int]:
+        self._conn.count(self._domain.name, "controlInfo")
+        self._conn.check(self._domain, "controlInfo")
+        if self._domain.monitor_waiters:
+            return [libvirt.VIR_DOMAIN_CONTROL_OCCUPIED, 0, 3000]
+        return [libvirt.VIR_DOMAIN_CONTROL_OK, 0, 0]
+
+    def blockStatsFlags(self, disk: str, flags: int = 0) -> dict[str, int]:
+        self._conn.count(self._domain.name, "blockStatsFlags")
+        self._conn.enter_monitor(self._domain, "blockStatsFlags")
+        n = self._domain.block_reads = self._domain.block_reads + 1
+        return {
+            "rd_operations": n,
+            "rd_bytes": n * 4096,
+            "rd_total_times": n * 1_000_000,
+            "wr_operations": n,
+            "wr_bytes": n * 8192,
+            "wr_total_times": n * 2_000_000,
+            "flush_operations": n,
+            "flush_total_times": n * 500_000,
+        }
+
+    def blockInfo(self, disk: str, flags: int = 0) -> list[int]:
+        self._conn.count(self._domain.name, "blockInfo")
+        self._conn.enter_monitor(self._domain, "blockInfo")
+        return [64 * 1024 * 1024, 200_704, 262_144]
+
+
+class FakeConnection:
+    """What `libvirt.openReadOnly` returns, for the calls the exporter makes."""
+
+    def __init__(self, domains: list[FakeDomain]) -> None:
+        self.domains = {d.name: d for d in domains}
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.alive = True
+        self._lock = threading.Lock()
+        self._close_callbacks: list[tuple[Callable[..., None], Any]] = []
+        self._event_callbacks: list[Callable[..., None]] = []
+
+    # --- test controls ------------------------------------------------------------------------
+    def count(self, domain: str, method: str) -> None:
+        with self._lock:
+            self.calls[(domain, method)] += 1
+
+    def check(self, domain: FakeDomain, method: str) -> None:
+        if not self.alive:
+            raise FakeLibvirtError("internal error: client socket is closed")
+        if domain.name not in self.domains:
+            raise FakeLibvirtError("Domain not found", libvirt.VIR_ERR_NO_DOMAIN)
+        if method in domain.failures:
+            raise domain.failures[method]
+
+    def enter_monitor(self, domain: FakeDomain, method: str) -> None:
+        """Take the domain's job and talk to its monitor: blocks while the domain is frozen."""
+        self.check(domain, method)
+        with self._lock:
+            domain.job_holders += 1
+            domain.monitor_waiters += 1
+        domain.frozen.wait()
+        with self._lock:
+            domain.job_holders -= 1
+            domain.monitor_waiters -= 1
+
+    def freeze(self, name: str) -> None:
+        self.domains[name].frozen.clear()
+
+    def thaw(self, name: str) -> None:
+        self.domains[name].frozen.set()
+
+    def add(self, domain: FakeDomain) -> None:
+        self.domains[domain.name] = domain
+        self._emit(domain)
+
+    def remove(self, name: str) -> None:
+        domain = self.domains.pop(name)
+        self._emit(domain)
+
+    def close_from_server(self) -> None:
+        """libvirtd went away: libvirt runs the close callbacks in its event-loop thread."""
+        self.alive = False
+        thread = threading.Thread(
+            target=lambda: [cb(self, 1, opaque) for cb, opaque in self._close_callbacks]
+        )
+        thread.start()
+        thread.join()
+
+    def _emit(self, domain: FakeDomain) -> None:
+        handle = FakeVirDomain(self, domain)
+        thread = threading.Thread(
+            target=lambda: [cb(self, handle, 0, 0, None) for cb in self._event_callbacks]
+        )
+        thread.start()
+        thread.join()
+
+    # --- the libvirt API ----------------------------------------------------------------------
+    def listAllDomains(self, flags: int = 0) -> list[FakeVirDomain]:
+        if not self.alive:
+            raise FakeLibvirtError("internal error: client socket is closed")
+        return [FakeVirDomain(self, d) for d in list(self.domains.values())]
+
+    def domainListGetStats(self, doms: list[FakeVirDomain], stats: int, flags: int) -> list[Any]:
+        records = []
+        for handle in doms:
+            domain = handle._domain
+            self.count(domain.name, "domainListGetStats")
+            self.check(domain, "domainListGetStats")
+            with_monitor = domain.active and bool(stats & MONITOR_GROUPS)
+            if with_monitor and flags & NOWAIT and domain.job_holders:
+                with_monitor = False  # libvirt answers at once without what needs the job
+            elif with_monitor:
+                self.enter_monitor(domain, "domainListGetStats")
+            records.append((handle, domain.stats(stats, with_monitor)))
+        return records
+
+    def registerCloseCallback(self, cb: Callable[..., None], opaque: Any) -> None:
+        self._close_callbacks.append((cb, opaque))
+
+    def domainEventRegisterAny(self, dom: Any, event_id: int, cb: Callable[..., None], opaque: Any) -> int:
+        if event_id == libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE:
+            self._event_callbacks.append(cb)
+        return len(self._event_callbacks)
+
+    def getHostname(self) -> str:
+        return "hv1"
+
+    def getLibVersion(self) -> int:
+        return 9_000_000
+
+    def getType(self) -> str:
+        return "QEMU"
+
+    def getVersion(self) -> int:
+        return 7_002_000
+
+    def close(self) -> int:
+        self.alive = False
+        return 0
+
+
+class FakeHost:
+    """The host behind the fake connections: reopening after a close gives a new connection to the
+    same domains, as reconnecting to a restarted libvirtd does."""
+
+    def __init__(self, domains: list[FakeDomain]) -> None:
+        self.domains = domains
+        self.connections: list[FakeConnection] = []
+        self.refuse = False
+
+    def open(self, uri: str) -> FakeConnection:
+        if self.refuse:
+            raise FakeLibvirtError("Failed to connect socket to '/run/libvirt/libvirt-sock-ro'")
+        previous = self.connections[-1].domains if self.connections else {d.name: d for d in self.domains}
+        conn = FakeConnection(list(previous.values()))
+        self.connections.append(conn)
+        return conn
+
+    @property
+    def current(self) -> FakeConnection:
+        return self.connections[-1]

@@ -1,0 +1,51 @@
+"""The call runner: deadlines, no second call per key, and a bounded number of stuck threads."""
+
+from __future__ import annotations
+
+import threading
+
+from libvirt_exporter.calls import CallKey, CallRunner, Status
+from libvirt_exporter.store import Sample, Store
+from tests.unit.conftest import wait_for
+
+
+def test_stuck_threads_are_bounded_and_new_calls_are_skipped_when_all_are_taken() -> None:
+    runner = CallRunner(max_concurrent=2, max_stuck=2)
+    gate = threading.Event()
+    try:
+        outcomes = [runner.run(CallKey("block", name), gate.wait, deadline=0.05) for name in "abc"]
+        assert [o.status for o in outcomes] == [Status.TIMEOUT, Status.TIMEOUT, Status.SKIPPED]
+        assert runner.stuck_count() == 2
+        assert runner.run(CallKey("block", "a"), lambda: 1, deadline=1).status is Status.SKIPPED
+    finally:
+        gate.set()
+
+
+def test_late_result_is_handed_over_once_the_call_returns() -> None:
+    runner = CallRunner(max_concurrent=1, max_stuck=1)
+    gate = threading.Event()
+    late: list[Status] = []
+    key = CallKey("bulk")
+    outcome = runner.run(key, lambda: gate.wait() and "values", 0.05, on_late=lambda o: late.append(o.status))
+    assert outcome.status is Status.TIMEOUT and runner.is_in_flight(key)
+    gate.set()
+    wait_for(lambda: not runner.is_in_flight(key))
+    assert late == [Status.OK]
+    assert runner.run(key, lambda: "again", 1).value == "again"
+
+
+def test_errors_are_outcomes_not_exceptions() -> None:
+    runner = CallRunner(max_concurrent=1, max_stuck=1)
+
+    def fail() -> None:
+        raise RuntimeError("libvirt said no")
+
+    outcome = runner.run(CallKey("block", "a"), fail, 1)
+    assert outcome.status is Status.ERROR and str(outcome.error) == "libvirt said no"
+
+
+def test_a_late_sample_never_replaces_a_newer_one() -> None:
+    store = Store()
+    assert store.offer("bulk", "a", Sample({"cpu.time": 2}, taken_at=200.0))
+    assert not store.offer("bulk", "a", Sample({"cpu.time": 1}, taken_at=100.0))
+    assert store.sample("bulk", "a") == Sample({"cpu.time": 2}, taken_at=200.0)

@@ -1,0 +1,57 @@
+"""Domain XML: the facts the exporter labels series with, and no trust in hostile XML."""
+
+from __future__ import annotations
+
+import pytest
+
+from libvirt_exporter.domain_xml import Disk, Interface, parse_domain_xml
+
+XML = """
+<domain type='kvm'>
+  <name>web1</name>
+  <uuid>4dea22b3-1d52-d8f3-2516-782e98a23fa0</uuid>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/web1.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source protocol='rbd' name='pool/web1-data'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/></disk>
+    <interface type='bridge'>
+      <mac address='52:54:00:6b:3c:58'/><source bridge='br0'/>
+      <target dev='vnet3'/><model type='virtio'/>
+    </interface>
+  </devices>
+</domain>
+"""
+
+
+def test_identity_disks_and_interfaces() -> None:
+    description = parse_domain_xml(XML)
+    assert (description.uuid, description.os_type, description.arch, description.machine) == (
+        "4dea22b3-1d52-d8f3-2516-782e98a23fa0",
+        "hvm",
+        "x86_64",
+        "pc-q35-7.2",
+    )
+    assert description.disks == (
+        Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "disk", "virtio", "qcow2"),
+        Disk("vdb", "pool/web1-data", "disk", "virtio", "raw"),
+        Disk("sda", "", "cdrom", "sata", ""),
+    )
+    assert description.interfaces == (Interface("vnet3", "52:54:00:6b:3c:58", "br0", "virtio"),)
+
+
+def test_entity_expansion_is_refused() -> None:
+    bomb = (
+        '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">'
+        '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><domain><name>&b;</name></domain>'
+    )
+    with pytest.raises(Exception, match=r"(?i)entit"):
+        parse_domain_xml(bomb)

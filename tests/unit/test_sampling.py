@@ -1,0 +1,170 @@
+"""The sampling logic against a fake host: hung calls are bounded, counted and never piled up."""
+
+from __future__ import annotations
+
+import gevent
+
+from libvirt_exporter.calls import CallKey
+from tests.unit.conftest import Harness, Series, domains_in, make_config, parse, value, wait_for
+from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError
+
+
+def test_healthy_host_serves_every_domain_fresh(harness: Harness) -> None:
+    harness.cycle(harness.exporter.bulk)
+    series = harness.cycle(harness.exporter.block)
+    assert value(series, "libvirt_up") == 1
+    for name in "abc":
+        for sampler in ("bulk", "block"):
+            assert value(series, "libvirt_domain_sample_stale", domain=name, sampler=sampler) == 0
+        assert value(series, "libvirt_domain_cpu_time_seconds_total", domain=name) == 1.0
+        assert value(series, "libvirt_domain_block_capacity_bytes", domain=name, device="vda") == 64 * 2**20
+    assert value(series, "libvirt_domains", state="running") == 3
+
+
+def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harness) -> None:
+    exporter, conn = harness.exporter, harness.host.current
+    harness.cycle(exporter.bulk)
+    conn.freeze("b")
+
+    first = harness.cycle(exporter.block)
+    assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler="block") == 1
+    assert value(first, "libvirt_domain_sample_skipped_total", domain="b", sampler="block") == 0
+    in_flight_first = value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
+    assert in_flight_first is not None and in_flight_first >= 0.2
+    assert value(first, "libvirt_sampler_threads", state="stuck") == 1
+
+    second = harness.cycle(exporter.block)
+    third = harness.cycle(exporter.block)
+    assert value(third, "libvirt_domain_sample_timeouts_total", domain="b", sampler="block") == 1
+    assert value(third, "libvirt_domain_sample_skipped_total", domain="b", sampler="block") == 2
+    assert conn.calls[("b", "blockStatsFlags")] == 1, "a second call was sent to a stuck domain"
+    in_flight_second = value(second, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
+    in_flight_third = value(third, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
+    assert in_flight_first < in_flight_second < in_flight_third  # type: ignore[operator]
+    assert value(third, "libvirt_sampler_threads", state="stuck") == 1
+    for healthy in "ac":
+        assert value(third, "libvirt_domain_sample_stale", domain=healthy, sampler="block") == 0
+        assert value(third, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler="block") == 0
+    assert value(third, "libvirt_domain_block_read_requests_total", domain="a", device="vda") == 3
+
+    conn.thaw("b")
+    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("block", "b")))
+    recovered = harness.cycle(exporter.block)
+    assert value(recovered, "libvirt_domain_sample_stale", domain="b", sampler="block") == 0
+    assert value(recovered, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block") == 0
+    assert value(recovered, "libvirt_sampler_threads", state="stuck") == 0
+    assert conn.calls[("b", "blockStatsFlags")] == 2
+
+
+def test_hung_domain_goes_stale_while_the_others_stay_fresh(fake_host: FakeHost) -> None:
+    harness = Harness(fake_host, make_config(deadline=0.2, interval=0.3))  # stale after 0.5 s
+    exporter, conn = harness.exporter, fake_host.current
+    harness.cycle(exporter.bulk)
+    harness.cycle(exporter.block)
+    conn.freeze("b")
+    cycles = []
+    try:
+        wait_for(lambda: stale(cycles.append(harness.cycle(exporter.block)) or cycles[-1], "b"), timeout=3)
+    finally:
+        conn.thaw("b")
+    series = cycles[-1]
+    assert value(series, "libvirt_domain_sample_timeouts_total", domain="b", sampler="block") == 1
+    assert value(series, "libvirt_domain_block_read_requests_total", domain="b", device="vda") == 1, (
+        "the last good values must still be served"
+    )
+    for healthy in "ac":
+        assert value(series, "libvirt_domain_sample_stale", domain=healthy, sampler="block") == 0
+        expected_reads = len(cycles) + 1
+        assert (
+            value(series, "libvirt_domain_block_read_requests_total", domain=healthy, device="vda")
+            == expected_reads
+        )
+
+
+def stale(series: Series, domain: str, sampler: str = "block") -> bool:
+    return value(series, "libvirt_domain_sample_stale", domain=domain, sampler=sampler) == 1
+
+
+def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fresh(harness: Harness) -> None:
+    exporter, conn = harness.exporter, harness.host.current
+    conn.freeze("b")
+
+    first = harness.cycle(exporter.bulk)
+    assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler="bulk") == 1
+    for healthy in "ac":
+        assert value(first, "libvirt_domain_sample_stale", domain=healthy, sampler="bulk") == 0
+        assert value(first, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler="bulk") == 0
+    assert value(first, "libvirt_domain_sample_stale", domain="b", sampler="bulk") == 1
+    assert value(first, "libvirt_domain_monitor_busy_seconds", domain="b") == 3.0
+    assert value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="bulk") >= 0.2  # type: ignore[operator]
+
+    second = harness.cycle(exporter.bulk)
+    assert value(second, "libvirt_domain_sample_skipped_total", domain="b", sampler="bulk") == 1
+    assert conn.calls[("b", "domainListGetStats")] == 1, "a second call was sent to a stuck domain"
+    fresh_cpu = value(second, "libvirt_domain_cpu_time_seconds_total", domain="a")
+    assert fresh_cpu == 3.0  # read by the host-wide call, then by one call of its own per cycle
+
+    conn.thaw("b")
+    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("bulk")))
+    after_late = harness.scrape()
+    assert value(after_late, "libvirt_domain_cpu_time_seconds_total", domain="a") == fresh_cpu, (
+        "the late host-wide result overwrote fresher values"
+    )
+    assert value(after_late, "libvirt_domain_cpu_time_seconds_total", domain="b") is not None
+
+    recovered = harness.cycle(exporter.bulk)
+    assert value(recovered, "libvirt_domain_sample_stale", domain="b", sampler="bulk") == 0
+    assert value(recovered, "libvirt_domain_memory_rss_bytes", domain="b") == 524_288 * 1024
+
+
+def test_error_on_one_domain_does_not_hide_the_others(harness: Harness) -> None:
+    conn = harness.host.current
+    conn.domains["a"].failures["blockStatsFlags"] = FakeLibvirtError("cannot acquire state change lock")
+    series = harness.cycle(harness.exporter.block)
+    assert value(series, "libvirt_domain_sample_errors_total", domain="a", sampler="block") == 1
+    assert value(series, "libvirt_domain_sample_stale", domain="a", sampler="block") == 1
+    for healthy in "bc":
+        assert value(series, "libvirt_domain_block_read_requests_total", domain=healthy, device="vda") == 1
+
+
+def test_vanished_domain_loses_its_series_on_the_next_cycle(harness: Harness) -> None:
+    harness.cycle(harness.exporter.bulk)
+    harness.cycle(harness.exporter.block)
+    del harness.host.current.domains["c"]
+    series = harness.cycle(harness.exporter.bulk)
+    assert domains_in(series) == {"a", "b"}
+
+
+def test_lifecycle_events_update_the_domain_set_between_cycles(harness: Harness) -> None:
+    exporter, conn = harness.exporter, harness.host.current
+    harness.cycle(exporter.bulk)
+    conn.remove("c")
+    wait_for(lambda: "c" not in domains_in(harness_parse(harness)))
+    conn.add(FakeDomain("d", 7))
+    wait_for(lambda: "d" in domains_in(harness_parse(harness)))
+    assert value(harness_parse(harness), "libvirt_domain_sample_stale", domain="d", sampler="bulk") == 1
+
+
+def harness_parse(harness: Harness) -> Series:
+    """What a scrape would get now, without rendering a new snapshot first."""
+    return parse(harness.exporter.snapshot.current.text)
+
+
+def test_closed_connection_sets_up_to_zero_and_reconnect_restores_it(harness: Harness) -> None:
+    exporter, host = harness.exporter, harness.host
+    runner = gevent.spawn(exporter.connection.run)
+    harness.cycle(exporter.bulk)
+    host.refuse = True
+    host.current.close_from_server()
+    wait_for(lambda: value(harness_parse(harness), "libvirt_up") == 0)
+    stale_values = harness.cycle(exporter.bulk)
+    assert value(stale_values, "libvirt_sampler_errors_total", sampler="bulk") == 1
+    assert value(stale_values, "libvirt_domain_cpu_time_seconds_total", domain="a") == 1.0, (
+        "the last values must still be served while libvirtd is away"
+    )
+    host.refuse = False
+    wait_for(lambda: value(harness_parse(harness), "libvirt_up") == 1)
+    series = harness.cycle(exporter.bulk)
+    assert value(series, "libvirt_connection_reconnects_total") == 1
+    assert value(series, "libvirt_domain_cpu_time_seconds_total", domain="a") == 2.0
+    runner.kill()
