@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from libvirt_exporter.calls import Status
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -21,6 +23,8 @@ class CallCounters:
     timeouts: int = 0
     errors: int = 0
     skipped: int = 0
+    failing: bool = False
+    """The latest call brought no values (timeout, error or skip): what is served is not current."""
 
 
 @dataclass
@@ -44,7 +48,19 @@ class Store:
         if held is not None and held.taken_at >= sample.taken_at:
             return False
         self.samples[sampler][domain] = sample
+        self.counters[(sampler, domain)].failing = False
         return True
+
+    def count_failure(self, sampler: str, domain: str, status: Status) -> None:
+        """A call that brought no values: count why, and mark the values served as not current."""
+        counters = self.counters[(sampler, domain)]
+        if status is Status.TIMEOUT:
+            counters.timeouts += 1
+        elif status is Status.ERROR:
+            counters.errors += 1
+        else:
+            counters.skipped += 1
+        counters.failing = True
 
     def sample(self, sampler: str, domain: str) -> Sample | None:
         return self.samples[sampler].get(domain)

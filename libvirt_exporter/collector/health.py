@@ -28,7 +28,8 @@ SAMPLE_TIMESTAMP = gauge(
 )
 STALE = gauge(
     "libvirt_domain_sample_stale",
-    "1 when the values served for the domain are older than the sampler's interval plus its deadline.",
+    "1 when the domain's latest call brought no values (timeout, error, skip) or the values served "
+    "are older than the sampler's interval plus its deadline.",
     DS,
 )
 TIMEOUTS = counter("libvirt_domain_sample_timeouts", "Calls for the domain that ran past their deadline.", DS)
@@ -104,9 +105,9 @@ def _add_domains(families: Families, view: View) -> None:
             sample = view.store.sample(name, domain)
             if sample is not None:
                 families.add(SAMPLE_TIMESTAMP, labels, sample.taken_at)
-            stale = sample is None or now - sample.taken_at > sampler.config.stale_after
-            families.add(STALE, labels, 1 if stale else 0)
             counters = view.store.counters_of(name, domain)
+            stale = sample is None or counters.failing or now - sample.taken_at > sampler.config.stale_after
+            families.add(STALE, labels, 1 if stale else 0)
             families.add(TIMEOUTS, labels, counters.timeouts)
             families.add(CALL_ERRORS, labels, counters.errors)
             families.add(SKIPPED, labels, counters.skipped)

@@ -91,7 +91,7 @@ class BulkSampler:
             if entry.monitor_free:
                 ready.append(entry)
             else:
-                self._store.counters_of(NAME, entry.name).skipped += 1
+                self._store.count_failure(NAME, entry.name, Status.SKIPPED)
         return ready
 
     def _sample_host_wide(self, conn: Any, ready: list[DomainEntry]) -> list[DomainEntry]:
@@ -121,7 +121,7 @@ class BulkSampler:
             current = self._inventory.get(entry.name)
             if current is not None and not current.monitor_free:
                 stuck_on.append(entry.name)
-                self._store.counters_of(NAME, entry.name).timeouts += 1
+                self._store.count_failure(NAME, entry.name, Status.TIMEOUT)
         call.blamed = tuple(stuck_on)
         log.warning(
             "host-wide stats call ran past its deadline",

@@ -49,11 +49,11 @@ class PerDomainCalls:
 
     def record(self, domain: str, outcome: Outcome[Any]) -> None:
         """Store the values of a call that returned, or count why there are none."""
-        counters = self._store.counters_of(self._config.name, domain)
         if outcome.status is Status.OK and outcome.call is not None:
             self._store.offer(self._config.name, domain, Sample(outcome.value or {}, outcome.call.started_at))
-        elif outcome.status is Status.ERROR:
-            counters.errors += 1
+            return
+        self._store.count_failure(self._config.name, domain, outcome.status)
+        if outcome.status is Status.ERROR:
             log.info(
                 "libvirt call failed",
                 extra={
@@ -65,7 +65,6 @@ class PerDomainCalls:
                 },
             )
         elif outcome.status is Status.TIMEOUT:
-            counters.timeouts += 1
             log.warning(
                 "libvirt call ran past its deadline",
                 extra={
@@ -76,8 +75,6 @@ class PerDomainCalls:
                     }
                 },
             )
-        else:
-            counters.skipped += 1
 
     def _record_late(self, domain: str, outcome: Outcome[Any]) -> None:
         if self._still_exists(domain):
