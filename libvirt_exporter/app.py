@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import gevent
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -34,7 +35,7 @@ class Exporter:
             config.libvirt_uri,
             self.runner,
             config.connect_deadline,
-            on_change=self.publish,
+            on_change=self._connection_changed,
             on_domain_events=self._domains_changed,
             opener=opener,
         )
@@ -84,7 +85,15 @@ class Exporter:
             "listening",
             extra={"fields": {"address": f"{self.config.listen_host}:{server.server_port}"}},
         )
+        gevent.signal_handler(signal.SIGTERM, server.stop)  # exit cleanly when systemd stops us
         server.serve_forever()
+        self.stop()
+
+    def _connection_changed(self) -> None:
+        """Show the new state at once; after a reconnect, take the domains of the new connection."""
+        self.publish()
+        if self.connection.up:
+            gevent.spawn(self._refresh_inventory)
 
     def _domains_changed(self, names: set[str]) -> None:
         """A lifecycle or device event: re-read those domains and the domain list now."""

@@ -1,11 +1,16 @@
 """The `bulk` sampler: the cheap stat groups of every domain, in one call when the host is healthy.
 
-`virConnectGetAllDomainStats` with NOWAIT answers at once for domains whose job another call
-holds, but whoever first touches a frozen QEMU's monitor blocks until QEMU resumes. So:
-- domains whose monitor is already busy (control info) are left out and counted as skipped;
-- when the one host-wide call runs past its deadline, the domains whose monitor it is now stuck
-  on are blamed for it, and every other domain is sampled at once with a call of its own;
-- while that host-wide call is still stuck, each cycle samples domain by domain, so that the
+`virConnectGetAllDomainStats` with NOWAIT answers at once for a domain whose job another call
+holds, but leaves out what needs the job (the balloon driver's statistics, for one), and
+whoever first touches a frozen QEMU's monitor blocks until QEMU resumes. So, by the control
+info of the survey just before:
+- a domain whose monitor has been busy for longer than the deadline is stuck: it gets no call
+  and is counted as skipped;
+- a domain whose monitor is busy for a moment (another call, often the block sampler's) gets a
+  call of its own that waits for the job, so that its values are complete;
+- the others are asked in one host-wide NOWAIT call. When that call runs past its deadline, the
+  domains whose monitors it now waits on are blamed, and every other domain is asked at once
+  with a call of its own; while it stays stuck, each cycle asks domain by domain, so that the
   healthy domains stay fresh however long the frozen one stays frozen.
 """
 
@@ -41,14 +46,14 @@ HOST_WIDE = CallKey(NAME)
 
 
 def read_stats(conn: Any, domains: list[Any]) -> dict[str, Mapping[str, Any]]:
-    """Runs in a pool thread: the stat groups of `domains`, by domain name."""
+    """Runs in a pool thread: the stat groups of `domains`, by name, without waiting for jobs."""
     records = conn.domainListGetStats(domains, GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
     return {dom.name(): stats for dom, stats in records}
 
 
 def read_domain_stats(conn: Any, domain: Any) -> Mapping[str, Any]:
-    """Runs in a pool thread: the stat groups of one domain."""
-    return next(iter(read_stats(conn, [domain]).values()), {})
+    """Runs in a pool thread: the stat groups of one domain, waiting for its job if need be."""
+    return next((stats for _, stats in conn.domainListGetStats([domain], GROUPS, 0)), {})
 
 
 class BulkSampler:
@@ -77,22 +82,22 @@ class BulkSampler:
         conn = self._connection.current()
         if conn is None:
             raise CycleFailed("not connected to libvirt")
-        ready = self._ready_domains()
-        if not ready:
-            return
-        if not self._runner.is_in_flight(HOST_WIDE):
-            ready = self._sample_host_wide(conn, ready)
-        self._per_domain.run((e.name, partial(read_domain_stats, conn, e.domain)) for e in ready)
+        free, busy = self._partition()
+        if free and not self._runner.is_in_flight(HOST_WIDE):
+            free = self._sample_host_wide(conn, free)
+        self._per_domain.run((e.name, partial(read_domain_stats, conn, e.domain)) for e in free + busy)
 
-    def _ready_domains(self) -> list[DomainEntry]:
-        """The domains whose monitor is free; the others are counted as skipped."""
-        ready = []
+    def _partition(self) -> tuple[list[DomainEntry], list[DomainEntry]]:
+        """Domains with a free monitor, and with one busy for a moment; stuck ones are skipped."""
+        free, busy = [], []
         for entry in self._inventory.domains():
             if entry.monitor_free:
-                ready.append(entry)
+                free.append(entry)
+            elif entry.monitor_busy_seconds < self.config.deadline:
+                busy.append(entry)
             else:
                 self._store.count_failure(NAME, entry.name, Status.SKIPPED)
-        return ready
+        return free, busy
 
     def _sample_host_wide(self, conn: Any, ready: list[DomainEntry]) -> list[DomainEntry]:
         """One call for all `ready` domains; returns the domains still to be sampled one by one."""

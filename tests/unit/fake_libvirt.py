@@ -10,6 +10,7 @@ counted per domain and method, so that tests can check that no second call was s
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class FakeDomain:
     frozen: threading.Event = field(default_factory=threading.Event)
     job_holders: int = 0
     monitor_waiters: int = 0
+    monitor_busy_since: float = 0.0
     failures: dict[str, FakeLibvirtError] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -132,7 +134,8 @@ class FakeVirDomain:
         self._conn.count(self._domain.name, "controlInfo")
         self._conn.check(self._domain, "controlInfo")
         if self._domain.monitor_waiters:
-            return [libvirt.VIR_DOMAIN_CONTROL_OCCUPIED, 0, 3000]
+            busy_ms = int((time.monotonic() - self._domain.monitor_busy_since) * 1000)
+            return [libvirt.VIR_DOMAIN_CONTROL_OCCUPIED, 0, busy_ms]
         return [libvirt.VIR_DOMAIN_CONTROL_OK, 0, 0]
 
     def blockStatsFlags(self, disk: str, flags: int = 0) -> dict[str, int]:
@@ -186,6 +189,8 @@ class FakeConnection:
         with self._lock:
             domain.job_holders += 1
             domain.monitor_waiters += 1
+            if domain.monitor_waiters == 1:
+                domain.monitor_busy_since = time.monotonic()
         domain.frozen.wait()
         with self._lock:
             domain.job_holders -= 1

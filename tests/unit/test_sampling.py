@@ -90,7 +90,7 @@ def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fr
         assert value(first, "libvirt_domain_sample_stale", domain=healthy, sampler="bulk") == 0
         assert value(first, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler="bulk") == 0
     assert value(first, "libvirt_domain_sample_stale", domain="b", sampler="bulk") == 1
-    assert value(first, "libvirt_domain_monitor_busy_seconds", domain="b") == 3.0
+    assert value(first, "libvirt_domain_monitor_busy_seconds", domain="b") >= 0.2  # type: ignore[operator]
     assert value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="bulk") >= 0.2  # type: ignore[operator]
 
     second = harness.cycle(exporter.bulk)

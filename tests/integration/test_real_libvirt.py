@@ -1,0 +1,167 @@
+"""The exporter against a real libvirtd with real QEMU VMs: one frozen, libvirtd restarted.
+
+Timing bounds are the issue's ("within one deadline plus one interval", "within two intervals")
+plus SCHEDULING_SLACK for a slow, noisy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.vms import Exporter, LibvirtdControl, TinyVM, VMFactory
+
+INTERVAL = 2.0
+DEADLINE = 1.0
+SCHEDULING_SLACK = 1.0
+SCRAPE_BOUND = 1.0
+ARGS = tuple(
+    f"--sampler.{name}.{setting}={seconds}s"
+    for name in ("bulk", "block")
+    for setting, seconds in (("interval", INTERVAL), ("deadline", DEADLINE))
+)
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(body: str) -> Series:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+
+def value(series: Series, name: str, **labels: str) -> float | None:
+    return series.get((name, frozenset(labels.items())))
+
+
+def domains_in(series: Series) -> set[str]:
+    return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
+
+
+def fresh(series: Series, domain: str) -> bool:
+    return all(
+        value(series, "libvirt_domain_sample_stale", domain=domain, sampler=sampler) == 0
+        for sampler in ("bulk", "block")
+    )
+
+
+def timed_scrape(exporter: Exporter) -> tuple[Series, float]:
+    started = time.monotonic()
+    body = exporter.scrape(timeout=10)
+    return parse(body), time.monotonic() - started
+
+
+def scrape_until(
+    exporter: Exporter, condition: Callable[[Series], bool], timeout: float
+) -> tuple[Series, float]:
+    """Scrape every 0.1 s until `condition` holds; each scrape must answer within SCRAPE_BOUND.
+
+    Returns the series that met it and the seconds it took."""
+    started = time.monotonic()
+    while True:
+        series, took = timed_scrape(exporter)
+        assert took < SCRAPE_BOUND, f"a scrape took {took:.2f} s"
+        if condition(series):
+            return series, time.monotonic() - started
+        assert time.monotonic() - started < timeout, f"condition not met within {timeout} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def three_vms(make_tiny_vms: VMFactory) -> list[TinyVM]:
+    return make_tiny_vms(3)
+
+
+def test_a_frozen_vm_is_flagged_while_the_others_stay_fresh(
+    three_vms: list[TinyVM], run_exporter: Callable[..., Exporter]
+) -> None:
+    exporter = run_exporter(*ARGS)
+    names = {vm.name for vm in three_vms}
+    scrape_until(exporter, lambda s: all(fresh(s, name) for name in names), timeout=30)
+    frozen, healthy = three_vms[1], [three_vms[0].name, three_vms[2].name]
+
+    frozen.freeze()
+    flagged = lambda s: (  # noqa: E731
+        (value(s, "libvirt_domain_sample_timeouts_total", domain=frozen.name, sampler="block") or 0) >= 1
+        and value(s, "libvirt_domain_sample_stale", domain=frozen.name, sampler="block") == 1
+    )
+    series, took = scrape_until(exporter, flagged, timeout=30)
+    assert took <= DEADLINE + INTERVAL + SCHEDULING_SLACK, f"the freeze showed after {took:.1f} s"
+
+    # Keep scraping through several cycles of the freeze: every scrape is quick and complete.
+    until = time.monotonic() + 3 * INTERVAL
+    while time.monotonic() < until:
+        series, took = timed_scrape(exporter)
+        assert took < SCRAPE_BOUND
+        assert names <= domains_in(series)
+        for name in healthy:
+            assert fresh(series, name), f"{name} went stale while another VM was frozen: " + str(
+                {
+                    k: v
+                    for k, v in series.items()
+                    if k[0].startswith("libvirt_domain_sample") or "flight" in k[0]
+                }
+            )
+        time.sleep(0.2)
+    in_flight = value(series, "libvirt_domain_call_in_flight_seconds", domain=frozen.name, sampler="block")
+    assert in_flight is not None and in_flight > DEADLINE
+    assert (
+        value(series, "libvirt_domain_sample_skipped_total", domain=frozen.name, sampler="block") or 0
+    ) >= 1
+    assert value(series, "libvirt_domain_cpu_time_seconds_total", domain=frozen.name) is not None, (
+        "the frozen VM's last values must still be served"
+    )
+
+    frozen.thaw()
+    _, took = scrape_until(exporter, lambda s: fresh(s, frozen.name), timeout=30)
+    assert took <= 2 * INTERVAL + SCHEDULING_SLACK, f"recovery took {took:.1f} s"
+
+
+def test_libvirtd_restart_drops_up_then_values_flow_again(
+    three_vms: list[TinyVM], run_exporter: Callable[..., Exporter], libvirtd_control: LibvirtdControl
+) -> None:
+    exporter = run_exporter(*ARGS)
+    vm = three_vms[0].name
+    scrape_until(exporter, lambda s: value(s, "libvirt_up") == 1 and fresh(s, vm), timeout=30)
+
+    restart = threading.Thread(target=libvirtd_control.restart)
+    restart.start()
+    scrape_until(exporter, lambda s: value(s, "libvirt_up") == 0, timeout=30)
+    restart.join()
+    restarted_at = time.time()
+
+    def flowing_again(series: Series) -> bool:
+        taken = value(series, "libvirt_domain_sample_timestamp_seconds", domain=vm, sampler="block")
+        return value(series, "libvirt_up") == 1 and taken is not None and taken > restarted_at
+
+    series, _ = scrape_until(exporter, flowing_again, timeout=60)
+    assert value(series, "libvirt_connection_reconnects_total") == 1
+    assert fresh(series, vm)
+
+
+def test_a_real_scrape_passes_promtool_and_reports_real_sizes(
+    three_vms: list[TinyVM], run_exporter: Callable[..., Exporter]
+) -> None:
+    exporter = run_exporter(*ARGS)
+    vm = three_vms[0]
+    series, _ = scrape_until(exporter, lambda s: fresh(s, vm.name), timeout=30)
+    capacity = value(series, "libvirt_domain_block_capacity_bytes", domain=vm.name, device=vm.disk_targets[0])
+    assert capacity == vm.disk_virtual_size_bytes
+    assert value(series, "libvirt_domain_memory_maximum_bytes", domain=vm.name) == 64 * 2**20
+    assert value(series, "libvirt_domain_vcpus_current", domain=vm.name) == vm.vcpus
+    assert value(series, "libvirt_domain_state", domain=vm.name, state="running", reason="booted") == 1
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=exporter.scrape(), capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
