@@ -1,0 +1,58 @@
+# libvirt-exporter: `make test` is all CI runs (see .ci/run); `make run` tries it out.
+PYTHON := python3
+VENV   := .venv
+STAMP  := $(VENV)/.deps-installed
+# Debian packages that building libvirt-python from its PyPI source needs.
+BUILD_PACKAGES := libvirt-dev pkg-config gcc
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Use the system libvirtd when it answers, else libvirt's built-in test driver.
+URI  = $(shell [ -S /run/libvirt/libvirt-sock-ro ] && virsh -r -c qemu:///system version \
+         >/dev/null 2>&1 && echo qemu:///system || echo test:///default)
+ARGS =
+
+.PHONY: deps test lint run clean
+
+# deps: build packages, the venv and the project with its test extras. The stamp
+# makes a re-run free until pyproject.toml changes.
+deps: $(STAMP)
+
+# Debian's own python3 lacks venv support and headers (python3-venv, python3-dev);
+# a pyenv or other python that has them is used as it is.
+$(STAMP): pyproject.toml
+	@missing=""; \
+	for p in $(BUILD_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, os, sys, sysconfig; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  2>/dev/null || missing="$$missing python3-venv python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# test: start libvirtd (installing it if needed), lint, then the whole suite.
+test: deps
+	bash scripts/ensure-libvirtd.sh
+	$(MAKE) lint
+	LIBVIRT_EXPORTER_TEST_URI=qemu:///system $(VENV)/bin/pytest
+
+# lint: ruff's checks and formatting, mypy as configured in pyproject.toml.
+lint:
+	$(VENV)/bin/ruff check libvirt_exporter tests
+	$(VENV)/bin/ruff format --check libvirt_exporter tests
+	$(VENV)/bin/mypy
+
+# run: the exporter in the foreground, e.g. `make run ARGS=--web.listen-address=:9177`.
+run: deps
+	exec $(VENV)/bin/libvirt-exporter --libvirt.uri=$(URI) $(ARGS)
+
+# clean: remove the venv and every cache.
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Make a system libvirtd with the QEMU driver answer at qemu:///system, and make
+# sure promtool exists. Idempotent; run as root. Used by `make test` and CI.
+#
+# Machines here have no systemd, so the daemons are started by hand (`-d`).
+# A libvirtd that already answers is left alone: we never reconfigure a host's
+# own libvirtd.
+set -euo pipefail
+
+readonly URI="qemu:///system"
+readonly QEMU_CONF="/etc/libvirt/qemu.conf"
+readonly WAIT_SECONDS=30
+readonly LIBVIRT_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+                          qemu-system-x86 qemu-utils)
+
+log() { echo "ensure-libvirtd: $*" >&2; }
+
+libvirtd_answers() {
+    command -v virsh >/dev/null && virsh -c "$URI" version >/dev/null 2>&1
+}
+
+is_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# Install those of the given Debian packages that are missing. `apt-get update`
+# runs only when apt knows no candidate for one (a fresh machine has empty lists).
+install_missing() {
+    local missing=() pkg candidate
+    for pkg in "$@"; do
+        is_installed "$pkg" || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    candidate=$(apt-cache policy "${missing[0]}" 2>/dev/null | awk '/Candidate:/ {print $2}')
+    if [[ -z "$candidate" || "$candidate" == "(none)" ]]; then
+        log "apt-get update"
+        apt-get update -qq
+    fi
+    log "installing ${missing[*]}"
+    # Without systemd (and with Debian's container policy-rc.d) postinst scripts
+    # cannot start services; apt still finishes cleanly.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# promtool (from Debian's prometheus package) lints the exporter's output in tests.
+ensure_promtool() {
+    command -v promtool >/dev/null || install_missing prometheus
+}
+
+# Set `key = "value"` in qemu.conf: keep a line already set that way, replace an
+# active line set otherwise, else append. Everything else in the file is kept.
+set_qemu_conf() {
+    local key=$1 value=$2
+    if grep -Eq "^[[:space:]]*${key}[[:space:]]*=[[:space:]]*\"${value}\"[[:space:]]*$" "$QEMU_CONF"; then
+        return 0
+    fi
+    if grep -Eq "^[[:space:]]*${key}[[:space:]]*=" "$QEMU_CONF"; then
+        sed -i -E "s|^[[:space:]]*${key}[[:space:]]*=.*$|${key} = \"${value}\"|" "$QEMU_CONF"
+    else
+        echo "${key} = \"${value}\"" >>"$QEMU_CONF"
+    fi
+    log "set ${key} = \"${value}\" in $QEMU_CONF"
+}
+
+# Debian builds the QEMU driver with user and group libvirt-qemu, and the driver
+# looks both up at startup *before* reading qemu.conf: without them it fails with
+# "Failed to parse user 'libvirt-qemu'" whatever qemu.conf says. Only the package
+# libvirt-daemon-system creates them, and it wants an init system, so do it here.
+ensure_qemu_user() {
+    getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+    if ! getent passwd libvirt-qemu >/dev/null; then
+        log "creating system user libvirt-qemu"
+        useradd --system --gid libvirt-qemu --no-create-home --home-dir /var/lib/libvirt \
+            --shell /usr/sbin/nologin --comment "Libvirt Qemu" libvirt-qemu
+    fi
+}
+
+# Then run QEMU as root and unconfined: test disks live in pytest's temp dirs,
+# which user libvirt-qemu could not read, and there is no AppArmor here.
+# qemu.conf belongs to libvirt-daemon-system too, so it is usually absent.
+configure_qemu_driver() {
+    mkdir -p "$(dirname "$QEMU_CONF")" /var/log/libvirt /run/libvirt
+    touch "$QEMU_CONF"
+    set_qemu_conf user root
+    set_qemu_conf group root
+    set_qemu_conf security_driver none
+}
+
+start_daemon() {
+    local name=$1
+    if pidof "$name" >/dev/null; then
+        return 0
+    fi
+    log "starting $name"
+    # -d daemonizes: the child detaches from our stdout/stderr, so callers that
+    # capture this script's output (make, CI) are not held open by it.
+    "$name" -d
+}
+
+# `libvirtd -d` exits 0 before its drivers initialise, so a driver failure only
+# shows as the daemon vanishing: stop waiting then, and show its log.
+fail_with_log() {
+    log "$1"
+    log "last errors in /var/log/libvirt/libvirtd.log:"
+    grep -E ' error : ' /var/log/libvirt/libvirtd.log 2>/dev/null | tail -n 5 >&2 || true
+    exit 1
+}
+
+wait_until_libvirtd_answers() {
+    local deadline=$((SECONDS + WAIT_SECONDS))
+    until libvirtd_answers; do
+        pidof libvirtd >/dev/null || fail_with_log "libvirtd exited during startup"
+        ((SECONDS < deadline)) || fail_with_log "libvirtd did not answer at $URI within ${WAIT_SECONDS}s"
+        sleep 0.2
+    done
+}
+
+main() {
+    if ((EUID != 0)); then
+        log "must run as root"
+        exit 1
+    fi
+    if libvirtd_answers; then
+        log "libvirtd already answers at $URI; leaving it alone"
+        ensure_promtool
+        exit 0
+    fi
+    install_missing "${LIBVIRT_PACKAGES[@]}"
+    ensure_promtool
+    ensure_qemu_user
+    configure_qemu_driver
+    start_daemon virtlogd
+    start_daemon libvirtd
+    wait_until_libvirtd_answers
+    log "libvirtd answers at $URI"
+}
+
+main "$@"
