@@ -40,7 +40,7 @@ class Exporter:
             opener=opener,
         )
         bulk_config = config.sampler(bulk.NAME)
-        self.inventory = Inventory(self.connection, self.runner, bulk_config.deadline, self.store.forget)
+        self.inventory = Inventory(self.connection, bulk_config.deadline, self.store.forget)
         parts = (self.connection, self.inventory, self.runner, self.store)
         self.bulk = bulk.BulkSampler(bulk_config, *parts)
         self.block = block.BlockSampler(config.sampler(block.NAME), *parts)

@@ -6,16 +6,18 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
 import libvirt
 
-from libvirt_exporter.calls import CallKey, CallRunner, Status
+from libvirt_exporter.calls import CallKey, CallRunner, LateHandler, Outcome, Status
 from libvirt_exporter.libvirt_client import describe, open_read_only
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MIN_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
@@ -68,6 +70,12 @@ class Connection:
 
     The close callback that libvirt fires from its event-loop thread (keepalive timeout, EOF,
     error) marks the connection down at once; `run` then reopens it with exponential backoff.
+
+    A connection that holds a stuck call is retired: measured on libvirt 9.0, while one call on a
+    connection waits on a frozen QEMU, other calls on that connection now and then stall for a
+    whole keepalive interval, and every stuck call holds one of the 5 requests libvirtd serves a
+    client at once. So new calls go to a fresh connection, and a retired one is closed once its
+    stuck calls have returned.
     """
 
     def __init__(
@@ -88,6 +96,8 @@ class Connection:
         self._on_change = on_change
         self._on_domain_events = on_domain_events
         self._conn: Any = None
+        self._stuck_calls: dict[Any, int] = {}
+        self._rotating = False
         self._generation = 0
         self._ever_connected = False
         self._closed = gevent.event.Event()
@@ -103,6 +113,28 @@ class Connection:
         """The open virConnect, or None while libvirtd is unreachable."""
         return self._conn
 
+    def call(
+        self,
+        key: CallKey,
+        conn: Any,
+        fn: Callable[[], T],
+        deadline: float,
+        on_late: LateHandler | None = None,
+    ) -> Outcome[T]:
+        """Run `fn`, a call made on `conn`, under `deadline`; retire `conn` while the call is stuck."""
+
+        def returned_late(outcome: Outcome[Any]) -> None:
+            self._stuck_call_returned(conn)
+            if on_late is not None:
+                on_late(outcome)
+
+        outcome = self._runner.run(key, fn, deadline, on_late=returned_late)
+        if outcome.status is Status.TIMEOUT:
+            self._stuck_calls[conn] = self._stuck_calls.get(conn, 0) + 1
+            if conn is self._conn and not self._rotating:
+                gevent.spawn(self._rotate)
+        return outcome
+
     def run(self) -> None:
         """Open the connection, wait for it to close, and open it again: forever."""
         backoff = MIN_BACKOFF_SECONDS
@@ -113,6 +145,38 @@ class Connection:
                 continue
             gevent.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _stuck_call_returned(self, conn: Any) -> None:
+        self._stuck_calls[conn] -= 1
+        if self._stuck_calls[conn] == 0:
+            del self._stuck_calls[conn]
+            if conn is not self._conn:
+                self._close(conn)
+
+    def _rotate(self) -> None:
+        """Open a fresh connection for new calls while the current one holds a stuck call."""
+        self._rotating = True
+        generation = self._generation + 1
+        outcome = self._runner.run(
+            CallKey("connection", "rotate"), lambda: self._open(generation), self._deadline
+        )
+        self._rotating = False
+        if outcome.status is not Status.OK or outcome.value is None:
+            return  # keep the current connection; the next stuck call tries again
+        if self._conn is None:  # libvirtd went away meanwhile: `run` reconnects
+            self._close(outcome.value[0])
+            return
+        retired = self._conn
+        self._conn, self.host = outcome.value
+        self._generation = generation
+        log.info("moved to a fresh libvirt connection: a call is stuck on the previous one")
+        if retired not in self._stuck_calls:
+            self._close(retired)
+        self._on_change()
+
+    def _close(self, conn: Any) -> None:
+        key = CallKey("connection", f"close-{id(conn)}")
+        gevent.spawn(self._runner.run, key, conn.close, self._deadline)
 
     def connect_once(self) -> bool:
         """One attempt to open the connection; True when it is up."""
@@ -141,18 +205,14 @@ class Connection:
         old, self._conn = self._conn, None
         self._closed.set()
         self._on_change()
-        gevent.spawn(self._runner.run, CallKey("connection", "close"), old.close, self._deadline)
+        if old not in self._stuck_calls:
+            self._close(old)
 
     def _open(self, generation: int) -> tuple[Any, HostInfo]:
         """Runs in a pool thread: opening can hang on a frozen libvirtd like any other call."""
         conn = self._opener(self.uri)
         conn.registerCloseCallback(self._close_callback, generation)
-        for event_id in (
-            libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
-            libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
-        ):
-            conn.domainEventRegisterAny(None, event_id, self._domain_event_callback, None)
+        self._register_domain_events(conn)
         host = HostInfo(
             hostname=conn.getHostname(),
             libvirt_version=_version_text(conn.getLibVersion()),
@@ -160,6 +220,20 @@ class Connection:
             hypervisor_version=_version_text(conn.getVersion()),
         )
         return conn, host
+
+    def _register_domain_events(self, conn: Any) -> None:
+        try:
+            for event_id in (
+                libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+                libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+            ):
+                conn.domainEventRegisterAny(None, event_id, self._domain_event_callback, None)
+        except libvirt.libvirtError as error:
+            log.warning(
+                "no domain events: the domain list is refreshed every bulk cycle only",
+                extra={"fields": {"err": describe(error)}},
+            )
 
     def _close_callback(self, _conn: Any, reason: int, generation: int) -> None:
         """Called by libvirt in its event-loop thread."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import libvirt
 
-from libvirt_exporter.calls import CallKey, CallRunner, Status
+from libvirt_exporter.calls import CallKey, Status
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.cycle import CycleFailed
 from libvirt_exporter.domain_xml import DomainDescription, parse_domain_xml
@@ -85,13 +85,13 @@ class Inventory:
     def __init__(
         self,
         connection: Connection,
-        runner: CallRunner,
         deadline: float,
         on_forget: Callable[[set[str]], None],
     ) -> None:
         self._connection = connection
-        self._runner = runner
         self._deadline = deadline
+        self.conn: Any = None
+        """The connection the domains' handles belong to: calls on them go through it."""
         self._on_forget = on_forget
         self._entries: dict[str, DomainEntry] = {}
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
@@ -113,12 +113,13 @@ class Inventory:
         if conn is None:
             raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
-        outcome = self._runner.run(SURVEY, lambda: _survey(conn, known_ids), self._deadline)
+        outcome = self._connection.call(SURVEY, conn, lambda: _survey(conn, known_ids), self._deadline)
         if outcome.status is Status.SKIPPED:
             return  # a survey is still running (an event asked for one): its result will do
         if outcome.status is not Status.OK or outcome.value is None:
             reason = describe(outcome.error) if outcome.error else "ran past its deadline"
             raise CycleFailed(f"listing domains failed: {reason}")
+        self.conn = conn
         self._replace(outcome.value)
 
     def _replace(self, surveyed: list[_Surveyed]) -> None:

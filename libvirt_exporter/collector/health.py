@@ -28,8 +28,8 @@ SAMPLE_TIMESTAMP = gauge(
 )
 STALE = gauge(
     "libvirt_domain_sample_stale",
-    "1 when the domain's latest call brought no values (timeout, error, skip) or the values served "
-    "are older than the sampler's interval plus its deadline.",
+    "1 when the values served for the domain are not current: libvirtd is unreachable, the domain's "
+    "latest call brought none (timeout, error, skip), or they are older than interval plus deadline.",
     DS,
 )
 TIMEOUTS = counter("libvirt_domain_sample_timeouts", "Calls for the domain that ran past their deadline.", DS)
@@ -97,6 +97,7 @@ def _add_samplers(families: Families, view: View) -> None:
 
 def _add_domains(families: Families, view: View) -> None:
     now = time.time()
+    connected = view.connection.up
     in_flight = _in_flight_seconds(view)
     for sampler in view.samplers:
         name = sampler.config.name
@@ -106,7 +107,12 @@ def _add_domains(families: Families, view: View) -> None:
             if sample is not None:
                 families.add(SAMPLE_TIMESTAMP, labels, sample.taken_at)
             counters = view.store.counters_of(name, domain)
-            stale = sample is None or counters.failing or now - sample.taken_at > sampler.config.stale_after
+            stale = (
+                not connected
+                or sample is None
+                or counters.failing
+                or now - sample.taken_at > sampler.config.stale_after
+            )
             families.add(STALE, labels, 1 if stale else 0)
             families.add(TIMEOUTS, labels, counters.timeouts)
             families.add(CALL_ERRORS, labels, counters.errors)

@@ -13,15 +13,10 @@ from typing import Any
 
 import libvirt
 
-from libvirt_exporter.calls import CallRunner
-from libvirt_exporter.config import SamplerConfig
-from libvirt_exporter.connection import Connection
-from libvirt_exporter.cycle import CycleFailed
 from libvirt_exporter.domain_xml import Disk
-from libvirt_exporter.inventory import DomainEntry, Inventory
+from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.libvirt_client import is_unsupported
-from libvirt_exporter.samplers.per_domain import PerDomainCalls
-from libvirt_exporter.store import Store
+from libvirt_exporter.samplers.per_domain import DomainSampler
 
 NAME = "block"
 
@@ -57,29 +52,13 @@ def sampled_disks(entry: DomainEntry) -> tuple[Disk, ...]:
     return tuple(disk for disk in entry.description.disks if disk.target and disk.path)
 
 
-class BlockSampler:
-    def __init__(
-        self,
-        config: SamplerConfig,
-        connection: Connection,
-        inventory: Inventory,
-        runner: CallRunner,
-        store: Store,
-    ) -> None:
-        self.config = config
-        self._connection = connection
-        self._inventory = inventory
-        self._per_domain = PerDomainCalls(
-            config, runner, store, still_exists=lambda name: inventory.get(name) is not None
-        )
-
+class BlockSampler(DomainSampler):
     def subjects(self) -> list[str]:
         return [entry.name for entry in self._inventory.domains() if entry.active]
 
     def run_cycle(self) -> None:
-        if self._connection.current() is None:
-            raise CycleFailed("not connected to libvirt")
+        self._connected()
         active = [entry for entry in self._inventory.domains() if entry.active]
-        self._per_domain.run(
+        self._sample_each(
             (entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active
         )

@@ -23,14 +23,11 @@ from typing import Any
 
 import libvirt
 
-from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
-from libvirt_exporter.config import SamplerConfig
-from libvirt_exporter.connection import Connection
-from libvirt_exporter.cycle import CycleFailed
-from libvirt_exporter.inventory import DomainEntry, Inventory
+from libvirt_exporter.calls import CallKey, Outcome, Status
+from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.libvirt_client import describe
-from libvirt_exporter.samplers.per_domain import PerDomainCalls
-from libvirt_exporter.store import Sample, Store
+from libvirt_exporter.samplers.per_domain import DomainSampler
+from libvirt_exporter.store import Sample
 
 log = logging.getLogger(__name__)
 
@@ -56,36 +53,17 @@ def read_domain_stats(conn: Any, domain: Any) -> Mapping[str, Any]:
     return next((stats for _, stats in conn.domainListGetStats([domain], GROUPS, 0)), {})
 
 
-class BulkSampler:
-    def __init__(
-        self,
-        config: SamplerConfig,
-        connection: Connection,
-        inventory: Inventory,
-        runner: CallRunner,
-        store: Store,
-    ) -> None:
-        self.config = config
-        self._connection = connection
-        self._inventory = inventory
-        self._runner = runner
-        self._store = store
-        self._per_domain = PerDomainCalls(
-            config, runner, store, still_exists=lambda name: inventory.get(name) is not None
-        )
-
+class BulkSampler(DomainSampler):
     def subjects(self) -> list[str]:
         return [entry.name for entry in self._inventory.domains()]
 
     def run_cycle(self) -> None:
         self._inventory.refresh()
-        conn = self._connection.current()
-        if conn is None:
-            raise CycleFailed("not connected to libvirt")
+        conn = self._connected()
         free, busy = self._partition()
         if free and not self._runner.is_in_flight(HOST_WIDE):
             free = self._sample_host_wide(conn, free)
-        self._per_domain.run((e.name, partial(read_domain_stats, conn, e.domain)) for e in free + busy)
+        self._sample_each((e.name, partial(read_domain_stats, conn, e.domain)) for e in free + busy)
 
     def _partition(self) -> tuple[list[DomainEntry], list[DomainEntry]]:
         """Domains with a free monitor, and with one busy for a moment; stuck ones are skipped."""
@@ -101,8 +79,9 @@ class BulkSampler:
 
     def _sample_host_wide(self, conn: Any, ready: list[DomainEntry]) -> list[DomainEntry]:
         """One call for all `ready` domains; returns the domains still to be sampled one by one."""
-        outcome = self._runner.run(
+        outcome = self._connection.call(
             HOST_WIDE,
+            conn,
             partial(read_stats, conn, [entry.domain for entry in ready]),
             self.config.deadline,
             on_late=self._take_late_host_wide,

@@ -1,5 +1,5 @@
-"""One call per domain, all sent at once, each under its own deadline: how a sampler isolates a
-frozen VM from the healthy ones."""
+"""What every sampler shares: where it reads the host from, and one call per domain, all sent at
+once, each under its own deadline, which is how a sampler isolates a frozen VM from the rest."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import gevent
 
 from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
 from libvirt_exporter.config import SamplerConfig
+from libvirt_exporter.connection import Connection
+from libvirt_exporter.cycle import CycleFailed
+from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.store import Sample, Store
 
@@ -19,63 +22,61 @@ log = logging.getLogger(__name__)
 Read = Callable[[], Mapping[str, Any]]
 
 
-class PerDomainCalls:
-    """Sends a sampler's per-domain calls and books their outcomes in the store."""
+class DomainSampler:
+    """Base of the samplers: sends per-domain calls and books their outcomes in the store."""
 
     def __init__(
         self,
         config: SamplerConfig,
+        connection: Connection,
+        inventory: Inventory,
         runner: CallRunner,
         store: Store,
-        still_exists: Callable[[str], bool],
     ) -> None:
-        self._config = config
+        self.config = config
+        self._connection = connection
+        self._inventory = inventory
         self._runner = runner
         self._store = store
-        self._still_exists = still_exists
 
-    def run(self, reads: Iterable[tuple[str, Read]]) -> None:
+    def _connected(self) -> Any:
+        """The connection the domains' handles belong to; a cycle while libvirtd is away fails."""
+        if self._connection.current() is None:
+            raise CycleFailed("not connected to libvirt")
+        return self._inventory.conn
+
+    def _sample_each(self, reads: Iterable[tuple[str, Read]]) -> None:
         """Sample each (domain, read) at once, and return when each has returned or timed out."""
-        gevent.joinall([gevent.spawn(self._run_one, domain, read) for domain, read in reads])
+        gevent.joinall([gevent.spawn(self._sample_one, domain, read) for domain, read in reads])
 
-    def _run_one(self, domain: str, read: Read) -> None:
-        outcome = self._runner.run(
-            CallKey(self._config.name, domain),
+    def _sample_one(self, domain: str, read: Read) -> None:
+        outcome = self._connection.call(
+            CallKey(self.config.name, domain),
+            self._connected(),
             read,
-            self._config.deadline,
+            self.config.deadline,
             on_late=lambda late: self._record_late(domain, late),
         )
-        self.record(domain, outcome)
+        self._record(domain, outcome)
 
-    def record(self, domain: str, outcome: Outcome[Any]) -> None:
+    def _record(self, domain: str, outcome: Outcome[Any]) -> None:
         """Store the values of a call that returned, or count why there are none."""
         if outcome.status is Status.OK and outcome.call is not None:
-            self._store.offer(self._config.name, domain, Sample(outcome.value or {}, outcome.call.started_at))
+            self._store.offer(self.config.name, domain, Sample(outcome.value or {}, outcome.call.started_at))
             return
-        self._store.count_failure(self._config.name, domain, outcome.status)
+        self._store.count_failure(self.config.name, domain, outcome.status)
+        fields = {"sampler": self.config.name, "domain": domain}
         if outcome.status is Status.ERROR:
             log.info(
                 "libvirt call failed",
-                extra={
-                    "fields": {
-                        "sampler": self._config.name,
-                        "domain": domain,
-                        "err": describe(outcome.error or Exception()),
-                    }
-                },
+                extra={"fields": {**fields, "err": describe(outcome.error or Exception())}},
             )
         elif outcome.status is Status.TIMEOUT:
             log.warning(
                 "libvirt call ran past its deadline",
-                extra={
-                    "fields": {
-                        "sampler": self._config.name,
-                        "domain": domain,
-                        "deadline": self._config.deadline,
-                    }
-                },
+                extra={"fields": {**fields, "deadline": self.config.deadline}},
             )
 
     def _record_late(self, domain: str, outcome: Outcome[Any]) -> None:
-        if self._still_exists(domain):
-            self.record(domain, outcome)
+        if self._inventory.get(domain) is not None:
+            self._record(domain, outcome)

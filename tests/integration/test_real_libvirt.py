@@ -111,6 +111,7 @@ def test_a_frozen_vm_is_flagged_while_the_others_stay_fresh(
                 }
             )
         time.sleep(0.2)
+    assert value(series, "libvirt_domain_sample_stale", domain=frozen.name, sampler="bulk") == 1
     in_flight = value(series, "libvirt_domain_call_in_flight_seconds", domain=frozen.name, sampler="block")
     assert in_flight is not None and in_flight > DEADLINE
     assert (

@@ -77,6 +77,5 @@ def fake_host() -> FakeHost:
 def harness(fake_host: FakeHost) -> Iterator[Harness]:
     harness = Harness(fake_host, make_config())
     yield harness
-    for name in list(fake_host.current.domains):
-        fake_host.current.thaw(name)  # let stuck threads finish
+    fake_host.thaw_all()  # let stuck threads finish
     harness.exporter.stop()

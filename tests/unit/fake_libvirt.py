@@ -162,23 +162,20 @@ class FakeVirDomain:
 class FakeConnection:
     """What `libvirt.openReadOnly` returns, for the calls the exporter makes."""
 
-    def __init__(self, domains: list[FakeDomain]) -> None:
-        self.domains = {d.name: d for d in domains}
-        self.calls: Counter[tuple[str, str]] = Counter()
+    def __init__(self, host: FakeHost) -> None:
+        self.host = host
         self.alive = True
-        self._lock = threading.Lock()
-        self._close_callbacks: list[tuple[Callable[..., None], Any]] = []
-        self._event_callbacks: list[Callable[..., None]] = []
+        self.close_callbacks: list[tuple[Callable[..., None], Any]] = []
+        self.event_callbacks: list[Callable[..., None]] = []
 
-    # --- test controls ------------------------------------------------------------------------
     def count(self, domain: str, method: str) -> None:
-        with self._lock:
-            self.calls[(domain, method)] += 1
+        with self.host.lock:
+            self.host.calls[(domain, method)] += 1
 
     def check(self, domain: FakeDomain, method: str) -> None:
         if not self.alive:
             raise FakeLibvirtError("internal error: client socket is closed")
-        if domain.name not in self.domains:
+        if domain.name not in self.host.domains:
             raise FakeLibvirtError("Domain not found", libvirt.VIR_ERR_NO_DOMAIN)
         if method in domain.failures:
             raise domain.failures[method]
@@ -186,52 +183,21 @@ class FakeConnection:
     def enter_monitor(self, domain: FakeDomain, method: str) -> None:
         """Take the domain's job and talk to its monitor: blocks while the domain is frozen."""
         self.check(domain, method)
-        with self._lock:
+        with self.host.lock:
             domain.job_holders += 1
             domain.monitor_waiters += 1
             if domain.monitor_waiters == 1:
                 domain.monitor_busy_since = time.monotonic()
         domain.frozen.wait()
-        with self._lock:
+        with self.host.lock:
             domain.job_holders -= 1
             domain.monitor_waiters -= 1
-
-    def freeze(self, name: str) -> None:
-        self.domains[name].frozen.clear()
-
-    def thaw(self, name: str) -> None:
-        self.domains[name].frozen.set()
-
-    def add(self, domain: FakeDomain) -> None:
-        self.domains[domain.name] = domain
-        self._emit(domain)
-
-    def remove(self, name: str) -> None:
-        domain = self.domains.pop(name)
-        self._emit(domain)
-
-    def close_from_server(self) -> None:
-        """libvirtd went away: libvirt runs the close callbacks in its event-loop thread."""
-        self.alive = False
-        thread = threading.Thread(
-            target=lambda: [cb(self, 1, opaque) for cb, opaque in self._close_callbacks]
-        )
-        thread.start()
-        thread.join()
-
-    def _emit(self, domain: FakeDomain) -> None:
-        handle = FakeVirDomain(self, domain)
-        thread = threading.Thread(
-            target=lambda: [cb(self, handle, 0, 0, None) for cb in self._event_callbacks]
-        )
-        thread.start()
-        thread.join()
 
     # --- the libvirt API ----------------------------------------------------------------------
     def listAllDomains(self, flags: int = 0) -> list[FakeVirDomain]:
         if not self.alive:
             raise FakeLibvirtError("internal error: client socket is closed")
-        return [FakeVirDomain(self, d) for d in list(self.domains.values())]
+        return [FakeVirDomain(self, d) for d in list(self.host.domains.values())]
 
     def domainListGetStats(self, doms: list[FakeVirDomain], stats: int, flags: int) -> list[Any]:
         records = []
@@ -248,12 +214,12 @@ class FakeConnection:
         return records
 
     def registerCloseCallback(self, cb: Callable[..., None], opaque: Any) -> None:
-        self._close_callbacks.append((cb, opaque))
+        self.close_callbacks.append((cb, opaque))
 
     def domainEventRegisterAny(self, dom: Any, event_id: int, cb: Callable[..., None], opaque: Any) -> int:
         if event_id == libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE:
-            self._event_callbacks.append(cb)
-        return len(self._event_callbacks)
+            self.event_callbacks.append(cb)
+        return len(self.event_callbacks)
 
     def getHostname(self) -> str:
         return "hv1"
@@ -272,23 +238,58 @@ class FakeConnection:
         return 0
 
 
+def _in_event_loop_thread(calls: Callable[[], object]) -> None:
+    """libvirt runs its callbacks in its event-loop thread, never in the caller's."""
+    thread = threading.Thread(target=calls)
+    thread.start()
+    thread.join()
+
+
 class FakeHost:
-    """The host behind the fake connections: reopening after a close gives a new connection to the
-    same domains, as reconnecting to a restarted libvirtd does."""
+    """A libvirtd with its domains: every connection opened to it sees the same domains, and
+    calls are counted across connections."""
 
     def __init__(self, domains: list[FakeDomain]) -> None:
-        self.domains = domains
+        self.domains = {d.name: d for d in domains}
+        self.calls: Counter[tuple[str, str]] = Counter()
         self.connections: list[FakeConnection] = []
         self.refuse = False
+        self.lock = threading.Lock()
 
     def open(self, uri: str) -> FakeConnection:
         if self.refuse:
             raise FakeLibvirtError("Failed to connect socket to '/run/libvirt/libvirt-sock-ro'")
-        previous = self.connections[-1].domains if self.connections else {d.name: d for d in self.domains}
-        conn = FakeConnection(list(previous.values()))
+        conn = FakeConnection(self)
         self.connections.append(conn)
         return conn
 
-    @property
-    def current(self) -> FakeConnection:
-        return self.connections[-1]
+    def open_connections(self) -> list[FakeConnection]:
+        return [conn for conn in self.connections if conn.alive]
+
+    def freeze(self, name: str) -> None:
+        self.domains[name].frozen.clear()
+
+    def thaw(self, name: str) -> None:
+        self.domains[name].frozen.set()
+
+    def thaw_all(self) -> None:
+        for domain in self.domains.values():
+            domain.frozen.set()
+
+    def add(self, domain: FakeDomain) -> None:
+        self.domains[domain.name] = domain
+        self._emit(domain)
+
+    def remove(self, name: str) -> None:
+        self._emit(self.domains.pop(name))
+
+    def stop_libvirtd(self) -> None:
+        """libvirtd went away: every connection closes, and libvirt runs their close callbacks."""
+        for conn in self.open_connections():
+            conn.alive = False
+            _in_event_loop_thread(lambda c=conn: [cb(c, 1, opaque) for cb, opaque in c.close_callbacks])
+
+    def _emit(self, domain: FakeDomain) -> None:
+        for conn in self.open_connections():
+            handle = FakeVirDomain(conn, domain)
+            _in_event_loop_thread(lambda c=conn, h=handle: [cb(c, h, 0, 0, None) for cb in c.event_callbacks])

@@ -57,15 +57,14 @@ def running(fake_host: FakeHost) -> Iterator[Running]:
     server.start()
     exporter.start()
     yield Running(exporter, f"http://127.0.0.1:{server.server_port}")
-    for name in list(fake_host.current.domains):
-        fake_host.current.thaw(name)
+    fake_host.thaw_all()
     exporter.stop()
     server.stop()
 
 
 def test_scrapes_answer_at_once_while_a_domain_hangs(running: Running, fake_host: FakeHost) -> None:
     wait_for(lambda: value(running.series(), "libvirt_domain_sample_stale", domain="b", sampler="block") == 0)
-    fake_host.current.freeze("b")
+    fake_host.freeze("b")
     wait_for(
         lambda: (
             (
@@ -85,7 +84,7 @@ def test_scrapes_answer_at_once_while_a_domain_hangs(running: Running, fake_host
         assert value(last, "libvirt_domain_sample_stale", domain=healthy, sampler="bulk") == 0
     assert value(last, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block") > 0  # type: ignore[operator]
 
-    fake_host.current.thaw("b")
+    fake_host.thaw("b")
     wait_for(lambda: value(running.series(), "libvirt_domain_sample_stale", domain="b", sampler="block") == 0)
 
 

@@ -24,9 +24,9 @@ def test_healthy_host_serves_every_domain_fresh(harness: Harness) -> None:
 
 
 def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harness) -> None:
-    exporter, conn = harness.exporter, harness.host.current
+    exporter, host = harness.exporter, harness.host
     harness.cycle(exporter.bulk)
-    conn.freeze("b")
+    host.freeze("b")
 
     first = harness.cycle(exporter.block)
     assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler="block") == 1
@@ -40,7 +40,7 @@ def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harnes
     third = harness.cycle(exporter.block)
     assert value(third, "libvirt_domain_sample_timeouts_total", domain="b", sampler="block") == 1
     assert value(third, "libvirt_domain_sample_skipped_total", domain="b", sampler="block") == 2
-    assert conn.calls[("b", "blockStatsFlags")] == 1, "a second call was sent to a stuck domain"
+    assert host.calls[("b", "blockStatsFlags")] == 1, "a second call was sent to a stuck domain"
     in_flight_second = value(second, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
     in_flight_third = value(third, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
     assert in_flight_first < in_flight_second < in_flight_third  # type: ignore[operator]
@@ -50,30 +50,39 @@ def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harnes
         assert value(third, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler="block") == 0
     assert value(third, "libvirt_domain_block_read_requests_total", domain="a", device="vda") == 3
 
-    conn.thaw("b")
+    host.thaw("b")
     wait_for(lambda: not exporter.runner.is_in_flight(CallKey("block", "b")))
     recovered = harness.cycle(exporter.block)
     assert value(recovered, "libvirt_domain_sample_stale", domain="b", sampler="block") == 0
     assert value(recovered, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block") == 0
     assert value(recovered, "libvirt_sampler_threads", state="stuck") == 0
-    assert conn.calls[("b", "blockStatsFlags")] == 2
+    assert host.calls[("b", "blockStatsFlags")] == 2
 
 
-def test_values_go_stale_after_interval_plus_deadline_when_no_cycle_runs(fake_host: FakeHost) -> None:
+def test_values_go_stale_after_interval_plus_deadline_without_a_cycle(fake_host: FakeHost) -> None:
     harness = Harness(fake_host, make_config(deadline=0.2, interval=0.3))  # stale after 0.5 s
-    exporter = harness.exporter
-    sampled = harness.cycle(exporter.block)
+    sampled = harness.cycle(harness.exporter.block)
     taken_at = value(sampled, "libvirt_domain_sample_timestamp_seconds", domain="a", sampler="block")
-    fake_host.refuse = True
-    fake_host.current.close_from_server()
-    wait_for(lambda: not exporter.connection.up)
-    assert not stale(harness.cycle(exporter.block), "a")
-    wait_for(lambda: stale(harness.cycle(exporter.block), "a"), timeout=3)
+    assert not stale(sampled, "a")
+    wait_for(lambda: stale(harness.scrape(), "a"), timeout=3)  # no block cycle runs meanwhile
     assert time.time() - taken_at > 0.5  # type: ignore[operator]
-    series = harness.scrape()
-    assert value(series, "libvirt_domain_block_read_requests_total", domain="a", device="vda") == 1, (
-        "the last good values must still be served"
-    )
+
+
+def test_while_libvirtd_is_unreachable_the_last_values_are_served_stale(harness: Harness) -> None:
+    exporter, host = harness.exporter, harness.host
+    harness.cycle(exporter.bulk)
+    harness.cycle(exporter.block)
+    host.refuse = True
+    host.stop_libvirtd()
+    wait_for(lambda: not exporter.connection.up)
+    series = harness.cycle(exporter.block)
+    assert value(series, "libvirt_up") == 0
+    assert value(series, "libvirt_sampler_errors_total", sampler="block") == 1
+    for name in "abc":
+        assert stale(series, name, "block") and stale(series, name, "bulk")
+        assert value(series, "libvirt_domain_block_read_requests_total", domain=name, device="vda") == 1, (
+            "the last good values must still be served"
+        )
 
 
 def stale(series: Series, domain: str, sampler: str = "block") -> bool:
@@ -81,8 +90,8 @@ def stale(series: Series, domain: str, sampler: str = "block") -> bool:
 
 
 def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fresh(harness: Harness) -> None:
-    exporter, conn = harness.exporter, harness.host.current
-    conn.freeze("b")
+    exporter, host = harness.exporter, harness.host
+    host.freeze("b")
 
     first = harness.cycle(exporter.bulk)
     assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler="bulk") == 1
@@ -95,11 +104,11 @@ def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fr
 
     second = harness.cycle(exporter.bulk)
     assert value(second, "libvirt_domain_sample_skipped_total", domain="b", sampler="bulk") == 1
-    assert conn.calls[("b", "domainListGetStats")] == 1, "a second call was sent to a stuck domain"
+    assert host.calls[("b", "domainListGetStats")] == 1, "a second call was sent to a stuck domain"
     fresh_cpu = value(second, "libvirt_domain_cpu_time_seconds_total", domain="a")
     assert fresh_cpu == 3.0  # read by the host-wide call, then by one call of its own per cycle
 
-    conn.thaw("b")
+    host.thaw("b")
     wait_for(lambda: not exporter.runner.is_in_flight(CallKey("bulk")))
     after_late = harness.scrape()
     assert value(after_late, "libvirt_domain_cpu_time_seconds_total", domain="a") == fresh_cpu, (
@@ -113,8 +122,9 @@ def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fr
 
 
 def test_error_on_one_domain_does_not_hide_the_others(harness: Harness) -> None:
-    conn = harness.host.current
-    conn.domains["a"].failures["blockStatsFlags"] = FakeLibvirtError("cannot acquire state change lock")
+    harness.host.domains["a"].failures["blockStatsFlags"] = FakeLibvirtError(
+        "cannot acquire state change lock"
+    )
     series = harness.cycle(harness.exporter.block)
     assert value(series, "libvirt_domain_sample_errors_total", domain="a", sampler="block") == 1
     assert value(series, "libvirt_domain_sample_stale", domain="a", sampler="block") == 1
@@ -125,17 +135,17 @@ def test_error_on_one_domain_does_not_hide_the_others(harness: Harness) -> None:
 def test_vanished_domain_loses_its_series_on_the_next_cycle(harness: Harness) -> None:
     harness.cycle(harness.exporter.bulk)
     harness.cycle(harness.exporter.block)
-    del harness.host.current.domains["c"]
+    del harness.host.domains["c"]
     series = harness.cycle(harness.exporter.bulk)
     assert domains_in(series) == {"a", "b"}
 
 
 def test_lifecycle_events_update_the_domain_set_between_cycles(harness: Harness) -> None:
-    exporter, conn = harness.exporter, harness.host.current
+    exporter, host = harness.exporter, harness.host
     harness.cycle(exporter.bulk)
-    conn.remove("c")
+    host.remove("c")
     wait_for(lambda: "c" not in domains_in(harness_parse(harness)))
-    conn.add(FakeDomain("d", 7))
+    host.add(FakeDomain("d", 7))
     wait_for(lambda: "d" in domains_in(harness_parse(harness)))
     assert value(harness_parse(harness), "libvirt_domain_sample_stale", domain="d", sampler="bulk") == 1
 
@@ -150,7 +160,7 @@ def test_closed_connection_sets_up_to_zero_and_reconnect_restores_it(harness: Ha
     runner = gevent.spawn(exporter.connection.run)
     harness.cycle(exporter.bulk)
     host.refuse = True
-    host.current.close_from_server()
+    host.stop_libvirtd()
     wait_for(lambda: value(harness_parse(harness), "libvirt_up") == 0)
     stale_values = harness.cycle(exporter.bulk)
     assert value(stale_values, "libvirt_sampler_errors_total", sampler="bulk") == 1
@@ -163,3 +173,20 @@ def test_closed_connection_sets_up_to_zero_and_reconnect_restores_it(harness: Ha
     assert value(series, "libvirt_connection_reconnects_total") == 1
     assert value(series, "libvirt_domain_cpu_time_seconds_total", domain="a") == 2.0
     runner.kill()
+
+
+def test_a_stuck_call_moves_new_calls_to_a_fresh_connection(harness: Harness) -> None:
+    """libvirt stalls calls on a connection that holds a stuck one (measured): leave it."""
+    exporter, host = harness.exporter, harness.host
+    first = exporter.connection.current()
+    host.freeze("b")
+    harness.cycle(exporter.block)
+    wait_for(lambda: exporter.connection.current() is not first)
+    series = harness.cycle(exporter.bulk)
+    assert exporter.inventory.conn is exporter.connection.current()
+    assert first.alive, "closed while its stuck call had not returned"
+    assert value(series, "libvirt_up") == 1
+    assert value(series, "libvirt_connection_reconnects_total") == 0
+    host.thaw("b")
+    wait_for(lambda: not first.alive)
+    assert host.open_connections() == [exporter.connection.current()]
