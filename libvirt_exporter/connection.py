@@ -125,6 +125,7 @@ class Connection:
 
         def returned_late(outcome: Outcome[Any]) -> None:
             self._stuck_call_returned(conn)
+            self._check_after(conn, outcome)
             if on_late is not None:
                 on_late(outcome)
 
@@ -133,7 +134,23 @@ class Connection:
             self._stuck_calls[conn] = self._stuck_calls.get(conn, 0) + 1
             if conn is self._conn and not self._rotating:
                 gevent.spawn(self._rotate)
+        self._check_after(conn, outcome)
         return outcome
+
+    def _check_after(self, conn: Any, outcome: Outcome[Any]) -> None:
+        """After a failed call, ask whether the connection is still open.
+
+        libvirt runs the close callback only once every thread waiting on the connection has let
+        go of it (measured: with calls waiting on a frozen libvirtd, not until it was thawed),
+        while the calls already fail with "client socket is closed" after the keepalive timeout.
+        """
+        if outcome.status is Status.ERROR and conn is self._conn:
+            gevent.spawn(self._mark_down_unless_alive, conn)
+
+    def _mark_down_unless_alive(self, conn: Any) -> None:
+        outcome = self._runner.run(CallKey("connection", "alive"), conn.isAlive, self._deadline)
+        if outcome.status is Status.OK and not outcome.value and conn is self._conn:
+            self.mark_down("closed")
 
     def run(self) -> None:
         """Open the connection, wait for it to close, and open it again: forever."""

@@ -233,6 +233,9 @@ class FakeConnection:
     def getVersion(self) -> int:
         return 7_002_000
 
+    def isAlive(self) -> int:
+        return int(self.alive)
+
     def close(self) -> int:
         self.alive = False
         return 0
@@ -283,11 +286,13 @@ class FakeHost:
     def remove(self, name: str) -> None:
         self._emit(self.domains.pop(name))
 
-    def stop_libvirtd(self) -> None:
-        """libvirtd went away: every connection closes, and libvirt runs their close callbacks."""
+    def stop_libvirtd(self, close_callbacks: bool = True) -> None:
+        """libvirtd went away: every connection closes, and libvirt runs their close callbacks
+        (or, as measured while calls wait on a frozen libvirtd, does not run them yet)."""
         for conn in self.open_connections():
             conn.alive = False
-            _in_event_loop_thread(lambda c=conn: [cb(c, 1, opaque) for cb, opaque in c.close_callbacks])
+            if close_callbacks:
+                _in_event_loop_thread(lambda c=conn: [cb(c, 1, opaque) for cb, opaque in c.close_callbacks])
 
     def _emit(self, domain: FakeDomain) -> None:
         for conn in self.open_connections():

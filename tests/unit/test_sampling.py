@@ -190,3 +190,15 @@ def test_a_stuck_call_moves_new_calls_to_a_fresh_connection(harness: Harness) ->
     host.thaw("b")
     wait_for(lambda: not first.alive)
     assert host.open_connections() == [exporter.connection.current()]
+
+
+def test_a_connection_closed_without_its_close_callback_is_noticed_by_the_next_failed_call(
+    harness: Harness,
+) -> None:
+    exporter, host = harness.exporter, harness.host
+    harness.cycle(exporter.bulk)
+    host.refuse = True
+    host.stop_libvirtd(close_callbacks=False)
+    harness.cycle(exporter.block)  # its calls fail with "client socket is closed"
+    wait_for(lambda: not exporter.connection.up)
+    assert value(harness.scrape(), "libvirt_up") == 0
