@@ -1,7 +1,8 @@
-"""The one connection to libvirtd: opened read-only, watched by keepalive, reopened with backoff."""
+"""The connection to libvirtd: opened read-only, probed for liveness, reopened with backoff."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -21,7 +22,11 @@ T = TypeVar("T")
 
 MIN_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
+PROBE_INTERVAL_SECONDS = 2.0
+UNRESPONSIVE_AFTER_SECONDS = 6.0
+"""How long a liveness probe may go unanswered before libvirtd counts as unreachable."""
 CONNECT = CallKey("connection")
+PROBE = CallKey("connection", "probe")
 
 Opener = Callable[[str], Any]
 DomainEventListener = Callable[[set[str]], None]
@@ -35,6 +40,17 @@ class HostInfo:
     libvirt_version: str
     hypervisor: str
     hypervisor_version: str
+
+
+@dataclass(eq=False)
+class _Opened:
+    """One open virConnect, and how many of the exporter's calls are using it."""
+
+    conn: Any
+    host: HostInfo
+    generation: int
+    calls: int = 0
+    stuck: int = 0
 
 
 def _version_text(number: int) -> str:
@@ -66,16 +82,19 @@ class _CrossThreadSignal:
 
 
 class Connection:
-    """Keeps a libvirt connection open for the samplers and says whether it is up.
+    """Keeps a libvirt connection open for the samplers and says whether libvirtd answers.
 
-    The close callback that libvirt fires from its event-loop thread (keepalive timeout, EOF,
-    error) marks the connection down at once; `run` then reopens it with exponential backoff.
+    Liveness is probed by the exporter itself, not by libvirt's keepalive: measured on libvirt
+    9.0, a keepalive timeout that closes a connection on which several calls wait crashes the
+    client (SIGSEGV in its I/O loop). A probe unanswered for `unresponsive_after` seconds, a close
+    callback (libvirtd exited), or a failed call on a connection that is no longer open, marks
+    libvirtd unreachable; `run` then reopens with exponential backoff.
 
-    A connection that holds a stuck call is retired: measured on libvirt 9.0, while one call on a
-    connection waits on a frozen QEMU, other calls on that connection now and then stall for a
-    whole keepalive interval, and every stuck call holds one of the 5 requests libvirtd serves a
-    client at once. So new calls go to a fresh connection, and a retired one is closed once its
-    stuck calls have returned.
+    A connection that holds a stuck call is retired as well: measured on libvirt 9.0, while one
+    call waits on a frozen QEMU, other calls on the same connection now and then stall for a
+    whole keepalive interval, and every stuck call holds one of the 5 requests that libvirtd
+    serves a client at once. New calls go to a fresh connection; a retired one is closed once
+    none of the exporter's calls uses it any more (closing it under a waiting call is unsafe).
     """
 
     def __init__(
@@ -86,32 +105,36 @@ class Connection:
         on_change: Callable[[], None],
         on_domain_events: DomainEventListener,
         opener: Opener = open_read_only,
+        unresponsive_after: float = UNRESPONSIVE_AFTER_SECONDS,
     ) -> None:
         self.uri = uri
         self.reconnects = 0
-        self.host: HostInfo | None = None
+        self._unresponsive_after = unresponsive_after
         self._runner = runner
         self._deadline = connect_deadline
         self._opener = opener
         self._on_change = on_change
-        self._on_domain_events = on_domain_events
-        self._conn: Any = None
-        self._stuck_calls: dict[Any, int] = {}
-        self._rotating = False
+        self._current: _Opened | None = None
+        self._opened: dict[Any, _Opened] = {}
         self._generation = 0
         self._ever_connected = False
-        self._closed = gevent.event.Event()
+        self._down = gevent.event.Event()
+        self._down.set()
         self.first_attempt_done = gevent.event.Event()
         self._close_signal = _CrossThreadSignal(self._closed_by_libvirt)
         self._event_signal = _CrossThreadSignal(lambda names: on_domain_events(set(names)))
 
     @property
     def up(self) -> bool:
-        return self._conn is not None
+        return self._current is not None
+
+    @property
+    def host(self) -> HostInfo | None:
+        return self._current.host if self._current else None
 
     def current(self) -> Any:
-        """The open virConnect, or None while libvirtd is unreachable."""
-        return self._conn
+        """The virConnect for new calls, or None while libvirtd is unreachable."""
+        return self._current.conn if self._current else None
 
     def call(
         self,
@@ -121,92 +144,48 @@ class Connection:
         deadline: float,
         on_late: LateHandler | None = None,
     ) -> Outcome[T]:
-        """Run `fn`, a call made on `conn`, under `deadline`; retire `conn` while the call is stuck."""
+        """Run `fn`, a call made on `conn`, under `deadline`, and keep the books of `conn`."""
+        opened = self._opened.get(conn)
+        if opened is not None:
+            opened.calls += 1
 
         def returned_late(outcome: Outcome[Any]) -> None:
-            self._stuck_call_returned(conn)
-            self._check_after(conn, outcome)
+            if opened is not None:
+                opened.stuck -= 1
+                self._call_ended(opened, outcome)
             if on_late is not None:
                 on_late(outcome)
 
         outcome = self._runner.run(key, fn, deadline, on_late=returned_late)
+        if opened is None:
+            return outcome
         if outcome.status is Status.TIMEOUT:
-            self._stuck_calls[conn] = self._stuck_calls.get(conn, 0) + 1
-            if conn is self._conn and not self._rotating:
-                gevent.spawn(self._rotate)
-        self._check_after(conn, outcome)
+            opened.stuck += 1
+            if opened is self._current:
+                gevent.spawn(self._retire_stuck, opened)
+        else:
+            self._call_ended(opened, outcome)
         return outcome
 
-    def _check_after(self, conn: Any, outcome: Outcome[Any]) -> None:
-        """After a failed call, ask whether the connection is still open.
-
-        libvirt runs the close callback only once every thread waiting on the connection has let
-        go of it (measured: with calls waiting on a frozen libvirtd, not until it was thawed),
-        while the calls already fail with "client socket is closed" after the keepalive timeout.
-        """
-        if outcome.status is Status.ERROR and conn is self._conn:
-            gevent.spawn(self._mark_down_unless_alive, conn)
-
-    def _mark_down_unless_alive(self, conn: Any) -> None:
-        outcome = self._runner.run(CallKey("connection", "alive"), conn.isAlive, self._deadline)
-        if outcome.status is Status.OK and not outcome.value and conn is self._conn:
-            self.mark_down("closed")
-
     def run(self) -> None:
-        """Open the connection, wait for it to close, and open it again: forever."""
+        """Open the connection and probe it while it is up; reopen it when it is not: forever."""
         backoff = MIN_BACKOFF_SECONDS
         while True:
-            if self.up or self.connect_once():
+            if self.up:
                 backoff = MIN_BACKOFF_SECONDS
-                self._closed.wait()
-                continue
-            gevent.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-
-    def _stuck_call_returned(self, conn: Any) -> None:
-        self._stuck_calls[conn] -= 1
-        if self._stuck_calls[conn] == 0:
-            del self._stuck_calls[conn]
-            if conn is not self._conn:
-                self._close(conn)
-
-    def _rotate(self) -> None:
-        """Open a fresh connection for new calls while the current one holds a stuck call."""
-        self._rotating = True
-        generation = self._generation + 1
-        outcome = self._runner.run(
-            CallKey("connection", "rotate"), lambda: self._open(generation), self._deadline
-        )
-        self._rotating = False
-        if outcome.status is not Status.OK or outcome.value is None:
-            return  # keep the current connection; the next stuck call tries again
-        if self._conn is None:  # libvirtd went away meanwhile: `run` reconnects
-            self._close(outcome.value[0])
-            return
-        retired = self._conn
-        self._conn, self.host = outcome.value
-        self._generation = generation
-        log.info("moved to a fresh libvirt connection: a call is stuck on the previous one")
-        if retired not in self._stuck_calls:
-            self._close(retired)
-        self._on_change()
-
-    def _close(self, conn: Any) -> None:
-        key = CallKey("connection", f"close-{id(conn)}")
-        gevent.spawn(self._runner.run, key, conn.close, self._deadline)
+                self._probe()
+                gevent.sleep(PROBE_INTERVAL_SECONDS)
+            elif not self.connect_once():
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def connect_once(self) -> bool:
         """One attempt to open the connection; True when it is up."""
-        generation = self._generation + 1
-        outcome = self._runner.run(CONNECT, lambda: self._open(generation), self._deadline)
+        opened = self._open_new(CONNECT)
         self.first_attempt_done.set()
-        if outcome.status is not Status.OK or outcome.value is None:
-            reason = describe(outcome.error) if outcome.error else outcome.status.value
-            log.warning("cannot connect to libvirt", extra={"fields": {"uri": self.uri, "err": reason}})
+        if opened is None:
             return False
-        self._conn, self.host = outcome.value
-        self._generation = generation
-        self._closed.clear()
+        self._current = opened
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
@@ -215,18 +194,77 @@ class Connection:
         return True
 
     def mark_down(self, reason: str) -> None:
-        """Forget the connection: its calls fail, and `run` opens a new one."""
-        if self._conn is None:
+        """libvirtd is unreachable: calls stop, and `run` opens a new connection."""
+        if self._current is None:
             return
         log.warning("libvirt connection lost", extra={"fields": {"uri": self.uri, "reason": reason}})
-        old, self._conn = self._conn, None
-        self._closed.set()
+        lost, self._current = self._current, None
+        self._close_if_unused(lost)
         self._on_change()
-        if old not in self._stuck_calls:
-            self._close(old)
 
-    def _open(self, generation: int) -> tuple[Any, HostInfo]:
-        """Runs in a pool thread: opening can hang on a frozen libvirtd like any other call."""
+    def _probe(self) -> None:
+        opened = self._current
+        assert opened is not None
+        outcome = self.call(PROBE, opened.conn, opened.conn.getLibVersion, self._unresponsive_after)
+        if outcome.status is Status.TIMEOUT and opened is self._current:
+            self.mark_down("unresponsive")
+
+    def _call_ended(self, opened: _Opened, outcome: Outcome[Any]) -> None:
+        opened.calls -= 1
+        if outcome.status is Status.ERROR and opened is self._current:
+            gevent.spawn(self._mark_down_unless_open, opened)
+        self._close_if_unused(opened)
+
+    def _mark_down_unless_open(self, opened: _Opened) -> None:
+        """A failed call may mean a closed connection whose close callback libvirt has not run
+        yet (it waits for the threads that use the connection): ask the connection itself."""
+        outcome = self._runner.run(CallKey("connection", "alive"), opened.conn.isAlive, self._deadline)
+        if outcome.status is Status.OK and not outcome.value and opened is self._current:
+            self.mark_down("closed")
+
+    def _retire_stuck(self, stuck: _Opened) -> None:
+        """Move new calls to a fresh connection while `stuck` holds a stuck call."""
+        fresh = self._open_new(CallKey("connection", "fresh"))
+        if fresh is None:
+            return  # keep the current connection; the next stuck call tries again
+        if self._current is not stuck:  # it was lost meanwhile, and `run` takes care of that
+            self._close_if_unused(fresh)
+            return
+        self._current = fresh
+        log.info("moved to a fresh libvirt connection: a call is stuck on the previous one")
+        self._close_if_unused(stuck)
+        self._on_change()
+
+    def _open_new(self, key: CallKey) -> _Opened | None:
+        """Open a connection in a pool thread: opening hangs on a frozen libvirtd like any call.
+        One that opens only after its deadline is closed again."""
+        self._generation += 1
+        generation = self._generation
+        outcome = self._runner.run(
+            key, lambda: self._open(generation), self._deadline, on_late=self._close_late_opened
+        )
+        if outcome.status is not Status.OK or outcome.value is None:
+            reason = describe(outcome.error) if outcome.error else outcome.status.value
+            log.warning("cannot connect to libvirt", extra={"fields": {"uri": self.uri, "err": reason}})
+            return None
+        opened: _Opened = outcome.value
+        self._opened[opened.conn] = opened
+        return opened
+
+    def _close_late_opened(self, outcome: Outcome[Any]) -> None:
+        if outcome.status is Status.OK and outcome.value is not None:
+            self._opened[outcome.value.conn] = outcome.value
+            self._close_if_unused(outcome.value)
+
+    def _close_if_unused(self, opened: _Opened) -> None:
+        if opened is self._current or opened.calls > 0 or opened.conn not in self._opened:
+            return
+        del self._opened[opened.conn]
+        key = CallKey("connection", f"close-{opened.generation}")
+        gevent.spawn(self._runner.run, key, lambda: _close(opened.conn), self._deadline)
+
+    def _open(self, generation: int) -> _Opened:
+        """Runs in a pool thread."""
         conn = self._opener(self.uri)
         conn.registerCloseCallback(self._close_callback, generation)
         self._register_domain_events(conn)
@@ -236,7 +274,7 @@ class Connection:
             hypervisor=conn.getType(),
             hypervisor_version=_version_text(conn.getVersion()),
         )
-        return conn, host
+        return _Opened(conn, host, generation)
 
     def _register_domain_events(self, conn: Any) -> None:
         try:
@@ -263,5 +301,12 @@ class Connection:
     def _closed_by_libvirt(self, closes: list[tuple[int, int]]) -> None:
         reasons = {1: "eof", 2: "keepalive", 3: "client"}
         for generation, reason in closes:
-            if generation == self._generation:
+            if self._current is not None and generation == self._current.generation:
                 self.mark_down(reasons.get(reason, "error"))
+
+
+def _close(conn: Any) -> None:
+    """Runs in a pool thread: unhook the callbacks first, so that none runs on a closed handle."""
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    conn.close()

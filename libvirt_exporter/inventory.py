@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gevent.lock
 import libvirt
 
-from libvirt_exporter.calls import CallKey, Status
+from libvirt_exporter.calls import CallKey, Outcome, Status
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.cycle import CycleFailed
 from libvirt_exporter.domain_xml import DomainDescription, parse_domain_xml
@@ -94,6 +95,7 @@ class Inventory:
         """The connection the domains' handles belong to: calls on them go through it."""
         self._on_forget = on_forget
         self._entries: dict[str, DomainEntry] = {}
+        self._surveying = gevent.lock.Semaphore()
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
 
     def domains(self) -> list[DomainEntry]:
@@ -108,17 +110,24 @@ class Inventory:
             self._descriptions.pop(name, None)
 
     def refresh(self) -> None:
-        """Survey the host; keep the previous inventory when the survey cannot be done."""
+        """Survey the host; keep the previous inventory when the survey cannot be done.
+
+        A refresh asked for while another runs (after an event) waits for that one instead.
+        """
+        if self._surveying.locked():
+            with self._surveying:
+                return
+        with self._surveying:
+            self._survey()
+
+    def _survey(self) -> None:
         conn = self._connection.current()
         if conn is None:
             raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
         outcome = self._connection.call(SURVEY, conn, lambda: _survey(conn, known_ids), self._deadline)
-        if outcome.status is Status.SKIPPED:
-            return  # a survey is still running (an event asked for one): its result will do
         if outcome.status is not Status.OK or outcome.value is None:
-            reason = describe(outcome.error) if outcome.error else "ran past its deadline"
-            raise CycleFailed(f"listing domains failed: {reason}")
+            raise CycleFailed(f"listing domains failed: {_why(outcome)}")
         self.conn = conn
         self._replace(outcome.value)
 
@@ -141,6 +150,14 @@ class Inventory:
         self._entries = entries
         if gone:
             self._on_forget(gone)
+
+
+def _why(outcome: Outcome[Any]) -> str:
+    if outcome.error is not None:
+        return describe(outcome.error)
+    if outcome.status is Status.TIMEOUT:
+        return "ran past its deadline"
+    return "the previous listing has not returned yet"
 
 
 def _busy_seconds(control: list[int] | None) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from typing import Any
@@ -11,9 +10,6 @@ import libvirt
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_INTERVAL_SECONDS = 2
-KEEPALIVE_COUNT = 3
-"""With libvirt's event loop running, a frozen or dead libvirtd is noticed after about 8 s."""
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -27,8 +23,8 @@ def _silence_default_error_printer() -> None:
 def start_event_loop() -> None:
     """Run libvirt's default event loop in a real OS thread, once per process.
 
-    It must be registered before the first connection is opened: without it keepalive does
-    nothing (a frozen libvirtd blocks calls forever), and no close or domain event is delivered.
+    It must be registered before the first connection is opened: without it no close callback
+    or domain event is delivered, and libvirtd's own keepalive pings go unanswered.
     """
     global _event_loop_started
     with _event_loop_lock:
@@ -48,12 +44,13 @@ def _run_event_loop() -> None:
 
 
 def open_read_only(uri: str) -> Any:
-    """A read-only connection with keepalive: it can read every statistic and change nothing."""
+    """A read-only connection: it can read every statistic and change nothing.
+
+    Client-side keepalive stays off: on libvirt 9.0 a keepalive timeout that closes a connection
+    while several threads wait on it crashes the process (measured). Connection probes liveness.
+    """
     start_event_loop()
-    conn = libvirt.openReadOnly(uri)
-    with contextlib.suppress(libvirt.libvirtError):  # local drivers (test:///) have none, need none
-        conn.setKeepAlive(KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT)
-    return conn
+    return libvirt.openReadOnly(uri)
 
 
 def error_code(error: BaseException) -> int | None:

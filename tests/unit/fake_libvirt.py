@@ -173,6 +173,7 @@ class FakeConnection:
             self.host.calls[(domain, method)] += 1
 
     def check(self, domain: FakeDomain, method: str) -> None:
+        self.host.responsive.wait()
         if not self.alive:
             raise FakeLibvirtError("internal error: client socket is closed")
         if domain.name not in self.host.domains:
@@ -195,6 +196,7 @@ class FakeConnection:
 
     # --- the libvirt API ----------------------------------------------------------------------
     def listAllDomains(self, flags: int = 0) -> list[FakeVirDomain]:
+        self.host.responsive.wait()
         if not self.alive:
             raise FakeLibvirtError("internal error: client socket is closed")
         return [FakeVirDomain(self, d) for d in list(self.host.domains.values())]
@@ -216,6 +218,9 @@ class FakeConnection:
     def registerCloseCallback(self, cb: Callable[..., None], opaque: Any) -> None:
         self.close_callbacks.append((cb, opaque))
 
+    def unregisterCloseCallback(self) -> None:
+        self.close_callbacks.clear()
+
     def domainEventRegisterAny(self, dom: Any, event_id: int, cb: Callable[..., None], opaque: Any) -> int:
         if event_id == libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE:
             self.event_callbacks.append(cb)
@@ -225,6 +230,7 @@ class FakeConnection:
         return "hv1"
 
     def getLibVersion(self) -> int:
+        self.host.responsive.wait()
         return 9_000_000
 
     def getType(self) -> str:
@@ -258,6 +264,9 @@ class FakeHost:
         self.connections: list[FakeConnection] = []
         self.refuse = False
         self.lock = threading.Lock()
+        self.responsive = threading.Event()
+        self.responsive.set()
+        """Cleared: libvirtd is frozen, every call waits."""
 
     def open(self, uri: str) -> FakeConnection:
         if self.refuse:
@@ -276,6 +285,7 @@ class FakeHost:
         self.domains[name].frozen.set()
 
     def thaw_all(self) -> None:
+        self.responsive.set()
         for domain in self.domains.values():
             domain.frozen.set()
 

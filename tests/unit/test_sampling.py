@@ -6,7 +6,8 @@ import time
 
 import gevent
 
-from libvirt_exporter.calls import CallKey
+from libvirt_exporter.calls import CallKey, CallRunner
+from libvirt_exporter.connection import Connection
 from tests.unit.conftest import Harness, Series, domains_in, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError
 
@@ -202,3 +203,23 @@ def test_a_connection_closed_without_its_close_callback_is_noticed_by_the_next_f
     harness.cycle(exporter.block)  # its calls fail with "client socket is closed"
     wait_for(lambda: not exporter.connection.up)
     assert value(harness.scrape(), "libvirt_up") == 0
+
+
+def test_an_unresponsive_libvirtd_is_noticed_by_the_liveness_probe(fake_host: FakeHost) -> None:
+    connection = Connection(
+        "qemu:///system",
+        CallRunner(max_concurrent=2, max_stuck=4),
+        connect_deadline=1.0,
+        on_change=lambda: None,
+        on_domain_events=lambda _: None,
+        opener=fake_host.open,
+        unresponsive_after=0.3,
+    )
+    supervisor = gevent.spawn(connection.run)
+    wait_for(lambda: connection.up)
+    fake_host.responsive.clear()  # libvirtd frozen: no close callback, calls just wait
+    wait_for(lambda: not connection.up)
+    fake_host.responsive.set()
+    wait_for(lambda: connection.up, timeout=10)
+    assert connection.reconnects == 1
+    supervisor.kill()
