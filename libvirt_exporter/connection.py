@@ -91,9 +91,9 @@ class Connection:
     libvirtd unreachable; `run` then reopens with exponential backoff.
 
     A connection that holds a stuck call is retired as well: measured on libvirt 9.0, while one
-    call waits on a frozen QEMU, other calls on the same connection now and then stall for a
-    whole keepalive interval, and every stuck call holds one of the 5 requests that libvirtd
-    serves a client at once. New calls go to a fresh connection; a retired one is closed once
+    call waits on a frozen QEMU, other calls on the same connection now and then stall until the
+    next keepalive message (5 to 10 s), and every stuck call holds one of the 5 requests that
+    libvirtd serves a client at once. New calls go to a fresh connection; a retired one is closed once
     none of the exporter's calls uses it any more (closing it under a waiting call is unsafe).
     """
 
