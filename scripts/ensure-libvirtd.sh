@@ -98,7 +98,8 @@ start_daemon() {
 }
 
 # `libvirtd -d` exits 0 before its drivers initialise, so a driver failure only
-# shows as the daemon vanishing: stop waiting then, and show its log.
+# shows as the daemon vanishing. One that was still shutting down when we looked
+# (pidof found it) vanishes too: start it again, twice at most, then show its log.
 fail_with_log() {
     log "$1"
     log "last errors in /var/log/libvirt/libvirtd.log:"
@@ -107,9 +108,13 @@ fail_with_log() {
 }
 
 wait_until_libvirtd_answers() {
-    local deadline=$((SECONDS + WAIT_SECONDS))
+    local deadline=$((SECONDS + WAIT_SECONDS)) starts=1
     until libvirtd_answers; do
-        pidof libvirtd >/dev/null || fail_with_log "libvirtd exited during startup"
+        if ! pidof libvirtd >/dev/null; then
+            ((starts < 3)) || fail_with_log "libvirtd exited during startup"
+            starts=$((starts + 1))
+            start_daemon libvirtd
+        fi
         ((SECONDS < deadline)) || fail_with_log "libvirtd did not answer at $URI within ${WAIT_SECONDS}s"
         sleep 0.2
     done
