@@ -19,21 +19,48 @@ class Kind(Enum):
 
 @dataclass(frozen=True)
 class Spec:
-    """One metric family. A counter's name is given without `_total`: the client library adds it."""
+    """One metric family, documented from these same fields (docs/metrics.md).
+
+    A counter's name is given without `_total`: the client library adds it.
+    """
 
     name: str
     help: str
     kind: Kind
     labels: tuple[str, ...]
     scale: float = 1.0
+    source: str = ""
+    """Where the value comes from: a stats field (`cpu.time`) or a libvirt call."""
+    collector: str = ""
+    """The `--collector.<name>` switch that gates the family; empty for families always on."""
+
+    @property
+    def exposed_name(self) -> str:
+        return f"{self.name}_total" if self.kind is Kind.COUNTER else self.name
 
 
-def gauge(name: str, help: str, labels: tuple[str, ...] = (), scale: float = 1.0) -> Spec:
-    return Spec(name, help, Kind.GAUGE, labels, scale)
+def gauge(
+    name: str,
+    help: str,
+    labels: tuple[str, ...] = (),
+    scale: float = 1.0,
+    *,
+    source: str = "",
+    collector: str = "",
+) -> Spec:
+    return Spec(name, help, Kind.GAUGE, labels, scale, source, collector)
 
 
-def counter(name: str, help: str, labels: tuple[str, ...] = (), scale: float = 1.0) -> Spec:
-    return Spec(name, help, Kind.COUNTER, labels, scale)
+def counter(
+    name: str,
+    help: str,
+    labels: tuple[str, ...] = (),
+    scale: float = 1.0,
+    *,
+    source: str = "",
+    collector: str = "",
+) -> Spec:
+    return Spec(name, help, Kind.COUNTER, labels, scale, source, collector)
 
 
 class Families:
