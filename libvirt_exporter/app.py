@@ -18,7 +18,7 @@ from libvirt_exporter.exposition import Snapshot
 from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.libvirt_client import open_read_only
-from libvirt_exporter.samplers import block, bulk
+from libvirt_exporter.samplers import block, bulk, job, storage_pool
 from libvirt_exporter.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,37 @@ class Exporter:
             opener=opener,
         )
         bulk_config = config.sampler(bulk.NAME)
-        self.inventory = Inventory(self.connection, bulk_config.deadline, self.store.forget)
+        self.inventory = Inventory(
+            self.connection, bulk_config.deadline, self.store.forget, config.include_inactive
+        )
         parts = (self.connection, self.inventory, self.runner, self.store)
         self.bulk = bulk.BulkSampler(bulk_config, *parts)
+        self.bulk.groups = bulk.stat_groups(config.collectors)
         self.block = block.BlockSampler(config.sampler(block.NAME), *parts)
-        self.samplers: tuple[Sampler, ...] = (self.bulk, self.block)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(
-            SnapshotCollector(View(self.connection, self.inventory, self.store, self.runner, self.samplers))
+        self.job = job.JobSampler(config.sampler(job.NAME), *parts)
+        self.storage_pools = storage_pool.StoragePoolSampler(
+            config.sampler(storage_pool.NAME), self.connection
         )
+        optional: dict[str, Sampler] = {
+            block.NAME: self.block,
+            job.NAME: self.job,
+            storage_pool.NAME: self.storage_pools,
+        }
+        self.samplers: tuple[Sampler, ...] = (
+            self.bulk,
+            *(sampler for name, sampler in optional.items() if config.enabled(name)),
+        )
+        self.view = View(
+            self.connection,
+            self.inventory,
+            self.store,
+            self.runner,
+            self.samplers,
+            config.collectors,
+            self.storage_pools if config.enabled(storage_pool.NAME) else None,
+        )
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(self.view))
         ProcessCollector(registry=registry)
         self.snapshot = Snapshot(registry)
         self._greenlets: list[gevent.Greenlet] = []

@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from libvirt_exporter import __version__
 from libvirt_exporter.config import (
+    COLLECTOR_DEFAULTS,
     Config,
     ConfigError,
     SamplerConfig,
@@ -20,7 +21,12 @@ from libvirt_exporter.logs import FORMATS, LEVELS, setup_logging
 
 log = logging.getLogger("libvirt_exporter")
 
-SAMPLER_DEFAULTS = {"bulk": ("15s", "5s"), "block": ("15s", "5s")}
+SAMPLER_DEFAULTS = {
+    "bulk": ("15s", "5s"),
+    "block": ("15s", "5s"),
+    "job": ("15s", "5s"),
+    "storage_pool": ("60s", "10s"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +89,20 @@ def _parser() -> argparse.ArgumentParser:
         default=64,
         help="threads that calls stuck past their deadline may hold before new calls are skipped",
     )
+    parser.add_argument(
+        "--libvirt.include-inactive",
+        dest="include_inactive",
+        action="store_true",
+        help="also export defined but shut-off domains",
+    )
+    for name, default in COLLECTOR_DEFAULTS.items():
+        parser.add_argument(
+            f"--collector.{name}",
+            dest=f"collector_{name}",
+            default=default,
+            action=argparse.BooleanOptionalAction,
+            help=f"the {name} collector (--no-collector.{name} turns it off)",
+        )
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(LEVELS))
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=FORMATS)
     return parser

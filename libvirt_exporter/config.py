@@ -9,6 +9,23 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
+COLLECTOR_DEFAULTS: dict[str, bool] = {
+    "cpu": True,
+    "balloon": True,
+    "vcpu": True,
+    "interface": True,
+    "block": True,
+    "iothread": True,
+    "memory": True,
+    "job": True,
+    "storage_pool": True,
+    "perf": False,
+    "dirtyrate": False,
+}
+"""Each `--collector.<name>`: the cheap groups are on; perf counters and dirty-rate measurement,
+which cost the host, are off."""
+
+
 class ConfigError(ValueError):
     """A setting that cannot work; its message is shown to the operator as the one line of error."""
 
@@ -68,6 +85,8 @@ class Config:
     samplers: tuple[SamplerConfig, ...]
     max_concurrent_calls: int
     max_stuck_calls: int
+    collectors: frozenset[str] = frozenset(name for name, on in COLLECTOR_DEFAULTS.items() if on)
+    include_inactive: bool = False
     connect_deadline: float = 10.0
 
     def __post_init__(self) -> None:
@@ -77,6 +96,9 @@ class Config:
             raise ConfigError("--sampler.max-concurrent-calls must be at least 1")
         if self.max_stuck_calls < 1:
             raise ConfigError("--sampler.max-stuck-calls must be at least 1")
+
+    def enabled(self, collector: str) -> bool:
+        return collector in self.collectors
 
     def sampler(self, name: str) -> SamplerConfig:
         """The settings of the sampler called `name`."""

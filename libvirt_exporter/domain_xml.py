@@ -31,6 +31,18 @@ class Interface:
 
 
 @dataclass(frozen=True)
+class OpenStackInstance:
+    """What OpenStack Nova writes into a domain's <metadata> about the instance."""
+
+    instance_name: str
+    flavor: str
+    project_id: str
+    project_name: str
+    user_id: str
+    user_name: str
+
+
+@dataclass(frozen=True)
 class DomainDescription:
     uuid: str
     os_type: str
@@ -38,6 +50,7 @@ class DomainDescription:
     machine: str
     disks: tuple[Disk, ...]
     interfaces: tuple[Interface, ...]
+    openstack: OpenStackInstance | None = None
 
 
 def _attr(element: Element | None, name: str) -> str:
@@ -85,6 +98,37 @@ def _interface(interface: Element) -> Interface:
     )
 
 
+NOVA_NAMESPACE_PREFIX = "{http://openstack.org/xmlns/libvirt/nova/"
+
+
+def _nova(tag: str, name: str) -> bool:
+    """Nova's namespace carries a version (1.0, 1.1, 1.2): match any of them."""
+    return tag.startswith(NOVA_NAMESPACE_PREFIX) and tag.endswith("}" + name)
+
+
+def _nova_child(parent: Element, name: str) -> Element | None:
+    return next((child for child in parent if _nova(child.tag, name)), None)
+
+
+def _openstack(root: Element) -> OpenStackInstance | None:
+    metadata = root.find("metadata")
+    instance = _nova_child(metadata, "instance") if metadata is not None else None
+    if instance is None:
+        return None
+    name = _nova_child(instance, "name")
+    owner = _nova_child(instance, "owner")
+    user = _nova_child(owner, "user") if owner is not None else None
+    project = _nova_child(owner, "project") if owner is not None else None
+    return OpenStackInstance(
+        instance_name=(name.text or "").strip() if name is not None else "",
+        flavor=_attr(_nova_child(instance, "flavor"), "name"),
+        project_id=_attr(project, "uuid"),
+        project_name=(project.text or "").strip() if project is not None else "",
+        user_id=_attr(user, "uuid"),
+        user_name=(user.text or "").strip() if user is not None else "",
+    )
+
+
 def parse_domain_xml(xml: str) -> DomainDescription:
     """Raises `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
     root = SafeET.fromstring(xml)
@@ -99,4 +143,5 @@ def parse_domain_xml(xml: str) -> DomainDescription:
         interfaces=(
             tuple(_interface(i) for i in devices.findall("interface")) if devices is not None else ()
         ),
+        openstack=_openstack(root),
     )

@@ -36,6 +36,8 @@ class DomainEntry:
     id: int
     monitor_free: bool
     monitor_busy_seconds: float
+    job_running: bool
+    """A background job (a migration, a backup, a dump) runs: its progress can be read."""
     description: DomainDescription | None
 
     @property
@@ -88,9 +90,11 @@ class Inventory:
         connection: Connection,
         deadline: float,
         on_forget: Callable[[set[str]], None],
+        include_inactive: bool = False,
     ) -> None:
         self._connection = connection
         self._deadline = deadline
+        self._include_inactive = include_inactive
         self.conn: Any = None
         """The connection the domains' handles belong to: calls on them go through it."""
         self._on_forget = on_forget
@@ -99,10 +103,16 @@ class Inventory:
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
 
     def domains(self) -> list[DomainEntry]:
-        return list(self._entries.values())
+        """The domains to export: the running ones, and shut-off ones with --libvirt.include-inactive."""
+        return [e for e in self._entries.values() if e.active or self._include_inactive]
+
+    def inactive_left_out(self) -> int:
+        """Shut-off domains not exported: they still count in `libvirt_domains{state="shutoff"}`."""
+        return 0 if self._include_inactive else sum(1 for e in self._entries.values() if not e.active)
 
     def get(self, name: str) -> DomainEntry | None:
-        return self._entries.get(name)
+        entry = self._entries.get(name)
+        return entry if entry is not None and (entry.active or self._include_inactive) else None
 
     def mark_changed(self, names: set[str]) -> None:
         """A lifecycle or device event: read these domains' XML again at the next survey."""
@@ -142,14 +152,16 @@ class Inventory:
                 id=seen.id,
                 monitor_free=seen.control is None or seen.control[0] in _MONITOR_FREE_STATES,
                 monitor_busy_seconds=_busy_seconds(seen.control),
+                job_running=seen.control is not None and seen.control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB,
                 description=self._descriptions.get(seen.name, (0, None))[1],
             )
-        gone = self._entries.keys() - entries.keys()
-        for name in gone:
+        for name in self._entries.keys() - entries.keys():
             self._descriptions.pop(name, None)
+        exported_before = {entry.name for entry in self.domains()}
         self._entries = entries
+        gone = exported_before - {entry.name for entry in self.domains()}
         if gone:
-            self._on_forget(gone)
+            self._on_forget(gone)  # undefined, or shut off and not exported: their series go
 
 
 def _why(outcome: Outcome[Any]) -> str:

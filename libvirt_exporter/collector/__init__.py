@@ -10,17 +10,20 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import Metric
 
-from libvirt_exporter.collector import block, domain, exporter, health
+from libvirt_exporter.collector import block, domain, exporter, health, job, storage_pool
 from libvirt_exporter.collector.view import View
 
-COLLECTORS: tuple[Callable[[View], Iterator[Metric]], ...] = (
-    exporter.collect,
-    health.collect,
-    domain.collect,
-    block.collect,
-)
+Collect = Callable[[View], Iterator[Metric]]
 
-SPECS = exporter.SPECS + health.SPECS + domain.SPECS + block.SPECS
+ALWAYS: tuple[Collect, ...] = (exporter.collect, health.collect, domain.collect)
+SWITCHED: dict[str, Collect] = {
+    "block": block.collect,
+    "job": job.collect,
+    "storage_pool": storage_pool.collect,
+}
+"""Collectors with a sampler of their own; the other switches choose stat groups of `bulk`."""
+
+SPECS = exporter.SPECS + health.SPECS + domain.SPECS + block.SPECS + job.SPECS + storage_pool.SPECS
 
 
 class SnapshotCollector:
@@ -28,7 +31,8 @@ class SnapshotCollector:
 
     def __init__(self, view: View) -> None:
         self._view = view
+        self._collectors = ALWAYS + tuple(c for name, c in SWITCHED.items() if name in view.collectors)
 
     def collect(self) -> Iterator[Metric]:
-        for collect in COLLECTORS:
+        for collect in self._collectors:
             yield from collect(self._view)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
-from libvirt_exporter.collector.families import NANOSECONDS, Families, Spec, counter, gauge
+from libvirt_exporter.collector.families import NANOSECONDS, Families, Kind, fields, gauge
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.samplers.block import NAME as BLOCK
 from libvirt_exporter.samplers.block import sampled_disks
@@ -17,83 +17,27 @@ INFO = gauge(
     "libvirt_domain_block_info",
     "A disk of the domain, from its XML, with value 1.",
     ("domain", "device", "path", "bus", "driver_type"),
+    source="domain XML",
+    collector="block",
 )
 
-FIELDS: tuple[tuple[str, Spec], ...] = (
-    (
-        "rd_operations",
-        counter("libvirt_domain_block_read_requests", "Read requests (last sample).", DD),
-    ),
-    ("rd_bytes", counter("libvirt_domain_block_read_bytes", "Bytes read (last sample).", DD)),
-    (
-        "rd_total_times",
-        counter(
-            "libvirt_domain_block_read_time_seconds",
-            "Time spent reading (last sample).",
-            DD,
-            NANOSECONDS,
-        ),
-    ),
-    (
-        "wr_operations",
-        counter("libvirt_domain_block_write_requests", "Write requests (last sample).", DD),
-    ),
-    ("wr_bytes", counter("libvirt_domain_block_write_bytes", "Bytes written (last sample).", DD)),
-    (
-        "wr_total_times",
-        counter(
-            "libvirt_domain_block_write_time_seconds",
-            "Time spent writing (last sample).",
-            DD,
-            NANOSECONDS,
-        ),
-    ),
-    (
-        "flush_operations",
-        counter("libvirt_domain_block_flush_requests", "Flush requests (last sample).", DD),
-    ),
-    (
-        "flush_total_times",
-        counter(
-            "libvirt_domain_block_flush_time_seconds",
-            "Time spent flushing (last sample).",
-            DD,
-            NANOSECONDS,
-        ),
-    ),
-    (
-        "errs",
-        counter(
-            "libvirt_domain_block_errors",
-            "I/O errors, where the hypervisor reports them (last sample).",
-            DD,
-        ),
-    ),
-    (
-        "capacity",
-        gauge(
-            "libvirt_domain_block_capacity_bytes",
-            "Size of the disk as the guest sees it (last sample).",
-            DD,
-        ),
-    ),
-    (
-        "allocation",
-        gauge(
-            "libvirt_domain_block_allocation_bytes",
-            "Bytes of the disk's image in use on the host (last sample).",
-            DD,
-        ),
-    ),
-    (
-        "physical",
-        gauge(
-            "libvirt_domain_block_physical_bytes",
-            "Size of the disk's image on the host (last sample).",
-            DD,
-        ),
-    ),
-)
+G, C = Kind.GAUGE, Kind.COUNTER
+# fmt: off
+FIELDS = fields("block", ("domain", "device"), [
+    ("rd_operations", C, "libvirt_domain_block_read_requests", "Read requests", 1),
+    ("rd_bytes", C, "libvirt_domain_block_read_bytes", "Bytes read", 1),
+    ("rd_total_times", C, "libvirt_domain_block_read_time_seconds", "Time spent reading", NANOSECONDS),
+    ("wr_operations", C, "libvirt_domain_block_write_requests", "Write requests", 1),
+    ("wr_bytes", C, "libvirt_domain_block_write_bytes", "Bytes written", 1),
+    ("wr_total_times", C, "libvirt_domain_block_write_time_seconds", "Time spent writing", NANOSECONDS),
+    ("flush_operations", C, "libvirt_domain_block_flush_requests", "Flush requests", 1),
+    ("flush_total_times", C, "libvirt_domain_block_flush_time_seconds", "Time spent flushing", NANOSECONDS),
+    ("errs", C, "libvirt_domain_block_errors", "I/O errors, where the hypervisor reports them", 1),
+    ("capacity", G, "libvirt_domain_block_capacity_bytes", "Size of the disk as the guest sees it", 1),
+    ("allocation", G, "libvirt_domain_block_allocation_bytes", "Host bytes the image of the disk uses", 1),
+    ("physical", G, "libvirt_domain_block_physical_bytes", "Size of the disk's image on the host", 1),
+])
+# fmt: on
 
 SPECS = (INFO, *(spec for _, spec in FIELDS))
 

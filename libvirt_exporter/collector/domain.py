@@ -2,282 +2,165 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import Metric
 
-from libvirt_exporter.collector.families import (
-    KIBIBYTES,
-    NANOSECONDS,
-    Families,
-    Spec,
-    counter,
-    gauge,
-)
+from libvirt_exporter.collector.families import KIBIBYTES, NANOSECONDS, Families, Kind, Spec, fields, gauge
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.samplers.bulk import NAME as BULK
 
-D = ("domain",)
-DV = ("domain", "vcpu")
-DD = ("domain", "device")
+G, C = Kind.GAUGE, Kind.COUNTER
+KIB = KIBIBYTES
+MEBIBYTES = 1024.0 * 1024.0
 
+D = ("domain",)
 INFO = gauge(
     "libvirt_domain_info",
     "Identity of the domain, from its XML, with value 1.",
     ("domain", "uuid", "os_type", "arch", "machine"),
+    source="domain XML",
+)
+OPENSTACK_INFO = gauge(
+    "libvirt_domain_openstack_info",
+    "The OpenStack instance the domain is, from Nova's metadata in its XML, with value 1.",
+    (
+        "domain",
+        "instance_name",
+        "instance_id",
+        "flavor",
+        "project_id",
+        "project_name",
+        "user_id",
+        "user_name",
+    ),
+    source="domain XML <nova:instance>",
 )
 STATE = gauge(
     "libvirt_domain_state",
     "The domain's state and the reason for it, as words, with value 1 (last sample).",
     ("domain", "state", "reason"),
+    source="state.state, state.reason",
 )
 INTERFACE_INFO = gauge(
     "libvirt_domain_interface_info",
     "A network interface of the domain, from its XML, with value 1.",
     ("domain", "device", "mac", "source", "model"),
+    source="domain XML",
+    collector="interface",
 )
 
-SCALARS: tuple[tuple[str, Spec], ...] = (
-    ("state.state", gauge("libvirt_domain_state_code", "virDomainState number (last sample).", D)),
-    (
-        "cpu.time",
-        counter(
-            "libvirt_domain_cpu_time_seconds",
-            "CPU time used by the domain (last sample).",
-            D,
-            NANOSECONDS,
-        ),
-    ),
-    (
-        "cpu.user",
-        counter(
-            "libvirt_domain_cpu_user_seconds",
-            "User CPU time used by the domain (last sample).",
-            D,
-            NANOSECONDS,
-        ),
-    ),
-    (
-        "cpu.system",
-        counter(
-            "libvirt_domain_cpu_system_seconds",
-            "System CPU time used by the domain (last sample).",
-            D,
-            NANOSECONDS,
-        ),
-    ),
-    ("vcpu.current", gauge("libvirt_domain_vcpus_current", "vCPUs online (last sample).", D)),
-    (
-        "vcpu.maximum",
-        gauge("libvirt_domain_vcpus_maximum", "vCPUs the domain may have (last sample).", D),
-    ),
-    (
-        "balloon.maximum",
-        gauge(
-            "libvirt_domain_memory_maximum_bytes",
-            "Memory the domain may have (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.current",
-        gauge(
-            "libvirt_domain_memory_current_bytes",
-            "Memory the balloon leaves the domain (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.rss",
-        gauge(
-            "libvirt_domain_memory_rss_bytes",
-            "Resident memory of the QEMU process (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.usable",
-        gauge(
-            "libvirt_domain_memory_usable_bytes",
-            "Memory the guest could use without swapping (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.available",
-        gauge(
-            "libvirt_domain_memory_available_bytes",
-            "Memory the guest OS sees (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.unused",
-        gauge(
-            "libvirt_domain_memory_unused_bytes",
-            "Memory the guest leaves unused (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.disk_caches",
-        gauge(
-            "libvirt_domain_memory_disk_caches_bytes",
-            "Guest memory used as disk cache (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.swap_in",
-        counter(
-            "libvirt_domain_memory_swap_in_bytes",
-            "Memory the guest swapped in (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.swap_out",
-        counter(
-            "libvirt_domain_memory_swap_out_bytes",
-            "Memory the guest swapped out (last sample).",
-            D,
-            KIBIBYTES,
-        ),
-    ),
-    (
-        "balloon.major_fault",
-        counter(
-            "libvirt_domain_memory_major_faults",
-            "Guest page faults that needed disk I/O (last sample).",
-            D,
-        ),
-    ),
-    (
-        "balloon.minor_fault",
-        counter(
-            "libvirt_domain_memory_minor_faults",
-            "Guest page faults without disk I/O (last sample).",
-            D,
-        ),
-    ),
-    (
-        "balloon.last-update",
-        gauge(
-            "libvirt_domain_memory_stats_timestamp_seconds",
-            "When the guest last updated its memory statistics.",
-            D,
-        ),
-    ),
+# fmt: off
+SCALARS = (
+    fields("", D, [("state.state", G, "libvirt_domain_state_code", "virDomainState number", 1)])
+    + fields("cpu", D, [
+        ("cpu.time", C, "libvirt_domain_cpu_time_seconds", "CPU time used by the domain", NANOSECONDS),
+        ("cpu.user", C, "libvirt_domain_cpu_user_seconds", "User CPU time used by the domain", NANOSECONDS),
+        ("cpu.system", C, "libvirt_domain_cpu_system_seconds", "System CPU time used by the domain",
+         NANOSECONDS),
+    ])
+    + fields("vcpu", D, [
+        ("vcpu.current", G, "libvirt_domain_vcpus_current", "vCPUs online", 1),
+        ("vcpu.maximum", G, "libvirt_domain_vcpus_maximum", "vCPUs the domain may have", 1),
+    ])
+    + fields("balloon", D, [
+        ("balloon.maximum", G, "libvirt_domain_memory_maximum_bytes", "Memory the domain may have", KIB),
+        ("balloon.current", G, "libvirt_domain_memory_current_bytes", "Memory the balloon leaves the domain",
+         KIB),
+        ("balloon.rss", G, "libvirt_domain_memory_rss_bytes", "Resident memory of the QEMU process", KIB),
+        ("balloon.usable", G, "libvirt_domain_memory_usable_bytes",
+         "Memory the guest could use without swapping", KIB),
+        ("balloon.available", G, "libvirt_domain_memory_available_bytes", "Memory the guest OS sees", KIB),
+        ("balloon.unused", G, "libvirt_domain_memory_unused_bytes", "Memory the guest leaves unused", KIB),
+        ("balloon.disk_caches", G, "libvirt_domain_memory_disk_caches_bytes",
+         "Guest memory used as disk cache", KIB),
+        ("balloon.swap_in", C, "libvirt_domain_memory_swap_in_bytes", "Memory the guest swapped in", KIB),
+        ("balloon.swap_out", C, "libvirt_domain_memory_swap_out_bytes", "Memory the guest swapped out", KIB),
+        ("balloon.major_fault", C, "libvirt_domain_memory_major_faults",
+         "Guest page faults that needed disk I/O", 1),
+        ("balloon.minor_fault", C, "libvirt_domain_memory_minor_faults", "Guest page faults without I/O", 1),
+        ("balloon.last-update", G, "libvirt_domain_memory_stats_timestamp_seconds",
+         "When the guest last updated its memory statistics", 1),
+    ])
+    + fields("perf", D, [
+        ("perf.cmt", G, "libvirt_domain_perf_cache_occupancy_bytes", "Last-level cache the domain uses", 1),
+        ("perf.mbmt", G, "libvirt_domain_perf_memory_bandwidth_total_bytes_per_second",
+         "Memory bandwidth of the domain to all NUMA nodes", 1),
+        ("perf.mbml", G, "libvirt_domain_perf_memory_bandwidth_local_bytes_per_second",
+         "Memory bandwidth of the domain to its local NUMA node", 1),
+        ("perf.cpu_clock", C, "libvirt_domain_perf_cpu_clock_seconds", "CPU clock time (perf cpu_clock)",
+         NANOSECONDS),
+        ("perf.task_clock", C, "libvirt_domain_perf_task_clock_seconds", "Task clock time (perf task_clock)",
+         NANOSECONDS),
+        *((f"perf.{event}", C, f"libvirt_domain_perf_{event}", f"perf event {event}", 1) for event in (
+            "cpu_cycles", "instructions", "cache_references", "cache_misses", "branch_instructions",
+            "branch_misses", "bus_cycles", "stalled_cycles_frontend", "stalled_cycles_backend",
+            "ref_cpu_cycles", "page_faults", "context_switches", "cpu_migrations", "page_faults_min",
+            "page_faults_maj", "alignment_faults", "emulation_faults")),
+    ])
+    + fields("dirtyrate", D, [
+        ("dirtyrate.megabytes_per_second", G, "libvirt_domain_dirty_rate_bytes_per_second",
+         "Guest memory dirtied per second, as last measured", MEBIBYTES),
+    ])
 )
 
-VCPU_FIELDS: tuple[tuple[str, Spec], ...] = (
-    ("state", gauge("libvirt_domain_vcpu_state", "virVcpuState of the vCPU (last sample).", DV)),
-    (
-        "time",
-        counter("libvirt_domain_vcpu_time_seconds", "Time the vCPU ran (last sample).", DV, NANOSECONDS),
-    ),
-    (
-        "wait",
-        counter(
-            "libvirt_domain_vcpu_wait_seconds",
-            "Time the vCPU waited on I/O (last sample).",
-            DV,
-            NANOSECONDS,
-        ),
-    ),
-    (
-        "delay",
-        counter(
-            "libvirt_domain_vcpu_delay_seconds",
-            "Time the vCPU was runnable but waited for a host CPU: steal (last sample).",
-            DV,
-            NANOSECONDS,
-        ),
-    ),
-)
+VCPU_FIELDS = fields("vcpu", ("domain", "vcpu"), [
+    ("state", G, "libvirt_domain_vcpu_state", "virVcpuState of the vCPU", 1),
+    ("time", C, "libvirt_domain_vcpu_time_seconds", "Time the vCPU ran", NANOSECONDS),
+    ("wait", C, "libvirt_domain_vcpu_wait_seconds", "Time the vCPU waited on I/O", NANOSECONDS),
+    ("delay", C, "libvirt_domain_vcpu_delay_seconds",
+     "Time the vCPU was runnable but waited for a host CPU: steal", NANOSECONDS),
+])
 
-NET_FIELDS: tuple[tuple[str, Spec], ...] = tuple(
-    (
-        f"{short}.{stat}",
-        counter(f"libvirt_domain_interface_{direction}_{unit}", f"{text} (last sample).", DD),
-    )
+NET_FIELDS = fields("interface", ("domain", "device"), [
+    (f"{short}.{stat}", C, f"libvirt_domain_interface_{direction}_{unit}", text.format(direction), 1)
     for short, direction in (("rx", "receive"), ("tx", "transmit"))
     for stat, unit, text in (
-        ("bytes", "bytes", f"Bytes {direction}d"),
-        ("pkts", "packets", f"Packets {direction}d"),
-        ("errs", "errors", f"Errors on {direction}"),
-        ("drop", "drops", f"Packets dropped on {direction}"),
+        ("bytes", "bytes", "Bytes {}d"), ("pkts", "packets", "Packets {}d"),
+        ("errs", "errors", "Errors on {}"), ("drop", "drops", "Packets dropped on {}"),
     )
+])
+
+IOTHREAD_FIELDS = fields("iothread", ("domain", "iothread"), [
+    ("poll-max-ns", G, "libvirt_domain_iothread_poll_max_seconds", "Longest polling time of the I/O thread",
+     NANOSECONDS),
+    ("poll-grow", G, "libvirt_domain_iothread_poll_grow", "Factor the polling time grows by", 1),
+    ("poll-shrink", G, "libvirt_domain_iothread_poll_shrink", "Divisor the polling time shrinks by", 1),
+])
+
+MEMORY_BANDWIDTH_FIELDS = fields("memory", ("domain", "monitor", "node"), [
+    ("bytes.total", C, "libvirt_domain_memory_bandwidth_total_bytes",
+     "Memory traffic of the monitored vCPUs to all memory controllers (resctrl)", 1),
+    ("bytes.local", C, "libvirt_domain_memory_bandwidth_local_bytes",
+     "Memory traffic of the monitored vCPUs to the local memory controller (resctrl)", 1),
+])
+# fmt: on
+
+SPECS = (
+    INFO,
+    OPENSTACK_INFO,
+    STATE,
+    INTERFACE_INFO,
+    *(spec for _, spec in SCALARS + VCPU_FIELDS + NET_FIELDS + IOTHREAD_FIELDS + MEMORY_BANDWIDTH_FIELDS),
 )
 
-SPECS = (INFO, STATE, INTERFACE_INFO, *(spec for _, spec in SCALARS + VCPU_FIELDS + NET_FIELDS))
-
-STATE_NAMES = (
-    "nostate",
-    "running",
-    "blocked",
-    "paused",
-    "shutdown",
-    "shutoff",
-    "crashed",
-    "pmsuspended",
-)
+STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 REASON_NAMES: dict[int, tuple[str, ...]] = {
-    1: (
-        "unknown",
-        "booted",
-        "migrated",
-        "restored",
-        "from_snapshot",
-        "unpaused",
-        "migration_canceled",
-        "save_canceled",
-        "wakeup",
-        "crashed",
-        "postcopy",
-        "postcopy_failed",
-    ),
-    3: (
-        "unknown",
-        "user",
-        "migration",
-        "save",
-        "dump",
-        "ioerror",
-        "watchdog",
-        "from_snapshot",
-        "shutting_down",
-        "snapshot",
-        "crashed",
-        "starting_up",
-        "postcopy",
-        "postcopy_failed",
-        "api_error",
-    ),
+    1: ("unknown", "booted", "migrated", "restored", "from_snapshot", "unpaused", "migration_canceled",
+        "save_canceled", "wakeup", "crashed", "postcopy", "postcopy_failed"),
+    3: ("unknown", "user", "migration", "save", "dump", "ioerror", "watchdog", "from_snapshot",
+        "shutting_down", "snapshot", "crashed", "starting_up", "postcopy", "postcopy_failed", "api_error"),
     4: ("unknown", "user"),
-    5: (
-        "unknown",
-        "shutdown",
-        "destroyed",
-        "crashed",
-        "migrated",
-        "saved",
-        "failed",
-        "from_snapshot",
-        "daemon",
-    ),
+    5: ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot",
+        "daemon"),
     6: ("unknown", "panicked"),
-}
+}  # fmt: skip
+
+_IOTHREAD_KEY = re.compile(r"^iothread\.(\d+)\.(.+)$")
+_BANDWIDTH_KEY = re.compile(r"^memory\.bandwidth\.monitor\.(\d+)\.node\.(\d+)\.(bytes\.\w+)$")
 
 
 def _word(names: tuple[str, ...], number: int) -> str:
@@ -292,6 +175,18 @@ def reason_name(stats: Mapping[str, Any]) -> str:
     return _word(REASON_NAMES.get(int(stats["state.state"]), ("unknown",)), int(stats.get("state.reason", 0)))
 
 
+def _add_indexed(
+    families: Families,
+    fields: tuple[tuple[str, Spec], ...],
+    labels: tuple[str, ...],
+    prefix: str,
+    stats: Mapping[str, Any],
+) -> None:
+    for field, spec in fields:
+        if (value := stats.get(f"{prefix}.{field}")) is not None:
+            families.add(spec, labels, value)
+
+
 def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
     if "state.state" in stats:
         families.add(STATE, (name, state_name(stats), reason_name(stats)), 1)
@@ -299,41 +194,47 @@ def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
         if key in stats:
             families.add(spec, (name,), stats[key])
     for vcpu in range(int(stats.get("vcpu.maximum", 0))):
-        for field, spec in VCPU_FIELDS:
-            if (value := stats.get(f"vcpu.{vcpu}.{field}")) is not None:
-                families.add(spec, (name, str(vcpu)), value)
+        _add_indexed(families, VCPU_FIELDS, (name, str(vcpu)), f"vcpu.{vcpu}", stats)
     for index in range(int(stats.get("net.count", 0))):
-        device = stats.get(f"net.{index}.name", str(index))
-        for field, spec in NET_FIELDS:
-            if (value := stats.get(f"net.{index}.{field}")) is not None:
-                families.add(spec, (name, device), value)
+        device = str(stats.get(f"net.{index}.name", index))
+        _add_indexed(families, NET_FIELDS, (name, device), f"net.{index}", stats)
+    _add_keyed(families, name, stats)
 
 
-def _add_description(families: Families, entry: DomainEntry) -> None:
+def _add_keyed(families: Families, name: str, stats: Mapping[str, Any]) -> None:
+    """Groups whose entries are named by ids rather than counted from 0: I/O threads, resctrl monitors."""
+    iothread_specs = {field: spec for field, spec in IOTHREAD_FIELDS}
+    bandwidth_specs = {field: spec for field, spec in MEMORY_BANDWIDTH_FIELDS}
+    for key, value in stats.items():
+        if (match := _IOTHREAD_KEY.match(key)) and match.group(2) in iothread_specs:
+            families.add(iothread_specs[match.group(2)], (name, match.group(1)), value)
+        elif (match := _BANDWIDTH_KEY.match(key)) and match.group(3) in bandwidth_specs:
+            monitor = str(stats.get(f"memory.bandwidth.monitor.{match.group(1)}.name", match.group(1)))
+            families.add(bandwidth_specs[match.group(3)], (name, monitor, match.group(2)), value)
+
+
+def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -> None:
     description = entry.description
     if description is None:
         return
     families.add(
-        INFO,
-        (entry.name, description.uuid, description.os_type, description.arch, description.machine),
-        1,
+        INFO, (entry.name, description.uuid, description.os_type, description.arch, description.machine), 1
     )
-    for interface in description.interfaces:
+    if (nova := description.openstack) is not None:
+        labels = (entry.name, nova.instance_name, description.uuid, nova.flavor, nova.project_id,
+                  nova.project_name, nova.user_id, nova.user_name)  # fmt: skip
+        families.add(OPENSTACK_INFO, labels, 1)
+    for interface in description.interfaces if interfaces else ():
         if interface.target:
-            labels = (
-                entry.name,
-                interface.target,
-                interface.mac,
-                interface.source,
-                interface.model,
-            )
-            families.add(INTERFACE_INFO, labels, 1)
+            nic = (entry.name, interface.target, interface.mac, interface.source, interface.model)
+            families.add(INTERFACE_INFO, nic, 1)
 
 
 def collect(view: View) -> Iterator[Metric]:
     families = Families()
+    interfaces = "interface" in view.collectors
     for entry in view.inventory.domains():
-        _add_description(families, entry)
+        _add_description(families, entry, interfaces)
         sample = view.store.sample(BULK, entry.name)
         if sample is not None:
             _add_stats(families, entry.name, sample.values)

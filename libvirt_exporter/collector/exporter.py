@@ -63,6 +63,9 @@ def collect(view: View) -> Iterator[Metric]:
         for entry in view.inventory.domains()
         if (sample := view.store.sample(BULK, entry.name)) is not None and "state.state" in sample.values
     )
+    states["shutoff"] += view.inventory.inactive_left_out()
     for state, count in sorted(states.items()):
+        if not count:
+            continue
         families.add(DOMAINS, (state,), count)
     yield from families

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,6 +61,18 @@ def counter(
     collector: str = "",
 ) -> Spec:
     return Spec(name, help, Kind.COUNTER, labels, scale, source, collector)
+
+
+Row = tuple[str, Kind, str, str, float]
+"""A family read from one field of a stats mapping: (field, kind, family name, help, scale)."""
+
+
+def fields(collector: str, labels: tuple[str, ...], rows: Iterable[Row]) -> tuple[tuple[str, Spec], ...]:
+    """(field, spec) pairs for a table of rows; the values come from the last sample."""
+    return tuple(
+        (key, Spec(name, f"{help} (last sample).", kind, labels, scale, source=key, collector=collector))
+        for key, kind, name, help, scale in rows
+    )
 
 
 class Families:

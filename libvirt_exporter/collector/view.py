@@ -8,6 +8,7 @@ from libvirt_exporter.calls import CallRunner
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.cycle import Sampler
 from libvirt_exporter.inventory import Inventory
+from libvirt_exporter.samplers.storage_pool import StoragePoolSampler
 from libvirt_exporter.store import Store
 
 
@@ -18,3 +19,6 @@ class View:
     store: Store
     runner: CallRunner
     samplers: tuple[Sampler, ...]
+    collectors: frozenset[str]
+    """The enabled `--collector.<name>` switches."""
+    storage_pools: StoragePoolSampler | None

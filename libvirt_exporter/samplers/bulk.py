@@ -32,28 +32,43 @@ from libvirt_exporter.store import Sample
 log = logging.getLogger(__name__)
 
 NAME = "bulk"
-GROUPS = (
-    libvirt.VIR_DOMAIN_STATS_STATE
-    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
-    | libvirt.VIR_DOMAIN_STATS_BALLOON
-    | libvirt.VIR_DOMAIN_STATS_VCPU
-    | libvirt.VIR_DOMAIN_STATS_INTERFACE
-)
+STAT_GROUPS = {
+    "cpu": libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
+    "balloon": libvirt.VIR_DOMAIN_STATS_BALLOON,
+    "vcpu": libvirt.VIR_DOMAIN_STATS_VCPU,
+    "interface": libvirt.VIR_DOMAIN_STATS_INTERFACE,
+    "perf": libvirt.VIR_DOMAIN_STATS_PERF,
+    "iothread": libvirt.VIR_DOMAIN_STATS_IOTHREAD,
+    "memory": libvirt.VIR_DOMAIN_STATS_MEMORY,
+    "dirtyrate": libvirt.VIR_DOMAIN_STATS_DIRTYRATE,
+}
+"""The stat group each collector switch asks libvirt for; `state` is always asked for."""
 HOST_WIDE = CallKey(NAME)
 
 
-def read_stats(conn: Any, domains: list[Any]) -> dict[str, Mapping[str, Any]]:
+def stat_groups(collectors: frozenset[str]) -> int:
+    groups = libvirt.VIR_DOMAIN_STATS_STATE
+    for collector, group in STAT_GROUPS.items():
+        if collector in collectors:
+            groups |= group
+    return int(groups)
+
+
+def read_stats(conn: Any, domains: list[Any], groups: int) -> dict[str, Mapping[str, Any]]:
     """Runs in a pool thread: the stat groups of `domains`, by name, without waiting for jobs."""
-    records = conn.domainListGetStats(domains, GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+    records = conn.domainListGetStats(domains, groups, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
     return {dom.name(): stats for dom, stats in records}
 
 
-def read_domain_stats(conn: Any, domain: Any) -> Mapping[str, Any]:
+def read_domain_stats(conn: Any, domain: Any, groups: int) -> Mapping[str, Any]:
     """Runs in a pool thread: the stat groups of one domain, waiting for its job if need be."""
-    return next((stats for _, stats in conn.domainListGetStats([domain], GROUPS, 0)), {})
+    return next((stats for _, stats in conn.domainListGetStats([domain], groups, 0)), {})
 
 
 class BulkSampler(DomainSampler):
+    groups: int = libvirt.VIR_DOMAIN_STATS_STATE
+    """Set from the enabled collectors by the exporter."""
+
     def subjects(self) -> list[str]:
         return [entry.name for entry in self._inventory.domains()]
 
@@ -63,7 +78,9 @@ class BulkSampler(DomainSampler):
         free, busy = self._partition()
         if free and not self._runner.is_in_flight(HOST_WIDE):
             free = self._sample_host_wide(conn, free)
-        self._sample_each((e.name, partial(read_domain_stats, conn, e.domain)) for e in free + busy)
+        self._sample_each(
+            (e.name, partial(read_domain_stats, conn, e.domain, self.groups)) for e in free + busy
+        )
 
     def _partition(self) -> tuple[list[DomainEntry], list[DomainEntry]]:
         """Domains with a free monitor, and with one busy for a moment; stuck ones are skipped."""
@@ -82,7 +99,7 @@ class BulkSampler(DomainSampler):
         outcome = self._connection.call(
             HOST_WIDE,
             conn,
-            partial(read_stats, conn, [entry.domain for entry in ready]),
+            partial(read_stats, conn, [entry.domain for entry in ready], self.groups),
             self.config.deadline,
             on_late=self._take_late_host_wide,
         )

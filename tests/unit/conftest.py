@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from libvirt_exporter.app import Exporter
+from libvirt_exporter.cli import SAMPLER_DEFAULTS
 from libvirt_exporter.config import Config, SamplerConfig
 from libvirt_exporter.cycle import Sampler, run_cycle_and_record
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -21,7 +22,7 @@ Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def make_config(deadline: float = DEADLINE, interval: float = INTERVAL, max_stuck: int = 16) -> Config:
-    samplers = tuple(SamplerConfig(name, interval, deadline) for name in ("bulk", "block"))
+    samplers = tuple(SamplerConfig(name, interval, deadline) for name in SAMPLER_DEFAULTS)
     return Config("127.0.0.1", 0, "/metrics", "qemu:///system", samplers, 4, max_stuck)
 
 

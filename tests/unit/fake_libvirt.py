@@ -50,6 +50,10 @@ class FakeDomain:
     monitor_waiters: int = 0
     monitor_busy_since: float = 0.0
     failures: dict[str, FakeLibvirtError] = field(default_factory=dict)
+    perf_events: tuple[str, ...] = ()
+    job: dict[str, Any] | None = None
+    """A running background job's statistics (virDomainGetJobStats), if one runs."""
+    metadata: str = ""
 
     def __post_init__(self) -> None:
         self.frozen.set()  # set = thawed: waiting on it returns at once
@@ -72,11 +76,13 @@ class FakeDomain:
         )
         return (
             f"<domain type='kvm'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
+            f"<metadata>{self.metadata}</metadata>"
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
             f"<devices>{disks}{nics}</devices></domain>"
         )
 
     def stats(self, groups: int, with_monitor: bool) -> dict[str, Any]:
+        """The stat groups asked for, as libvirt reports them; what needs the job only with it."""
         self.reads += 1
         n = self.reads
         stats: dict[str, Any] = {
@@ -85,28 +91,40 @@ class FakeDomain:
         }
         if not self.active:
             return stats
-        stats.update(
-            {"cpu.time": n * 1_000_000_000, "cpu.user": n * 600_000_000, "cpu.system": n * 300_000_000}
-        )
-        stats.update({"balloon.current": 1_048_576, "balloon.maximum": 2_097_152})
-        stats.update({"vcpu.current": self.vcpus, "vcpu.maximum": self.vcpus})
-        for v in range(self.vcpus):
+        if groups & libvirt.VIR_DOMAIN_STATS_CPU_TOTAL:
             stats.update(
-                {f"vcpu.{v}.state": 1, f"vcpu.{v}.time": n * 500_000_000, f"vcpu.{v}.wait": n * 1000}
+                {"cpu.time": n * 1_000_000_000, "cpu.user": n * 600_000_000, "cpu.system": n * 300_000_000}
             )
-            stats[f"vcpu.{v}.delay"] = n * 2000
-        stats["net.count"] = len(self.nics)
-        for i, nic in enumerate(self.nics):
-            stats[f"net.{i}.name"] = nic
-            for direction in ("rx", "tx"):
-                stats.update({f"net.{i}.{direction}.bytes": n * 1500, f"net.{i}.{direction}.pkts": n})
-                stats.update({f"net.{i}.{direction}.errs": 0, f"net.{i}.{direction}.drop": 0})
-        if with_monitor:
-            stats.update({"balloon.rss": 524_288, "balloon.usable": 700_000, "balloon.available": 1_000_000})
-            stats.update(
+        if groups & libvirt.VIR_DOMAIN_STATS_BALLOON:
+            stats.update(self._balloon(with_monitor))
+        if groups & libvirt.VIR_DOMAIN_STATS_VCPU:
+            stats.update({"vcpu.current": self.vcpus, "vcpu.maximum": self.vcpus})
+            for v in range(self.vcpus):
+                stats.update(
+                    {f"vcpu.{v}.state": 1, f"vcpu.{v}.time": n * 500_000_000, f"vcpu.{v}.wait": n * 1000}
+                )
+                stats[f"vcpu.{v}.delay"] = n * 2000
+        if groups & libvirt.VIR_DOMAIN_STATS_INTERFACE:
+            stats["net.count"] = len(self.nics)
+            for i, nic in enumerate(self.nics):
+                stats[f"net.{i}.name"] = nic
+                for direction in ("rx", "tx"):
+                    stats.update({f"net.{i}.{direction}.bytes": n * 1500, f"net.{i}.{direction}.pkts": n})
+                    stats.update({f"net.{i}.{direction}.errs": 0, f"net.{i}.{direction}.drop": 0})
+        if groups & libvirt.VIR_DOMAIN_STATS_PERF:
+            stats.update({f"perf.{event}": n * 1000 for event in self.perf_events})
+        return stats
+
+    def _balloon(self, with_monitor: bool) -> dict[str, Any]:
+        balloon = {"balloon.current": 1_048_576, "balloon.maximum": 2_097_152}
+        if with_monitor:  # the guest's own figures come through the monitor
+            balloon.update(
+                {"balloon.rss": 524_288, "balloon.usable": 700_000, "balloon.available": 1_000_000}
+            )
+            balloon.update(
                 {"balloon.swap_in": 0, "balloon.major_fault": 3, "balloon.last-update": 1_700_000_000}
             )
-        return stats
+        return balloon
 
 
 class FakeVirDomain:
@@ -136,7 +154,14 @@ class FakeVirDomain:
         if self._domain.monitor_waiters:
             busy_ms = int((time.monotonic() - self._domain.monitor_busy_since) * 1000)
             return [libvirt.VIR_DOMAIN_CONTROL_OCCUPIED, 0, busy_ms]
+        if self._domain.job is not None:
+            return [libvirt.VIR_DOMAIN_CONTROL_JOB, 0, 0]
         return [libvirt.VIR_DOMAIN_CONTROL_OK, 0, 0]
+
+    def jobStats(self, flags: int = 0) -> dict[str, Any]:
+        self._conn.count(self._domain.name, "jobStats")
+        self._conn.enter_monitor(self._domain, "jobStats")
+        return dict(self._domain.job or {"type": libvirt.VIR_DOMAIN_JOB_NONE})
 
     def blockStatsFlags(self, disk: str, flags: int = 0) -> dict[str, int]:
         self._conn.count(self._domain.name, "blockStatsFlags")
@@ -206,6 +231,7 @@ class FakeConnection:
         for handle in doms:
             domain = handle._domain
             self.count(domain.name, "domainListGetStats")
+            self.host.stat_groups_asked.add(stats)
             self.check(domain, "domainListGetStats")
             with_monitor = domain.active and bool(stats & MONITOR_GROUPS)
             if with_monitor and flags & NOWAIT and domain.job_holders:
@@ -214,6 +240,12 @@ class FakeConnection:
                 self.enter_monitor(domain, "domainListGetStats")
             records.append((handle, domain.stats(stats, with_monitor)))
         return records
+
+    def listAllStoragePools(self, flags: int = 0) -> list[FakeStoragePool]:
+        self.host.responsive.wait()
+        with self.host.lock:
+            self.host.calls[("*", "listAllStoragePools")] += 1
+        return list(self.host.pools)
 
     def registerCloseCallback(self, cb: Callable[..., None], opaque: Any) -> None:
         self.close_callbacks.append((cb, opaque))
@@ -247,6 +279,19 @@ class FakeConnection:
         return 0
 
 
+@dataclass
+class FakeStoragePool:
+    pool_name: str
+    pool_info: list[int]
+    """[state, capacity, allocation, available], as virStoragePoolGetInfo returns them."""
+
+    def name(self) -> str:
+        return self.pool_name
+
+    def info(self) -> list[int]:
+        return self.pool_info
+
+
 def _in_event_loop_thread(calls: Callable[[], object]) -> None:
     """libvirt runs its callbacks in its event-loop thread, never in the caller's."""
     thread = threading.Thread(target=calls)
@@ -261,6 +306,8 @@ class FakeHost:
     def __init__(self, domains: list[FakeDomain]) -> None:
         self.domains = {d.name: d for d in domains}
         self.calls: Counter[tuple[str, str]] = Counter()
+        self.stat_groups_asked: set[int] = set()
+        self.pools = [FakeStoragePool("default", [2, 100 * 2**30, 40 * 2**30, 60 * 2**30])]
         self.connections: list[FakeConnection] = []
         self.refuse = False
         self.lock = threading.Lock()

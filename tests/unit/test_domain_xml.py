@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libvirt_exporter.domain_xml import Disk, Interface, parse_domain_xml
+from libvirt_exporter.domain_xml import Disk, Interface, OpenStackInstance, parse_domain_xml
 
 XML = """
 <domain type='kvm'>
@@ -55,3 +55,18 @@ def test_entity_expansion_is_refused() -> None:
     )
     with pytest.raises(Exception, match=r"(?i)entit"):
         parse_domain_xml(bomb)
+
+
+def test_nova_metadata_of_any_version_is_read() -> None:
+    nova = (
+        "<domain><uuid>1f0e</uuid><metadata>"
+        '<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.2">'
+        '<nova:name>db-7</nova:name><nova:flavor name="m1.small"/>'
+        '<nova:owner><nova:user uuid="u-1">bob</nova:user>'
+        '<nova:project uuid="p-1">ops</nova:project></nova:owner>'
+        "</nova:instance></metadata></domain>"
+    )
+    assert parse_domain_xml(nova).openstack == OpenStackInstance(
+        "db-7", "m1.small", "p-1", "ops", "u-1", "bob"
+    )
+    assert parse_domain_xml(XML).openstack is None

@@ -1,0 +1,30 @@
+"""Storage pools from the `storage_pool` sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import Metric
+
+from libvirt_exporter.collector.families import Families, Kind, fields
+from libvirt_exporter.collector.view import View
+
+# fmt: off
+FIELDS = fields("storage_pool", ("pool",), [
+    ("state", Kind.GAUGE, "libvirt_storage_pool_state",
+     "virStoragePoolState: 0 inactive, 1 building, 2 running, 3 degraded, 4 inaccessible", 1),
+    ("capacity", Kind.GAUGE, "libvirt_storage_pool_capacity_bytes", "Size of the pool", 1),
+    ("allocation", Kind.GAUGE, "libvirt_storage_pool_allocation_bytes", "Bytes allocated in the pool", 1),
+    ("available", Kind.GAUGE, "libvirt_storage_pool_available_bytes", "Bytes still free in the pool", 1),
+])
+# fmt: on
+SPECS = tuple(spec for _, spec in FIELDS)
+
+
+def collect(view: View) -> Iterator[Metric]:
+    families = Families()
+    if view.storage_pools is not None:
+        for name, sample in sorted(view.storage_pools.pools.items()):
+            for field, spec in FIELDS:
+                families.add(spec, (name,), sample.values[field])
+    yield from families

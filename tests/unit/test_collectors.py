@@ -1,0 +1,177 @@
+"""What the collectors render: the exact exposition of a realistic domain, the switches, escaping."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from libvirt_exporter.collector import block, domain, job, storage_pool
+from libvirt_exporter.config import COLLECTOR_DEFAULTS
+from tests.unit.conftest import Harness, domains_in, make_config, parse, value
+from tests.unit.fake_libvirt import FakeDomain, FakeHost
+
+GOLDEN = Path(__file__).parent / "golden"
+NOVA = (
+    '<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">'
+    "<nova:name>web-01.example</nova:name>"
+    '<nova:flavor name="m1.large"><nova:memory>8192</nova:memory></nova:flavor>'
+    '<nova:owner><nova:user uuid="9d5f3c3e8a2b4c1e">alice</nova:user>'
+    '<nova:project uuid="5e1b7f0a2c3d4e5f">shop</nova:project></nova:owner>'
+    "</nova:instance>"
+)
+MIGRATION = {
+    "type": 2,  # unbounded
+    "operation": 5,  # migration_out
+    "time_elapsed": 12_500,
+    "data_total": 8 * 2**30,
+    "data_processed": 3 * 2**30,
+    "data_remaining": 5 * 2**30,
+    "memory_total": 8 * 2**30,
+    "memory_processed": 3 * 2**30,
+    "memory_remaining": 5 * 2**30,
+    "memory_bps": 250 * 2**20,
+    "memory_dirty_rate": 1200,
+    "memory_iteration": 2,
+}
+
+
+def realistic_domain() -> FakeDomain:
+    return FakeDomain(
+        "web-01",
+        7,
+        vcpus=4,
+        disks=("vda", "vdb", "vdc"),
+        nics=("vnet0", "vnet1"),
+        uuid="4dea22b3-1d52-d8f3-2516-782e98a23fa0",
+        perf_events=("cpu_cycles", "instructions", "cache_misses"),
+        job=MIGRATION,
+        metadata=NOVA,
+    )
+
+
+def sampled(host: FakeHost, collectors: frozenset[str]) -> Harness:
+    harness = Harness(host, replace(make_config(), collectors=collectors))
+    exporter = harness.exporter
+    for sampler in exporter.samplers:
+        harness.cycle(sampler)
+    return harness
+
+
+class _DomainFamilies:
+    """The families whose values come from libvirt alone: no clocks, no process figures."""
+
+    def __init__(self, harness: Harness) -> None:
+        self._view = harness.exporter.view
+
+    def collect(self) -> Iterator[Metric]:
+        for collect in (domain.collect, block.collect, job.collect, storage_pool.collect):
+            yield from collect(self._view)
+
+
+def test_a_realistic_domain_renders_exactly_the_expected_exposition() -> None:
+    everything = frozenset(COLLECTOR_DEFAULTS)  # perf and dirty rate included
+    harness = sampled(FakeHost([realistic_domain()]), everything)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_DomainFamilies(harness))
+    rendered = {"realistic.prom": generate_latest(registry), "realistic.om": generate_openmetrics(registry)}
+    if os.environ.get("UPDATE_GOLDEN"):
+        for name, body in rendered.items():
+            (GOLDEN / name).write_bytes(body)
+    for name, body in rendered.items():
+        assert body == (GOLDEN / name).read_bytes(), f"{name} differs: review, then UPDATE_GOLDEN=1 to accept"
+
+
+@pytest.mark.parametrize(
+    ("collector", "family", "call"),
+    [
+        ("block", "libvirt_domain_block_read_bytes_total", "blockStatsFlags"),
+        ("job", "libvirt_domain_job_elapsed_seconds", "jobStats"),
+        ("storage_pool", "libvirt_storage_pool_capacity_bytes", "listAllStoragePools"),
+    ],
+)
+def test_turning_off_a_sampled_collector_removes_its_families_and_its_calls(
+    collector: str, family: str, call: str
+) -> None:
+    on = sampled(FakeHost([realistic_domain()]), frozenset(COLLECTOR_DEFAULTS))
+    assert any(name == family for name, _ in on.scrape())
+    host = FakeHost([realistic_domain()])
+    off = sampled(host, frozenset(COLLECTOR_DEFAULTS) - {collector})
+    assert not any(name.startswith(family.rsplit("_", 2)[0]) for name, _ in off.scrape() if collector in name)
+    assert not any(name == family for name, _ in off.scrape())
+    assert not any(method == call for _, method in host.calls)
+
+
+@pytest.mark.parametrize(
+    ("collector", "family"),
+    [
+        ("cpu", "libvirt_domain_cpu_time_seconds_total"),
+        ("balloon", "libvirt_domain_memory_current_bytes"),
+        ("vcpu", "libvirt_domain_vcpu_time_seconds_total"),
+        ("interface", "libvirt_domain_interface_receive_bytes_total"),
+        ("perf", "libvirt_domain_perf_cpu_cycles_total"),
+    ],
+)
+def test_turning_off_a_stat_group_removes_its_families_and_asks_libvirt_less(
+    collector: str, family: str
+) -> None:
+    everything = frozenset(COLLECTOR_DEFAULTS)
+    assert any(name == family for name, _ in sampled(FakeHost([realistic_domain()]), everything).scrape())
+    host = FakeHost([realistic_domain()])
+    series = sampled(host, everything - {collector}).scrape()
+    assert not any(name == family for name, _ in series)
+    group = {
+        "cpu": 2,
+        "balloon": 4,
+        "vcpu": 8,
+        "interface": 16,
+        "perf": 64,
+    }[collector]  # fmt: skip  (libvirt's VIR_DOMAIN_STATS_* values)
+    assert host.stat_groups_asked and not any(asked & group for asked in host.stat_groups_asked)
+
+
+def test_perf_and_dirty_rate_are_off_by_default_and_the_rest_on() -> None:
+    assert {name for name, on in COLLECTOR_DEFAULTS.items() if not on} == {"perf", "dirtyrate"}
+
+
+def test_shut_off_domains_are_exported_only_when_asked_for() -> None:
+    domains = [FakeDomain("up", 1), FakeDomain("down", -1)]
+    default = Harness(FakeHost(domains), make_config())
+    series = default.cycle(default.exporter.bulk)
+    assert domains_in(series) == {"up"}
+    assert value(series, "libvirt_domains", state="shutoff") == 1
+    assert value(series, "libvirt_domains", state="running") == 1
+
+    included = Harness(FakeHost(domains), replace(make_config(), include_inactive=True))
+    series = included.cycle(included.exporter.bulk)
+    assert domains_in(series) == {"up", "down"}
+    assert value(series, "libvirt_domain_state", domain="down", state="shutoff", reason="destroyed") == 1
+    assert value(series, "libvirt_domains", state="shutoff") == 1
+
+
+def test_label_values_are_escaped_whatever_the_domain_name_holds() -> None:
+    odd = 'we"ird\\name\nwith ünïcødé'
+    harness = Harness(FakeHost([FakeDomain(odd, 1)]), make_config())
+    harness.cycle(harness.exporter.bulk)
+    text = harness.exporter.snapshot.current.text
+    assert 'domain="we\\"ird\\\\name\\nwith ünïcødé"' in text.decode()
+    assert odd in domains_in(parse(text))
+
+
+def test_promtool_accepts_the_exposition_of_the_fake_host() -> None:
+    """promtool lints the Prometheus text format (it reads OpenMetrics' HELP of a counter as missing)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    harness = sampled(FakeHost([realistic_domain(), FakeDomain('q"uote', 2)]), frozenset(COLLECTOR_DEFAULTS))
+    body = harness.exporter.snapshot.current.text
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert check.returncode == 0, (check.stdout + check.stderr).decode()
