@@ -11,7 +11,7 @@ URI  = $(shell [ -S /run/libvirt/libvirt-sock-ro ] && virsh -r -c qemu:///system
          >/dev/null 2>&1 && echo qemu:///system || echo test:///default)
 ARGS =
 
-.PHONY: deps test lint run clean
+.PHONY: deps test lint run docs clean
 
 # deps: build packages, the venv and the project with its test extras. The stamp
 # makes a re-run free until pyproject.toml changes.
@@ -51,6 +51,11 @@ lint:
 # run: the exporter in the foreground, e.g. `make run ARGS=--web.listen-address=:9177`.
 run: deps
 	exec $(VENV)/bin/libvirt-exporter --libvirt.uri=$(URI) $(ARGS)
+
+# docs: regenerate docs/metrics.md from the metric definitions (a unit test checks it).
+docs: deps
+	$(VENV)/bin/python -m libvirt_exporter.metrics_doc > docs/metrics.md.new
+	mv docs/metrics.md.new docs/metrics.md
 
 # clean: remove the venv and every cache.
 clean:

@@ -14,7 +14,7 @@ from libvirt_exporter.collector.families import Families, counter, gauge
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.samplers.bulk import NAME as BULK
 
-UP = gauge("libvirt_up", "1 while the connection to libvirtd is alive, else 0.")
+UP = gauge("libvirt_up", "1 while the connection to libvirtd is alive, else 0.", source="liveness probe")
 RECONNECTS = counter(
     "libvirt_connection_reconnects",
     "Times the connection to libvirtd was opened again after it closed or failed.",
@@ -28,8 +28,11 @@ HOST_INFO = gauge(
     "libvirt_host_info",
     "The libvirt host as libvirtd describes itself, with value 1.",
     ("hostname", "uri", "libvirt_version", "hypervisor", "hypervisor_version"),
+    source="virConnectGetHostname, GetLibVersion, GetType, GetVersion",
 )
-DOMAINS = gauge("libvirt_domains", "Domains by state, as of their last sample.", ("state",))
+DOMAINS = gauge(
+    "libvirt_domains", "Domains by state, as of their last sample.", ("state",), source="state.state"
+)
 SPECS = (UP, RECONNECTS, BUILD_INFO, HOST_INFO, DOMAINS)
 
 

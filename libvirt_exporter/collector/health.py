@@ -50,6 +50,7 @@ MONITOR_BUSY = gauge(
     "libvirt_domain_monitor_busy_seconds",
     "How long the domain's QEMU monitor has been occupied (virDomainGetControlInfo); 0 when free.",
     ("domain",),
+    source="virDomainGetControlInfo",
 )
 THREADS = gauge(
     "libvirt_sampler_threads",

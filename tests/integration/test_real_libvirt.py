@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from libvirt_exporter.collector import SPECS
 from tests.integration.vms import Exporter, LibvirtdControl, TinyVM, VMFactory
 
 INTERVAL = 2.0
@@ -184,3 +185,55 @@ def test_a_frozen_libvirtd_is_noticed_within_10_s_and_scrapes_go_on(
 
     libvirtd_control.thaw()
     scrape_until(exporter, lambda s: value(s, "libvirt_up") == 1 and fresh(s, vm), timeout=60)
+
+
+GUEST_REPORTED = {
+    # The balloon driver reports these from inside the guest; the test VMs run no guest OS.
+    "libvirt_domain_memory_usable_bytes",
+    "libvirt_domain_memory_available_bytes",
+    "libvirt_domain_memory_unused_bytes",
+    "libvirt_domain_memory_disk_caches_bytes",
+    "libvirt_domain_memory_swap_in_bytes_total",
+    "libvirt_domain_memory_swap_out_bytes_total",
+    "libvirt_domain_memory_major_faults_total",
+    "libvirt_domain_memory_minor_faults_total",
+    "libvirt_domain_memory_stats_timestamp_seconds",
+}
+NOT_FROM_QEMU = {"libvirt_domain_block_errors_total"}  # QEMU has no per-disk error count
+
+
+def test_every_family_of_the_groups_the_vms_have_is_there_in_base_units(
+    three_vms: list[TinyVM], run_exporter: Callable[..., Exporter]
+) -> None:
+    exporter = run_exporter(*ARGS)
+    vm = three_vms[0]
+    series, _ = scrape_until(exporter, lambda s: fresh(s, vm.name), timeout=30)
+    groups = {"", "cpu", "vcpu", "balloon", "block", "interface"}
+    expected = (
+        {
+            spec.exposed_name
+            for spec in SPECS
+            if spec.collector in groups and "domain" in spec.labels and spec.labels != ("domain", "sampler")
+        }
+        - GUEST_REPORTED
+        - NOT_FROM_QEMU
+        - {"libvirt_domain_openstack_info"}
+    )
+    present = {name for name, labels in series if dict(labels).get("domain") == vm.name}
+    assert expected - present == set(), "families missing for a running VM"
+
+    def only(name: str, **labels: str) -> float:
+        found = value(series, name, domain=vm.name, **labels)
+        assert found is not None, name
+        return found
+
+    disk, nic = vm.disk_targets[0], vm.interface_name
+    assert only("libvirt_domain_block_capacity_bytes", device=disk) == vm.disk_virtual_size_bytes
+    assert 0 < only("libvirt_domain_block_allocation_bytes", device=disk) <= vm.disk_virtual_size_bytes
+    assert only("libvirt_domain_memory_maximum_bytes") == 64 * 2**20
+    assert 2**20 < only("libvirt_domain_memory_rss_bytes") < 2**31  # KiB became bytes
+    assert 0 < only("libvirt_domain_cpu_time_seconds_total") < 600  # nanoseconds became seconds
+    assert 0 < only("libvirt_domain_vcpu_time_seconds_total", vcpu="0") < 600
+    assert only("libvirt_domain_vcpus_current") == vm.vcpus
+    assert only("libvirt_domain_interface_receive_bytes_total", device=nic) >= 0
+    assert only("libvirt_domain_monitor_busy_seconds") == 0

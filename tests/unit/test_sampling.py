@@ -223,3 +223,15 @@ def test_an_unresponsive_libvirtd_is_noticed_by_the_liveness_probe(fake_host: Fa
     wait_for(lambda: connection.up, timeout=10)
     assert connection.reconnects == 1
     supervisor.kill()
+
+
+def test_stats_left_partial_by_a_job_held_for_a_moment_are_read_again_complete(harness: Harness) -> None:
+    """NOWAIT answers without the balloon figures while another call (often the block sampler's)
+    holds the domain's job; those must not replace complete values."""
+    exporter, host = harness.exporter, harness.host
+    host.domains["b"].job_holders += 1  # another call holds b's job, without a busy monitor
+    series = harness.cycle(exporter.bulk)
+    host.domains["b"].job_holders -= 1
+    for name in "abc":
+        assert value(series, "libvirt_domain_memory_rss_bytes", domain=name) == 524_288 * 1024
+    assert host.calls[("b", "domainListGetStats")] == 2  # NOWAIT in the host-wide call, then waiting
