@@ -11,7 +11,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import libvirt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -237,3 +239,28 @@ def test_every_family_of_the_groups_the_vms_have_is_there_in_base_units(
     assert only("libvirt_domain_vcpus_current") == vm.vcpus
     assert only("libvirt_domain_interface_receive_bytes_total", device=nic) >= 0
     assert only("libvirt_domain_monitor_busy_seconds") == 0
+
+
+def test_a_storage_pool_is_reported_with_its_sizes(
+    libvirt_conn: libvirt.virConnect, run_exporter: Callable[..., Exporter], tmp_path: Path
+) -> None:
+    name = f"lvexp-test-pool-{tmp_path.name[-8:]}"
+    pool_xml = f"<pool type='dir'><name>{name}</name><target><path>{tmp_path}</path></target></pool>"
+    pool = libvirt_conn.storagePoolCreateXML(pool_xml, 0)  # transient: gone once destroyed
+    try:
+        exporter = run_exporter(
+            *ARGS, "--sampler.storage_pool.interval=2s", "--sampler.storage_pool.deadline=1s"
+        )
+        series, _ = scrape_until(
+            exporter, lambda s: value(s, "libvirt_storage_pool_state", pool=name) is not None, timeout=30
+        )
+        state, capacity, _allocation, _available = pool.info()
+        assert (
+            value(series, "libvirt_storage_pool_state", pool=name)
+            == libvirt.VIR_STORAGE_POOL_RUNNING
+            == state
+        )
+        assert value(series, "libvirt_storage_pool_capacity_bytes", pool=name) == capacity > 0
+        assert 0 < value(series, "libvirt_storage_pool_available_bytes", pool=name) <= capacity  # type: ignore[operator]
+    finally:
+        pool.destroy()

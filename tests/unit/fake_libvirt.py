@@ -20,7 +20,9 @@ from typing import Any
 import libvirt
 
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
-MONITOR_GROUPS = libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
+MONITOR_GROUPS = (
+    libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_IOTHREAD
+)
 
 
 class FakeLibvirtError(libvirt.libvirtError):
@@ -51,6 +53,7 @@ class FakeDomain:
     monitor_busy_since: float = 0.0
     failures: dict[str, FakeLibvirtError] = field(default_factory=dict)
     perf_events: tuple[str, ...] = ()
+    iothreads: tuple[int, ...] = ()
     job: dict[str, Any] | None = None
     """A running background job's statistics (virDomainGetJobStats), if one runs."""
     metadata: str = ""
@@ -113,6 +116,15 @@ class FakeDomain:
                     stats.update({f"net.{i}.{direction}.errs": 0, f"net.{i}.{direction}.drop": 0})
         if groups & libvirt.VIR_DOMAIN_STATS_PERF:
             stats.update({f"perf.{event}": n * 1000 for event in self.perf_events})
+        if groups & libvirt.VIR_DOMAIN_STATS_IOTHREAD and with_monitor and self.iothreads:
+            stats["iothread.count"] = len(self.iothreads)
+            for iothread in self.iothreads:
+                stats.update(
+                    {f"iothread.{iothread}.poll-max-ns": 32_768, f"iothread.{iothread}.poll-grow": 2}
+                )
+                stats[f"iothread.{iothread}.poll-shrink"] = 4
+        if groups & libvirt.VIR_DOMAIN_STATS_DIRTYRATE:
+            stats.update({"dirtyrate.calc_status": 2, "dirtyrate.megabytes_per_second": 12})
         return stats
 
     def _balloon(self, with_monitor: bool) -> dict[str, Any]:
@@ -338,10 +350,10 @@ class FakeHost:
 
     def add(self, domain: FakeDomain) -> None:
         self.domains[domain.name] = domain
-        self._emit(domain)
+        self.emit_event(domain)
 
     def remove(self, name: str) -> None:
-        self._emit(self.domains.pop(name))
+        self.emit_event(self.domains.pop(name))
 
     def stop_libvirtd(self, close_callbacks: bool = True) -> None:
         """libvirtd went away: every connection closes, and libvirt runs their close callbacks
@@ -351,7 +363,8 @@ class FakeHost:
             if close_callbacks:
                 _in_event_loop_thread(lambda c=conn: [cb(c, 1, opaque) for cb, opaque in c.close_callbacks])
 
-    def _emit(self, domain: FakeDomain) -> None:
+    def emit_event(self, domain: FakeDomain) -> None:
+        """A lifecycle or device event about `domain`, on every open connection."""
         for conn in self.open_connections():
             handle = FakeVirDomain(conn, domain)
             _in_event_loop_thread(lambda c=conn, h=handle: [cb(c, h, 0, 0, None) for cb in c.event_callbacks])

@@ -46,6 +46,8 @@ MIGRATION = {
 
 
 def realistic_domain() -> FakeDomain:
+    """4 vCPUs, 3 disks, 2 NICs, balloon statistics, perf events, 2 I/O threads, a dirty-rate
+    measurement, a migration under way and Nova's metadata."""
     return FakeDomain(
         "web-01",
         7,
@@ -54,6 +56,7 @@ def realistic_domain() -> FakeDomain:
         nics=("vnet0", "vnet1"),
         uuid="4dea22b3-1d52-d8f3-2516-782e98a23fa0",
         perf_events=("cpu_cycles", "instructions", "cache_misses"),
+        iothreads=(1, 2),
         job=MIGRATION,
         metadata=NOVA,
     )

@@ -235,3 +235,16 @@ def test_stats_left_partial_by_a_job_held_for_a_moment_are_read_again_complete(h
     for name in "abc":
         assert value(series, "libvirt_domain_memory_rss_bytes", domain=name) == 524_288 * 1024
     assert host.calls[("b", "domainListGetStats")] == 2  # NOWAIT in the host-wide call, then waiting
+
+
+def test_domain_xml_is_read_once_and_again_only_after_an_event(harness: Harness) -> None:
+    exporter, host = harness.exporter, harness.host
+    for _ in range(3):
+        harness.cycle(exporter.bulk)
+    assert [host.calls[(name, "XMLDesc")] for name in "abc"] == [1, 1, 1]
+    host.domains["b"].disks = ("vda", "vdb")  # a disk hot-plugged: libvirt sends a device event
+    host.emit_event(host.domains["b"])
+    wait_for(lambda: host.calls[("b", "XMLDesc")] == 2)
+    series = harness.cycle(exporter.block)
+    assert value(series, "libvirt_domain_block_read_requests_total", domain="b", device="vdb") is not None
+    assert [host.calls[(name, "XMLDesc")] for name in "ac"] == [1, 1]
