@@ -45,6 +45,40 @@ DEBIAN_LABELS = (
     "`project_name` of `libvirt_domain_openstack_info`."
 )
 
+_INTERFACE_COUNTERS = (
+    # Both exporters name the interface counters alike: theirs `_stats_` infix, ours none.
+    Rename(
+        "libvirt_domain_interface_stats_receive_bytes_total", "libvirt_domain_interface_receive_bytes_total"
+    ),
+    Rename(
+        "libvirt_domain_interface_stats_receive_packets_total",
+        "libvirt_domain_interface_receive_packets_total",
+    ),
+    Rename(
+        "libvirt_domain_interface_stats_receive_errors_total",
+        "libvirt_domain_interface_receive_errors_total",
+    ),
+    Rename(
+        "libvirt_domain_interface_stats_receive_drops_total", "libvirt_domain_interface_receive_drops_total"
+    ),
+    Rename(
+        "libvirt_domain_interface_stats_transmit_bytes_total",
+        "libvirt_domain_interface_transmit_bytes_total",
+    ),
+    Rename(
+        "libvirt_domain_interface_stats_transmit_packets_total",
+        "libvirt_domain_interface_transmit_packets_total",
+    ),
+    Rename(
+        "libvirt_domain_interface_stats_transmit_errors_total",
+        "libvirt_domain_interface_transmit_errors_total",
+    ),
+    Rename(
+        "libvirt_domain_interface_stats_transmit_drops_total",
+        "libvirt_domain_interface_transmit_drops_total",
+    ),
+)
+
 DEBIAN: tuple[Rename, ...] = (
     Rename(
         "libvirt_up",
@@ -85,36 +119,7 @@ DEBIAN: tuple[Rename, ...] = (
         "libvirt_domain_block_flush_time_seconds_total",
         "declared by theirs, but never emitted (as above)",
     ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_bytes_total", "libvirt_domain_interface_receive_bytes_total"
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_packets_total",
-        "libvirt_domain_interface_receive_packets_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_errors_total",
-        "libvirt_domain_interface_receive_errors_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_drops_total", "libvirt_domain_interface_receive_drops_total"
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_bytes_total",
-        "libvirt_domain_interface_transmit_bytes_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_packets_total",
-        "libvirt_domain_interface_transmit_packets_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_errors_total",
-        "libvirt_domain_interface_transmit_errors_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_drops_total",
-        "libvirt_domain_interface_transmit_drops_total",
-    ),
+    *_INTERFACE_COUNTERS,
 )
 
 INOVEX_SOURCE = (
@@ -252,36 +257,7 @@ INOVEX: tuple[Rename, ...] = (
         "libvirt_domain_interface_info",
         "labels `device`, `mac`, `source`, `model`; no interface type or MTU",
     ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_bytes_total", "libvirt_domain_interface_receive_bytes_total"
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_packets_total",
-        "libvirt_domain_interface_receive_packets_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_errors_total",
-        "libvirt_domain_interface_receive_errors_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_receive_drops_total", "libvirt_domain_interface_receive_drops_total"
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_bytes_total",
-        "libvirt_domain_interface_transmit_bytes_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_packets_total",
-        "libvirt_domain_interface_transmit_packets_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_errors_total",
-        "libvirt_domain_interface_transmit_errors_total",
-    ),
-    Rename(
-        "libvirt_domain_interface_stats_transmit_drops_total",
-        "libvirt_domain_interface_transmit_drops_total",
-    ),
+    *_INTERFACE_COUNTERS,
     Rename("libvirt_domain_vcpu_current", "libvirt_domain_vcpus_current"),
     Rename("libvirt_domain_vcpu_maximum", "libvirt_domain_vcpus_maximum"),
     Rename("libvirt_domain_vcpu_state", "libvirt_domain_vcpu_state"),
