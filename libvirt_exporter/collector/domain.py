@@ -87,7 +87,7 @@ SCALARS = (
     ])
     + fields("perf", D, [
         ("perf.cmt", G, "libvirt_domain_perf_cache_occupancy_bytes", "Last-level cache the domain uses", 1),
-        ("perf.mbmt", G, "libvirt_domain_perf_memory_bandwidth_total_bytes_per_second",
+        ("perf.mbmt", G, "libvirt_domain_perf_memory_bandwidth_bytes_per_second",
          "Memory bandwidth of the domain to all NUMA nodes", 1),
         ("perf.mbml", G, "libvirt_domain_perf_memory_bandwidth_local_bytes_per_second",
          "Memory bandwidth of the domain to its local NUMA node", 1),
@@ -132,7 +132,7 @@ IOTHREAD_FIELDS = fields("iothread", ("domain", "iothread"), [
 ])
 
 MEMORY_BANDWIDTH_FIELDS = fields("memory", ("domain", "monitor", "node"), [
-    ("bytes.total", C, "libvirt_domain_memory_bandwidth_total_bytes",
+    ("bytes.total", C, "libvirt_domain_memory_bandwidth_bytes",
      "Memory traffic of the monitored vCPUs to all memory controllers (resctrl)", 1),
     ("bytes.local", C, "libvirt_domain_memory_bandwidth_local_bytes",
      "Memory traffic of the monitored vCPUs to the local memory controller (resctrl)", 1),

@@ -123,6 +123,15 @@ class FakeDomain:
                     {f"iothread.{iothread}.poll-max-ns": 32_768, f"iothread.{iothread}.poll-grow": 2}
                 )
                 stats[f"iothread.{iothread}.poll-shrink"] = 4
+        if groups & libvirt.VIR_DOMAIN_STATS_MEMORY and self.iothreads:  # resctrl: on hosts that have it
+            stats.update(
+                {"memory.bandwidth.monitor.count": 1, "memory.bandwidth.monitor.0.name": "all-vcpus"}
+            )
+            for node in (0, 1):
+                prefix = f"memory.bandwidth.monitor.0.node.{node}"
+                stats.update(
+                    {f"{prefix}.id": node, f"{prefix}.bytes.total": n * 4096, f"{prefix}.bytes.local": n}
+                )
         if groups & libvirt.VIR_DOMAIN_STATS_DIRTYRATE:
             stats.update({"dirtyrate.calc_status": 2, "dirtyrate.megabytes_per_second": 12})
         return stats
