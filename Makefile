@@ -11,7 +11,7 @@ URI  = $(shell [ -S /run/libvirt/libvirt-sock-ro ] && virsh -r -c qemu:///system
          >/dev/null 2>&1 && echo qemu:///system || echo test:///default)
 ARGS =
 
-.PHONY: deps test lint run docs clean
+.PHONY: deps test lint run docs rules clean
 
 # deps: build packages, the venv and the project with its test extras. The stamp
 # makes a re-run free until pyproject.toml changes.
@@ -56,6 +56,11 @@ run: deps
 docs: deps
 	$(VENV)/bin/python -m libvirt_exporter.metrics_doc > docs/metrics.md.new
 	mv docs/metrics.md.new docs/metrics.md
+
+# rules: validate the alerting rules and run their unit tests (the suite does this too).
+rules:
+	promtool check rules dashboards/alerts.yml
+	promtool test rules dashboards/tests/alerts_test.yml
 
 # clean: remove the venv and every cache.
 clean:
