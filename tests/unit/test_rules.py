@@ -49,5 +49,5 @@ def test_every_alert_has_a_unit_test_and_annotations_naming_host_and_vm() -> Non
 def test_the_rules_use_only_metrics_the_exporter_serves() -> None:
     served = {spec.exposed_name for spec in SPECS} | {"up"}
     for rule in alerts():
-        used = set(re.findall(r"\b(libvirt_\w+|up)\b(?=\{|\s|$)", str(rule["expr"])))
+        used = set(re.findall(r"\b(libvirt_\w+|up)\b(?=[{[\s)]|$)", str(rule["expr"])))
         assert used <= served, f"{rule['alert']} uses {used - served}"
