@@ -45,6 +45,18 @@ DEBIAN_LABELS = (
     "`project_name` of `libvirt_domain_openstack_info`."
 )
 
+_DOMAIN_INFO_FAMILIES = (
+    # Both exporters come from kumina's and name the virDomainGetInfo figures alike.
+    Rename("libvirt_domain_info_maximum_memory_bytes", "libvirt_domain_memory_maximum_bytes"),
+    Rename(
+        "libvirt_domain_info_memory_usage_bytes",
+        "libvirt_domain_memory_current_bytes",
+        "the balloon's current size, not what the guest uses",
+    ),
+    Rename("libvirt_domain_info_virtual_cpus", "libvirt_domain_vcpus_current"),
+    Rename("libvirt_domain_info_cpu_time_seconds_total", "libvirt_domain_cpu_time_seconds_total"),
+)
+
 _INTERFACE_COUNTERS = (
     # Both exporters name the interface counters alike: theirs `_stats_` infix, ours none.
     Rename(
@@ -87,14 +99,7 @@ DEBIAN: tuple[Rename, ...] = (
     ),
     Rename("libvirt_domains_number", "libvirt_domains", "ours is split by `state`: `sum(libvirt_domains)`"),
     Rename("libvirt_domain_state_code", "libvirt_domain_state_code", "same virDomainState number"),
-    Rename("libvirt_domain_info_maximum_memory_bytes", "libvirt_domain_memory_maximum_bytes"),
-    Rename(
-        "libvirt_domain_info_memory_usage_bytes",
-        "libvirt_domain_memory_current_bytes",
-        "the balloon's current size, not what the guest uses",
-    ),
-    Rename("libvirt_domain_info_virtual_cpus", "libvirt_domain_vcpus_current"),
-    Rename("libvirt_domain_info_cpu_time_seconds_total", "libvirt_domain_cpu_time_seconds_total"),
+    *_DOMAIN_INFO_FAMILIES,
     Rename("libvirt_domain_block_stats_read_bytes_total", "libvirt_domain_block_read_bytes_total"),
     Rename("libvirt_domain_block_stats_read_requests_total", "libvirt_domain_block_read_requests_total"),
     Rename(
@@ -169,14 +174,7 @@ INOVEX: tuple[Rename, ...] = (
         "libvirt_domain_state_code",
         "their `state_desc` label: `libvirt_domain_state{state,reason}`",
     ),
-    Rename("libvirt_domain_info_maximum_memory_bytes", "libvirt_domain_memory_maximum_bytes"),
-    Rename(
-        "libvirt_domain_info_memory_usage_bytes",
-        "libvirt_domain_memory_current_bytes",
-        "the balloon's current size, not what the guest uses",
-    ),
-    Rename("libvirt_domain_info_virtual_cpus", "libvirt_domain_vcpus_current"),
-    Rename("libvirt_domain_info_cpu_time_seconds_total", "libvirt_domain_cpu_time_seconds_total"),
+    *_DOMAIN_INFO_FAMILIES,
     Rename(
         "libvirt_domain_job_info_type",
         "libvirt_domain_job_info",

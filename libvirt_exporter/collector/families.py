@@ -51,16 +51,9 @@ def gauge(
     return Spec(name, help, Kind.GAUGE, labels, scale, source, collector)
 
 
-def counter(
-    name: str,
-    help: str,
-    labels: tuple[str, ...] = (),
-    scale: float = 1.0,
-    *,
-    source: str = "",
-    collector: str = "",
-) -> Spec:
-    return Spec(name, help, Kind.COUNTER, labels, scale, source, collector)
+def counter(name: str, help: str, labels: tuple[str, ...] = ()) -> Spec:
+    """A counter the exporter keeps itself (libvirt's counters are read through `fields`)."""
+    return Spec(name, help, Kind.COUNTER, labels)
 
 
 Row = tuple[str, Kind, str, str, float]
