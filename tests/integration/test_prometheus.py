@@ -1,15 +1,18 @@
 """End to end: a real Prometheus scrapes the exporter serving a real libvirtd with real VMs.
 
 Every query of every dashboard panel is evaluated through Prometheus' HTTP API and must return
-data; the panels that can only show something in a fault (stuck calls, stale values, timeouts)
-are evaluated with a VM frozen. With that VM frozen, the stuck-call alert (its `for` shortened in
-a test copy of the rules) fires for that VM and no other.
+data. The panels that show only trouble are evaluated in the trouble they show: stuck calls,
+stale values, timeouts and skips with a VM frozen; call errors and sampler errors while libvirtd
+restarts under a stuck call. With the VM frozen, the stuck-call alert (its `for` shortened in a
+test copy of the rules) fires for that VM and no other. The panels of figures that only a guest
+OS's balloon driver reports are evaluated too, but cannot show data here: the test VMs run no OS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +23,8 @@ from tests.integration.prometheus import (
     rules_with_short_for,
     start_prometheus,
 )
-from tests.integration.vms import Exporter, TinyVM, VMFactory
-from tests.unit.dashboards import load_dashboards, panel_queries, substitute
+from tests.integration.vms import Exporter, LibvirtdControl, TinyVM, VMFactory
+from tests.unit.dashboards import load_dashboards, markers, panels, substitute
 
 ARGS = tuple(
     f"--sampler.{name}.{setting}={seconds}s"
@@ -49,27 +52,52 @@ def scraped(
     print("--- prometheus log ---\n" + prometheus.log_path.read_text(errors="replace"))
 
 
-def _queries(empty_when_healthy: bool) -> list[tuple[str, str, str]]:
+SHOWN_WHILE_LIBVIRTD_RESTARTS = {"Call errors", "Sampler errors"}
+
+
+def _queries(kind: str) -> list[tuple[str, str, str]]:
+    """(dashboard, panel title, expr) of the panels of one kind: `healthy` (data on a healthy
+    host), `fault` (only in trouble) or `guest` (figures only a guest OS reports)."""
+
+    def kind_of(panel: dict[str, Any]) -> str:
+        marker = markers(panel)
+        return (
+            "guest"
+            if marker.get("guest_reported")
+            else "fault"
+            if marker.get("empty_when_healthy")
+            else "healthy"
+        )
+
     return [
-        (name, title, expr)
+        (name, panel.get("title", ""), target["expr"])
         for name, dashboard in sorted(load_dashboards().items())
-        for title, expr, empty in panel_queries(dashboard)
-        if empty is empty_when_healthy
+        for panel in panels(dashboard)
+        if kind_of(panel) == kind
+        for target in panel.get("targets", [])
+        if target.get("expr")
     ]
 
 
+def _assert_shows_data(
+    prometheus: Prometheus, queries: list[tuple[str, str, str]], domain: str, when: str
+) -> None:
+    for dashboard, title, expr in queries:
+        query = substitute(expr, domain)
+        result = query_until(prometheus, query, bool, 45)
+        assert result, f"{dashboard}: panel {title!r} shows no data {when}: {query}"
+
+
 def test_every_panel_shows_data_and_the_stuck_call_alert_names_the_frozen_vm(
-    scraped: tuple[Prometheus, Path], two_vms: list[TinyVM]
+    scraped: tuple[Prometheus, Path], two_vms: list[TinyVM], libvirtd_control: LibvirtdControl
 ) -> None:
     prometheus, rules = scraped
     healthy, frozen = two_vms
     # Rates need two scrapes inside their window: wait until one has a value for every VM.
     query_until(prometheus, "rate(libvirt_domain_cpu_time_seconds_total[1m])", lambda r: len(r) == 2, 60)
-
-    for dashboard, title, expr in _queries(empty_when_healthy=False):
-        query = substitute(expr, healthy.name)
-        result = query_until(prometheus, query, bool, 30)
-        assert result, f"{dashboard}: panel {title!r} shows no data: {query}"
+    _assert_shows_data(prometheus, _queries("healthy"), healthy.name, "on a healthy host")
+    for _, _, expr in _queries("guest"):
+        prometheus.query(substitute(expr, healthy.name))  # valid PromQL, though empty without a guest OS
 
     frozen.freeze()
     stuck = alert_expr(rules, STUCK)
@@ -79,7 +107,11 @@ def test_every_panel_shows_data_and_the_stuck_call_alert_names_the_frozen_vm(
     result = query_until(prometheus, firing, bool, 60)
     assert {series["metric"]["domain"] for series in result} == {frozen.name}
 
-    for dashboard, title, expr in _queries(empty_when_healthy=True):
-        query = substitute(expr, frozen.name)
-        result = query_until(prometheus, query, bool, 30)
-        assert result, f"{dashboard}: panel {title!r} shows nothing with a VM frozen: {query}"
+    faults = _queries("fault")
+    in_freeze = [q for q in faults if q[1] not in SHOWN_WHILE_LIBVIRTD_RESTARTS]
+    _assert_shows_data(prometheus, in_freeze, frozen.name, "with a VM frozen")
+
+    libvirtd_control.restart()  # the call stuck on the frozen VM fails, cycles fail meanwhile
+    in_restart = [q for q in faults if q[1] in SHOWN_WHILE_LIBVIRTD_RESTARTS]
+    assert {title for _, title, _ in in_restart} == SHOWN_WHILE_LIBVIRTD_RESTARTS
+    _assert_shows_data(prometheus, in_restart, frozen.name, "while libvirtd restarted")
