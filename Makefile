@@ -11,7 +11,7 @@ URI  = $(shell [ -S /run/libvirt/libvirt-sock-ro ] && virsh -r -c qemu:///system
          >/dev/null 2>&1 && echo qemu:///system || echo test:///default)
 ARGS =
 
-.PHONY: deps test lint run docs rules clean
+.PHONY: deps test lint run docs rules dashboards clean
 
 # deps: build packages, the venv and the project with its test extras. The stamp
 # makes a re-run free until pyproject.toml changes.
@@ -61,6 +61,10 @@ docs: deps
 rules:
 	promtool check rules dashboards/alerts.yml
 	promtool test rules dashboards/tests/alerts_test.yml
+
+# dashboards: validate the dashboards' JSON and queries, and the alerting rules with promtool.
+dashboards: deps
+	$(VENV)/bin/pytest -q tests/unit/test_dashboards.py tests/unit/test_rules.py
 
 # clean: remove the venv and every cache.
 clean:
