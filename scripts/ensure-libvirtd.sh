@@ -47,6 +47,12 @@ ensure_promtool() {
     command -v promtool >/dev/null || install_missing prometheus
 }
 
+# The tests boot one VM with a real kernel whose balloon driver reports the guest's
+# memory figures: Debian's kernel, busybox for its init, cpio to pack its initramfs.
+ensure_guest_kernel() {
+    install_missing linux-image-amd64 busybox-static cpio
+}
+
 # Set `key = "value"` in qemu.conf: keep a line already set that way, replace an
 # active line set otherwise, else append. Everything else in the file is kept.
 set_qemu_conf() {
@@ -128,10 +134,12 @@ main() {
     if libvirtd_answers; then
         log "libvirtd already answers at $URI; leaving it alone"
         ensure_promtool
+        ensure_guest_kernel
         exit 0
     fi
     install_missing "${LIBVIRT_PACKAGES[@]}"
     ensure_promtool
+    ensure_guest_kernel
     ensure_qemu_user
     configure_qemu_driver
     start_daemon virtlogd

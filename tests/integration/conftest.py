@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from tests.integration.guest import build_guest_kernel, start_guest_vm
 from tests.integration.vms import (
+    DEFAULT_PREFIX,
     Exporter,
     ExporterStartError,
     LibvirtdControl,
@@ -124,6 +127,19 @@ def _thaw_vms_after_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
 def tiny_vms(make_tiny_vms: VMFactory) -> list[TinyVM]:
     """Two running VMs shared by a module: [0] 1 vCPU, 1 disk; [1] 2 vCPUs, 2 disks."""
     return make_tiny_vms(1) + make_tiny_vms(1, vcpus=2, second_disk=True)
+
+
+@pytest.fixture(scope="module")
+def guest_vm(libvirt_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The name of a running VM with a real kernel whose balloon driver reports guest figures."""
+    guest = build_guest_kernel(tmp_path_factory.mktemp("guest"))
+    conn = open_connection(libvirt_uri)
+    name = f"{DEFAULT_PREFIX}guest-{secrets.token_hex(3)}"
+    domain = start_guest_vm(conn, name, guest)
+    yield name
+    with contextlib.suppress(libvirt.libvirtError):
+        domain.destroy()
+    conn.close()
 
 
 # --- the exporter -----------------------------------------------------------------

@@ -264,3 +264,23 @@ def test_a_storage_pool_is_reported_with_its_sizes(
         assert 0 < value(series, "libvirt_storage_pool_available_bytes", pool=name) <= capacity  # type: ignore[operator]
     finally:
         pool.destroy()
+
+
+def test_a_guest_balloon_driver_s_figures_are_there_in_bytes(
+    guest_vm: str, run_exporter: Callable[..., Exporter]
+) -> None:
+    """The families only a guest reports, from the VM that boots a real kernel (192 MiB)."""
+    exporter = run_exporter(*ARGS)
+    series, _ = scrape_until(
+        exporter,
+        lambda s: value(s, "libvirt_domain_memory_usable_bytes", domain=guest_vm) is not None,
+        timeout=60,
+    )
+    present = {name for name, labels in series if dict(labels).get("domain") == guest_vm}
+    assert GUEST_REPORTED - present == set()
+    available = value(series, "libvirt_domain_memory_available_bytes", domain=guest_vm)
+    usable = value(series, "libvirt_domain_memory_usable_bytes", domain=guest_vm)
+    assert available is not None and usable is not None
+    assert 64 * 2**20 < available <= 192 * 2**20  # KiB became bytes
+    assert 0 < usable <= available
+    assert value(series, "libvirt_domain_memory_stats_timestamp_seconds", domain=guest_vm) > 1.7e9  # type: ignore[operator]
