@@ -20,6 +20,7 @@ from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.libvirt_client import open_read_only
 from libvirt_exporter.samplers import block, bulk, job, storage_pool
 from libvirt_exporter.store import Store
+from libvirt_exporter.web_config import load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,13 @@ class Exporter:
         gevent.killall(self._greenlets)
 
     def serve_forever(self) -> None:
+        web_config = load_web_config(self.config.web_config_file) if self.config.web_config_file else None
         server = make_server(
             self.config.listen_host,
             self.config.listen_port,
             self.snapshot,
             self.config.telemetry_path,
+            web_config,
         )
         server.start()  # bind first: a port in use fails before any sampling starts
         self.start()

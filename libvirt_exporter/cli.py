@@ -18,6 +18,7 @@ from libvirt_exporter.config import (
     parse_listen_address,
 )
 from libvirt_exporter.logs import FORMATS, LEVELS, setup_logging
+from libvirt_exporter.web_config import load_web_config
 
 log = logging.getLogger("libvirt_exporter")
 
@@ -55,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="telemetry_path",
         default="/metrics",
         help="path under which to expose metrics",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default="",
+        help="exporter-toolkit web config file: TLS, basic auth, response headers",
     )
     parser.add_argument(
         "--libvirt.uri",
@@ -122,9 +129,21 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
             )
             for name in SAMPLER_DEFAULTS
         )
+        collectors = frozenset(name for name in COLLECTOR_DEFAULTS if getattr(args, f"collector_{name}"))
         config = Config(
-            host, port, args.telemetry_path, args.uri, samplers, args.max_concurrent, args.max_stuck
+            host,
+            port,
+            args.telemetry_path,
+            args.uri,
+            samplers,
+            args.max_concurrent,
+            args.max_stuck,
+            collectors,
+            args.include_inactive,
+            args.web_config_file,
         )
+        if config.web_config_file:
+            load_web_config(config.web_config_file)  # a file that cannot work stops us here
     except ConfigError as error:
         parser.error(str(error))
     return config, args

@@ -87,6 +87,7 @@ class Config:
     max_stuck_calls: int
     collectors: frozenset[str] = frozenset(name for name, on in COLLECTOR_DEFAULTS.items() if on)
     include_inactive: bool = False
+    web_config_file: str = ""
     connect_deadline: float = 10.0
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from gevent.pywsgi import WSGIServer
 
 from libvirt_exporter import __version__
+from libvirt_exporter.basic_auth import BasicAuth
 from libvirt_exporter.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -17,6 +18,7 @@ from libvirt_exporter.exposition import (
     accepts_gzip,
     wants_openmetrics,
 )
+from libvirt_exporter.web_config import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,35 @@ def _respond(
 
 
 def make_app(
+    snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | None = None
+) -> Callable[[dict[str, Any], StartResponse], list[bytes]]:
+    web_config = web_config or WebConfig()
+    routes = _make_routes(snapshot, telemetry_path)
+    auth = BasicAuth(web_config.users)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        def start_with_headers(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            return start_response(status, [*headers, *web_config.headers], *rest)
+
+        if auth.enabled and not auth.allows(environ.get("HTTP_AUTHORIZATION", "")):
+            return _respond(
+                start_with_headers,
+                "401 Unauthorized",
+                "text/plain; charset=utf-8",
+                b"Unauthorized\n",
+                [("WWW-Authenticate", 'Basic realm="libvirt-exporter"')],
+            )
+        return routes(environ, start_with_headers)
+
+    return app
+
+
+def _make_routes(
     snapshot: Snapshot, telemetry_path: str
 ) -> Callable[[dict[str, Any], StartResponse], list[bytes]]:
     landing = _LANDING.format(version=html.escape(__version__), path=html.escape(telemetry_path)).encode()
 
-    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    def routes(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
         if path not in (telemetry_path, "/"):
             return _respond(start_response, "404 Not Found", "text/plain; charset=utf-8", b"not found\n")
@@ -79,9 +105,13 @@ def make_app(
             [*encoding, ("Vary", "Accept, Accept-Encoding")],
         )
 
-    return app
+    return routes
 
 
-def make_server(host: str, port: int, snapshot: Snapshot, telemetry_path: str) -> WSGIServer:
+def make_server(
+    host: str, port: int, snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | None = None
+) -> WSGIServer:
     """A server that logs no access lines (scrapes would flood the log) and reports its errors."""
-    return WSGIServer((host, port), make_app(snapshot, telemetry_path), log=None, error_log=log)
+    app = make_app(snapshot, telemetry_path, web_config)
+    tls = {"ssl_context": web_config.ssl_context} if web_config and web_config.ssl_context else {}
+    return WSGIServer((host, port), app, log=None, error_log=log, **tls)

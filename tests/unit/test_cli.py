@@ -22,6 +22,13 @@ def test_defaults() -> None:
     assert args.log_level == "info" and args.log_format == "logfmt"
 
 
+def test_collector_switches_and_inactive_domains() -> None:
+    config, _ = parse_config([])
+    assert config.enabled("block") and not config.enabled("perf") and not config.include_inactive
+    config, _ = parse_config(["--no-collector.block", "--collector.perf", "--libvirt.include-inactive"])
+    assert not config.enabled("block") and config.enabled("perf") and config.include_inactive
+
+
 def test_flags_are_read() -> None:
     config, _ = parse_config(
         [
