@@ -370,13 +370,16 @@ class LibvirtdControl:
     uri: str
     frozen_pids: list[int] = field(default_factory=list)
 
-    def restart(self) -> None:
-        """SIGTERM libvirtd, wait until it is gone, start it again and wait until it
-        answers. Running transient VMs survive: the new libvirtd reconnects to them."""
+    def restart(self, how: signal.Signals = signal.SIGTERM) -> None:
+        """Stop libvirtd with `how`, wait until it is gone, start it again and wait until it
+        answers. Running transient VMs survive: the new libvirtd reconnects to them.
+
+        SIGTERM lets libvirtd shut down cleanly, which it cannot do while a worker waits on a
+        frozen QEMU's monitor (it then hangs for good): kill it with SIGKILL in that case."""
         self.thaw()
         pids = libvirtd_pids()
         for pid in pids:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, how)
         wait_for(
             lambda: not any(process_exists(pid) for pid in pids),
             LIBVIRTD_TIMEOUT_S,
