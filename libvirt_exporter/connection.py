@@ -118,8 +118,6 @@ class Connection:
         self._opened: dict[Any, _Opened] = {}
         self._generation = 0
         self._ever_connected = False
-        self._down = gevent.event.Event()
-        self._down.set()
         self.first_attempt_done = gevent.event.Event()
         self._close_signal = _CrossThreadSignal(self._closed_by_libvirt)
         self._event_signal = _CrossThreadSignal(lambda names: on_domain_events(set(names)))
