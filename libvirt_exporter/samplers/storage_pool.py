@@ -10,11 +10,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from libvirt_exporter.calls import CallKey, Status
+import gevent
+
+from libvirt_exporter.calls import CallKey, Outcome, Status
 from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.cycle import CycleFailed
-from libvirt_exporter.store import Sample
+from libvirt_exporter.store import Sample, Store
 
 NAME = "storage_pool"
 LIST = CallKey(NAME)
@@ -32,12 +34,18 @@ def read_pool(pool: Any) -> dict[str, int]:
 
 
 class StoragePoolSampler:
-    """Keeps the last values of each pool that still exists."""
+    """Keeps the last values of each pool that still exists; pools are sampled at once, so that
+    one hung pool delays none of the others."""
 
     def __init__(self, config: SamplerConfig, connection: Connection) -> None:
         self.config = config
         self._connection = connection
-        self.pools: dict[str, Sample] = {}
+        self._store = Store()  # its own: pool names are not domain names
+        self._listed: set[str] = set()
+
+    @property
+    def pools(self) -> dict[str, Sample]:
+        return self._store.samples[NAME]
 
     def subjects(self) -> list[str]:
         return []  # pools are not domains: their health is the sampler's own
@@ -50,21 +58,17 @@ class StoragePoolSampler:
         if listed.status is not Status.OK or listed.value is None:
             raise CycleFailed(f"listing storage pools failed: {listed.error or listed.status.value}")
         pools = dict(listed.value)
-        self.pools = {name: sample for name, sample in self.pools.items() if name in pools}
-        for name, pool in pools.items():
-            self._sample(conn, name, pool)
+        self._listed = set(pools)
+        self._store.forget(self.pools.keys() - self._listed)
+        gevent.joinall([gevent.spawn(self._sample, conn, name, pool) for name, pool in pools.items()])
 
     def _sample(self, conn: Any, name: str, pool: Any) -> None:
-        outcome = self._connection.call(
-            CallKey(NAME, name), conn, partial(read_pool, pool), self.config.deadline,
-            on_late=lambda late: self._take(name, late.value, late.call),
-        )  # fmt: skip
-        if outcome.status is Status.OK:
-            self._take(name, outcome.value, outcome.call)
+        key = CallKey(NAME, name)
+        take = partial(self._take, name)
+        take(self._connection.call(key, conn, partial(read_pool, pool), self.config.deadline, on_late=take))
 
-    def _take(self, name: str, values: Any, call: Any) -> None:
-        if values is None or call is None:
-            return
-        held = self.pools.get(name)
-        if held is None or held.taken_at < call.started_at:
-            self.pools[name] = Sample(values, call.started_at)
+    def _take(self, name: str, outcome: Outcome[Any]) -> None:
+        """Values of a pool still listed; a late result never replaces a newer one (Store.offer)."""
+        values, call = outcome.value, outcome.call
+        if outcome.status is Status.OK and values is not None and call is not None and name in self._listed:
+            self._store.offer(NAME, name, Sample(values, call.started_at))

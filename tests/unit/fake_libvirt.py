@@ -305,12 +305,18 @@ class FakeStoragePool:
     pool_name: str
     pool_info: list[int]
     """[state, capacity, allocation, available], as virStoragePoolGetInfo returns them."""
+    reachable: threading.Event = field(default_factory=threading.Event)
+    """Cleared: the pool's storage is dead and info() hangs, as on a lost NFS server."""
+
+    def __post_init__(self) -> None:
+        self.reachable.set()
 
     def name(self) -> str:
         return self.pool_name
 
     def info(self) -> list[int]:
-        return self.pool_info
+        self.reachable.wait()
+        return list(self.pool_info)
 
 
 def _in_event_loop_thread(calls: Callable[[], object]) -> None:

@@ -9,7 +9,7 @@ import gevent
 from libvirt_exporter.calls import CallKey, CallRunner
 from libvirt_exporter.connection import Connection
 from tests.unit.conftest import Harness, Series, domains_in, make_config, parse, value, wait_for
-from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError
+from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError, FakeStoragePool
 
 
 def test_healthy_host_serves_every_domain_fresh(harness: Harness) -> None:
@@ -248,3 +248,21 @@ def test_domain_xml_is_read_once_and_again_only_after_an_event(harness: Harness)
     series = harness.cycle(exporter.block)
     assert value(series, "libvirt_domain_block_read_requests_total", domain="b", device="vdb") is not None
     assert [host.calls[(name, "XMLDesc")] for name in "ac"] == [1, 1]
+
+
+def test_a_hung_storage_pool_keeps_its_last_values_and_the_others_stay_current(harness: Harness) -> None:
+    exporter, host = harness.exporter, harness.host
+    nfs = FakeStoragePool("nfs", [2, 10 * 2**30, 2**30, 9 * 2**30])
+    host.pools.append(nfs)
+    harness.cycle(exporter.storage_pools)
+    nfs.reachable.clear()
+    host.pools[0].pool_info[2] += 2**30  # the local pool fills up meanwhile
+    try:
+        series = harness.cycle(exporter.storage_pools)
+    finally:
+        nfs.reachable.set()
+    assert value(series, "libvirt_storage_pool_allocation_bytes", pool="default") == 41 * 2**30
+    assert value(series, "libvirt_storage_pool_allocation_bytes", pool="nfs") == 2**30
+    host.pools.remove(nfs)
+    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("storage_pool", "nfs")))
+    assert value(harness.cycle(exporter.storage_pools), "libvirt_storage_pool_state", pool="nfs") is None
