@@ -24,14 +24,10 @@ from tests.integration.prometheus import (
     rules_with_short_for,
     start_prometheus,
 )
+from tests.integration.vms import FAST_SAMPLING as ARGS
 from tests.integration.vms import Exporter, LibvirtdControl, TinyVM, VMFactory
 from tests.unit.dashboards import load_dashboards, markers, panels, substitute
 
-ARGS = tuple(
-    f"--sampler.{name}.{setting}={seconds}s"
-    for name in ("bulk", "block")
-    for setting, seconds in (("interval", 2), ("deadline", 1))
-)
 SHORT_FOR_SECONDS = 6
 STUCK = "LibvirtBlockInfoCallStuck"
 

@@ -15,39 +15,15 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from libvirt_exporter.collector import SPECS
-from tests.integration.vms import Exporter, LibvirtdControl, TinyVM, VMFactory
+from tests.exposition import Series, domains_in, parse, value
+from tests.integration.vms import DEADLINE, INTERVAL, Exporter, LibvirtdControl, TinyVM, VMFactory
+from tests.integration.vms import FAST_SAMPLING as ARGS
 
-INTERVAL = 2.0
-DEADLINE = 1.0
 SCHEDULING_SLACK = 1.0
 SCRAPE_BOUND = 1.0
 LIVENESS_DETECTION = 10.0  # connection.py: a probe every 2 s, unresponsive after 6 s
-ARGS = tuple(
-    f"--sampler.{name}.{setting}={seconds}s"
-    for name in ("bulk", "block")
-    for setting, seconds in (("interval", INTERVAL), ("deadline", DEADLINE))
-)
-
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(body: str) -> Series:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
-
-
-def value(series: Series, name: str, **labels: str) -> float | None:
-    return series.get((name, frozenset(labels.items())))
-
-
-def domains_in(series: Series) -> set[str]:
-    return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
 
 
 def fresh(series: Series, domain: str) -> bool:

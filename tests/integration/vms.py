@@ -405,6 +405,16 @@ class LibvirtdControl:
 # --- exporter processes -------------------------------------------------------------
 
 
+INTERVAL = 2.0
+DEADLINE = 1.0
+FAST_SAMPLING = tuple(
+    f"--sampler.{name}.{setting}={seconds:g}s"
+    for name in ("bulk", "block")
+    for setting, seconds in (("interval", INTERVAL), ("deadline", DEADLINE))
+)
+"""Exporter flags for tests: a cycle every 2 s, a call stuck after 1 s."""
+
+
 def find_free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

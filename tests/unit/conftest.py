@@ -7,40 +7,23 @@ from collections.abc import Callable, Iterator
 
 import gevent
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.cli import SAMPLER_DEFAULTS
 from libvirt_exporter.config import Config, SamplerConfig
 from libvirt_exporter.cycle import Sampler, run_cycle_and_record
+from tests.exposition import Series, domains_in, parse, value
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
+
+__all__ = ["Series", "domains_in", "parse", "value"]  # unit tests import them from here
 
 DEADLINE = 0.2
 INTERVAL = 1.0
-
-Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def make_config(deadline: float = DEADLINE, interval: float = INTERVAL, max_stuck: int = 16) -> Config:
     samplers = tuple(SamplerConfig(name, interval, deadline) for name in SAMPLER_DEFAULTS)
     return Config("127.0.0.1", 0, "/metrics", "qemu:///system", samplers, 4, max_stuck)
-
-
-def parse(exposition: bytes) -> Series:
-    """Every sample of a text exposition, by name and label set."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(exposition.decode())
-        for s in family.samples
-    }
-
-
-def value(series: Series, name: str, **labels: str) -> float | None:
-    return series.get((name, frozenset(labels.items())))
-
-
-def domains_in(series: Series) -> set[str]:
-    return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
