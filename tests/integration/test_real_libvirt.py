@@ -215,7 +215,8 @@ def test_every_family_of_the_groups_the_vms_have_is_there_in_base_units(
     assert 0 < only("libvirt_domain_vcpu_time_seconds_total", vcpu="0") < 600
     assert only("libvirt_domain_vcpus_current") == vm.vcpus
     assert only("libvirt_domain_interface_receive_bytes_total", device=nic) >= 0
-    assert only("libvirt_domain_monitor_busy_seconds") == 0
+    # A healthy monitor is busy for a moment now and then (a block call of ours), in seconds.
+    assert 0 <= only("libvirt_domain_monitor_busy_seconds") < DEADLINE
 
 
 def test_a_storage_pool_is_reported_with_its_sizes(
