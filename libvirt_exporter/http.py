@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gevent.pywsgi import WSGIServer
+import gevent
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from libvirt_exporter import __version__
 from libvirt_exporter.basic_auth import BasicAuth
@@ -23,6 +24,12 @@ from libvirt_exporter.web_config import WebConfig
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
+
+REQUEST_HEAD_TIMEOUT = 60.0
+"""Seconds a connection may take to deliver its next request line and headers (a TLS handshake
+included), idle keep-alive time included. Longer than any sensible scrape interval, so Prometheus
+keeps its connection; short enough that clients which never finish a request cannot pile up open
+file descriptors."""
 
 _LANDING = """<!DOCTYPE html>
 <html lang="en">
@@ -108,10 +115,50 @@ def _make_routes(
     return routes
 
 
+class _RequestHeadTimeout(OSError, ValueError):
+    """An OSError so that gevent closes the connection quietly while it waits for a request line,
+    and a ValueError so that it answers 400 once headers have begun, as for any bad request."""
+
+
+class _DeadlineHandler(WSGIHandler):  # type: ignore[misc]
+    """gevent's handler, with a deadline on each request's head (see REQUEST_HEAD_TIMEOUT).
+
+    The deadline starts when the handler begins to wait for a request and ends when the request's
+    head has been parsed and the app is about to answer; writing the answer is not limited.
+    """
+
+    head_timeout = REQUEST_HEAD_TIMEOUT
+
+    def handle_one_request(self) -> Any:
+        self._head_deadline = gevent.Timeout.start_new(
+            self.head_timeout, _RequestHeadTimeout(f"no complete request within {self.head_timeout:g} s")
+        )
+        try:
+            return super().handle_one_request()
+        finally:
+            self._head_deadline.cancel()
+
+    def handle_one_response(self) -> Any:
+        self._head_deadline.cancel()
+        return super().handle_one_response()
+
+
 def make_server(
-    host: str, port: int, snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | None = None
+    host: str,
+    port: int,
+    snapshot: Snapshot,
+    telemetry_path: str,
+    web_config: WebConfig | None = None,
+    head_timeout: float = REQUEST_HEAD_TIMEOUT,
 ) -> WSGIServer:
-    """A server that logs no access lines (scrapes would flood the log) and reports its errors."""
+    """A server that logs no access lines (scrapes would flood the log) and reports its errors.
+
+    The TLS handshake is left to the handler's first read so that it falls under the request-head
+    deadline too; done on accept, a client that never finishes it would hold its connection forever.
+    """
     app = make_app(snapshot, telemetry_path, web_config)
-    tls = {"ssl_context": web_config.ssl_context} if web_config and web_config.ssl_context else {}
-    return WSGIServer((host, port), app, log=None, error_log=log, **tls)
+    handler = type("Handler", (_DeadlineHandler,), {"head_timeout": head_timeout})
+    tls: dict[str, Any] = {}
+    if web_config and web_config.ssl_context:
+        tls = {"ssl_context": web_config.ssl_context, "do_handshake_on_connect": False}
+    return WSGIServer((host, port), app, log=None, error_log=log, handler_class=handler, **tls)

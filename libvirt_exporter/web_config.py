@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from gevent import ssl as gevent_ssl
 
 from libvirt_exporter.config import ConfigError
 
@@ -72,7 +73,9 @@ def _tls(section: dict[str, Any], base: Path) -> ssl.SSLContext | None:
     )
     if not section.get("cert_file") or not section.get("key_file"):
         raise ConfigError(f"{where}: cert_file and key_file are both required")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # gevent's context makes gevent sockets: the standard one's would block the whole hub on a
+    # client that is slow to handshake or to send its request.
+    context: ssl.SSLContext = gevent_ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _version(section.get("min_version", "TLS12"), f"{where}.min_version")
     if "max_version" in section:
         context.maximum_version = _version(section["max_version"], f"{where}.max_version")

@@ -3,6 +3,7 @@ gets an answer at all."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +21,13 @@ T = TypeVar("T")
 SCRAPE_BOUND = 0.1  # seconds; a healthy scrape here takes about a millisecond
 
 
+HEAD_TIMEOUT = 1.0  # seconds, instead of the default minute, so that tests see the deadline act
+
+
 @pytest.fixture
 def port() -> Iterator[int]:
     exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
-    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics")
+    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics", head_timeout=HEAD_TIMEOUT)
     server.start()
     yield server.server_port
     server.stop()
@@ -53,6 +57,32 @@ def _connect(port: int, count: int) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
 
 
+def _everything_until_closed(port: int, partial: bytes) -> bytes:
+    """Runs in a real OS thread: sends `partial`, then returns all the server sends until it hangs
+    up. A server that never hangs up makes the read time out, and the test fail."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10 * HEAD_TIMEOUT) as sock:
+        sock.sendall(partial)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def _requests_on_one_connection(port: int, pause: float) -> list[tuple[int, int]]:
+    """Runs in a real OS thread: three scrapes on one kept-alive connection, `pause` seconds apart;
+    each scrape's status and the client port it went out from."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    answers = []
+    for _ in range(3):
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        response.read()
+        answers.append((response.status, conn.sock.getsockname()[1]))
+        time.sleep(pause)  # the idle time between scrapes is the scenario itself
+    conn.close()
+    return answers
+
+
 def _in_thread(fn: Callable[..., T], *args: object) -> T:
     """Run a blocking client in a real OS thread while the hub serves."""
     result: T = gevent.get_hub().threadpool.spawn(fn, *args).get()
@@ -74,3 +104,22 @@ def test_slow_idle_and_malformed_clients_do_not_delay_a_scrape(port: int) -> Non
         slowloris.close()
         for sock in idle:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    ("partial", "answer"),
+    [
+        (b"", b""),  # connects and never says a word
+        (b"GET /metr", b""),  # stops inside the request line
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ", b"HTTP/1.1 400 Bad Request"),  # inside headers
+    ],
+)
+def test_a_client_that_never_finishes_its_request_is_let_go(port: int, partial: bytes, answer: bytes) -> None:
+    got = _in_thread(_everything_until_closed, port, partial)
+    assert got.split(b"\r\n")[0] == answer
+
+
+def test_the_deadline_is_per_request_so_a_kept_alive_scraper_keeps_its_connection(port: int) -> None:
+    answers = _in_thread(_requests_on_one_connection, port, 0.6 * HEAD_TIMEOUT)
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert len({client_port for _, client_port in answers}) == 1, "the server closed a kept-alive connection"

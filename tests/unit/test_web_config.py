@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.config import ConfigError
-from libvirt_exporter.http import make_server
+from libvirt_exporter.http import REQUEST_HEAD_TIMEOUT, make_server
 from libvirt_exporter.web_config import load_web_config
 from tests.unit.conftest import make_config
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -97,14 +98,14 @@ def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-Serve = Callable[[str], Served]
+Serve = Callable[..., Served]
 
 
 @pytest.fixture
 def serve(pki: Path) -> Iterator[Serve]:
     servers = []
 
-    def start(config_body: str) -> Served:
+    def start(config_body: str, head_timeout: float = REQUEST_HEAD_TIMEOUT) -> Served:
         exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
         server = make_server(
             "127.0.0.1",
@@ -112,6 +113,7 @@ def serve(pki: Path) -> Iterator[Serve]:
             exporter.snapshot,
             "/metrics",
             load_web_config(str(write_config(pki, config_body))),
+            head_timeout,
         )
         server.start()
         servers.append(server)
@@ -148,6 +150,15 @@ def test_plain_http_to_the_tls_port_is_refused(serve: Serve) -> None:
     assert served.get().status == 200
 
 
+def test_a_client_that_never_starts_the_tls_handshake_delays_no_one_and_is_let_go(serve: Serve) -> None:
+    served = serve(TLS, head_timeout=3.0)
+    in_thread = gevent.get_hub().threadpool.spawn
+    silent = in_thread(socket.create_connection, ("127.0.0.1", served.port), 10).get()
+    with silent:
+        assert served.get().status == 200  # served while the silent client waits before it
+        assert in_thread(silent.recv, 64).get() == b""  # then hung up on (else the read times out)
+
+
 def test_a_client_certificate_is_required_when_configured(serve: Serve) -> None:
     served = serve(TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n")
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
@@ -171,6 +182,8 @@ def test_configured_headers_are_sent(serve: Serve) -> None:
         ("http_server_config:\n  headers:\n    Set-Cookie: x\n", "'Set-Cookie' may not be set"),
         ("tls_config:\n  cert_file: a\n", "unknown or unsupported field 'tls_config'"),
         ("tls_server_config: [1, 2]\n", "must be a mapping"),
+        (TLS + "  client_auth_type: RequireAnyClientCert\n", "'RequireAnyClientCert' is not one of"),
+        (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "unsupported field 'cipher_suites'"),
     ],
 )
 def test_a_file_that_cannot_work_is_one_clear_error(pki: Path, body: str, says: str) -> None:
