@@ -57,8 +57,9 @@ class BlockSampler(DomainSampler):
         return [entry.name for entry in self._inventory.domains() if entry.active]
 
     def run_cycle(self) -> None:
-        self._connected()
+        conn = self._connected()
         active = [entry for entry in self._inventory.domains() if entry.active]
         self._sample_each(
-            (entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active
+            conn,
+            ((entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active),
         )

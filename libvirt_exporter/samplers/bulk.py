@@ -79,7 +79,7 @@ class BulkSampler(DomainSampler):
         if free and not self._runner.is_in_flight(HOST_WIDE):
             free = self._sample_host_wide(conn, free)
         self._sample_each(
-            (e.name, partial(read_domain_stats, conn, e.domain, self.groups)) for e in free + busy
+            conn, ((e.name, partial(read_domain_stats, conn, e.domain, self.groups)) for e in free + busy)
         )
 
     def _partition(self) -> tuple[list[DomainEntry], list[DomainEntry]]:

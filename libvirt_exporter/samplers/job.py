@@ -26,6 +26,6 @@ class JobSampler(DomainSampler):
         return [entry.name for entry in self._inventory.domains() if entry.job_running]
 
     def run_cycle(self) -> None:
-        self._connected()
+        conn = self._connected()
         running = [entry for entry in self._inventory.domains() if entry.job_running]
-        self._sample_each((entry.name, partial(read_job, entry.domain)) for entry in running)
+        self._sample_each(conn, ((entry.name, partial(read_job, entry.domain)) for entry in running))

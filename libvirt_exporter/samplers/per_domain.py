@@ -45,14 +45,15 @@ class DomainSampler:
             raise CycleFailed("not connected to libvirt")
         return self._inventory.conn
 
-    def _sample_each(self, reads: Iterable[tuple[str, Read]]) -> None:
-        """Sample each (domain, read) at once, and return when each has returned or timed out."""
-        gevent.joinall([gevent.spawn(self._sample_one, domain, read) for domain, read in reads])
+    def _sample_each(self, conn: Any, reads: Iterable[tuple[str, Read]]) -> None:
+        """Sample each (domain, read) at once on `conn`, the connection the cycle started on (one
+        lost meanwhile fails the calls as libvirt errors), and return when each returned or timed out."""
+        gevent.joinall([gevent.spawn(self._sample_one, conn, domain, read) for domain, read in reads])
 
-    def _sample_one(self, domain: str, read: Read) -> None:
+    def _sample_one(self, conn: Any, domain: str, read: Read) -> None:
         outcome = self._connection.call(
             CallKey(self.config.name, domain),
-            self._connected(),
+            conn,
             read,
             self.config.deadline,
             on_late=lambda late: self._record_late(domain, late),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import gevent
+import pytest
 
 from libvirt_exporter.calls import CallKey, CallRunner
 from libvirt_exporter.connection import Connection
@@ -266,3 +267,15 @@ def test_a_hung_storage_pool_keeps_its_last_values_and_the_others_stay_current(h
     host.pools.remove(nfs)
     wait_for(lambda: not exporter.runner.is_in_flight(CallKey("storage_pool", "nfs")))
     assert value(harness.cycle(exporter.storage_pools), "libvirt_storage_pool_state", pool="nfs") is None
+
+
+def test_a_connection_lost_while_a_cycle_starts_its_calls_kills_no_greenlet(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The calls of a cycle go to the connection it started on: one lost meanwhile makes them fail
+    as libvirt errors do, not the greenlets that send them (gevent would print their tracebacks)."""
+    exporter = harness.exporter
+    harness.cycle(exporter.bulk)
+    gevent.spawn(exporter.connection.mark_down, "eof")  # runs once the cycle has spawned its calls
+    harness.cycle(exporter.block)
+    assert "Traceback" not in capsys.readouterr().err
