@@ -135,12 +135,15 @@ class CallRunner:
         """
         if key in self._in_flight:
             return Outcome(Status.SKIPPED, call=self._in_flight[key])
-        if self.stuck_count() >= self.max_stuck:
-            log.warning("no thread left for a libvirt call", extra={"fields": {"call": key}})
+        if self._no_thread_left(key):
             return Outcome(Status.SKIPPED)
         call = Call(key, started_at=time.time(), started_monotonic=time.monotonic())
         self._in_flight[key] = call
         self._slots.acquire()  # waits while max_concurrent calls are within their deadline
+        if self._no_thread_left(key):  # the calls that held the slots meanwhile got stuck
+            del self._in_flight[key]
+            self._slots.release()
+            return Outcome(Status.SKIPPED)
         call.started_at, call.started_monotonic = time.time(), time.monotonic()
         result: AsyncResult = self._pool.spawn(_capture, fn)
         try:
@@ -153,6 +156,14 @@ class CallRunner:
         del self._in_flight[key]
         self._slots.release()
         return _outcome(call, captured)
+
+    def _no_thread_left(self, key: CallKey) -> bool:
+        """Checked again once a slot is ours: dispatching past the cap would take the pool's last
+        thread, and a later call would then wait for a thread forever."""
+        if self.stuck_count() < self.max_stuck:
+            return False
+        log.warning("no thread left for a libvirt call", extra={"fields": {"call": key}})
+        return True
 
     def _finish_late(self, call: Call, done: AsyncResult, on_late: LateHandler | None) -> None:
         del self._in_flight[call.key]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import gevent
+
 from libvirt_exporter.calls import CallKey, CallRunner, Status
 from libvirt_exporter.store import Sample, Store
 from tests.unit.conftest import wait_for
@@ -49,3 +51,20 @@ def test_a_late_sample_never_replaces_a_newer_one() -> None:
     assert store.offer("bulk", "a", Sample({"cpu.time": 2}, taken_at=200.0))
     assert not store.offer("bulk", "a", Sample({"cpu.time": 1}, taken_at=100.0))
     assert store.sample("bulk", "a") == Sample({"cpu.time": 2}, taken_at=200.0)
+
+
+def test_calls_that_waited_for_a_slot_while_others_got_stuck_are_skipped_not_wedged() -> None:
+    """More hung domains than stuck threads allowed: calls queued for a slot must not take the last
+    threads of the pool, or a later call would wait for a thread forever and wedge its sampler."""
+    runner = CallRunner(max_concurrent=2, max_stuck=2)
+    gate = threading.Event()
+    try:
+        calls = [
+            gevent.spawn(runner.run, CallKey("block", str(index)), gate.wait, 0.05) for index in range(6)
+        ]
+        wait_for(lambda: all(call.ready() for call in calls))
+        statuses = [call.value.status for call in calls]
+        assert statuses.count(Status.TIMEOUT) == 2 and statuses.count(Status.SKIPPED) == 4
+        assert runner.stuck_count() == 2
+    finally:
+        gate.set()
