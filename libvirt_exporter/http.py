@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -141,6 +142,13 @@ class _DeadlineHandler(WSGIHandler):  # type: ignore[misc]
     def handle_one_response(self) -> Any:
         self._head_deadline.cancel()
         return super().handle_one_response()
+
+    def handle(self) -> Any:
+        """Without Nagle's algorithm: gevent sends an answer's head and body in two writes, and on a
+        kept-alive connection (Prometheus keeps its connections) the body would wait for the client's
+        delayed ACK of the head, 40 ms on Linux, in every scrape but the first."""
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return super().handle()
 
 
 def make_server(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -109,3 +110,25 @@ def test_landing_page_unknown_paths_and_methods(running: Running) -> None:
     assert running.get("/nope").status == 404
     assert running.get("/metrics", method="POST").status == 405
     assert running.get().status == 200  # and the next scrape is unaffected
+
+
+def test_answers_go_out_without_waiting_for_the_clients_ack(fake_host: FakeHost) -> None:
+    """gevent writes an answer's head and body in two sends; with Nagle's algorithm on, every scrape
+    on a kept-alive connection but the first would wait for the client's delayed ACK (40 ms)."""
+    exporter = Exporter(make_config(), opener=fake_host.open)
+    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics")
+    nodelay: list[int] = []
+
+    class Spy(server.handler_class):  # type: ignore[name-defined,misc]
+        def handle_one_response(self) -> None:
+            nodelay.append(self.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            super().handle_one_response()
+
+    server.handler_class = Spy
+    server.start()
+    try:
+        running = Running(exporter, f"http://127.0.0.1:{server.server_port}")
+        assert running.get().status == 200
+        assert nodelay and all(nodelay)
+    finally:
+        server.stop()
