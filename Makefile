@@ -11,7 +11,7 @@ URI  = $(shell [ -S /run/libvirt/libvirt-sock-ro ] && virsh -r -c qemu:///system
          >/dev/null 2>&1 && echo qemu:///system || echo test:///default)
 ARGS =
 
-.PHONY: deps test lint run docs rules dashboards clean
+.PHONY: deps test lint run docs rules dashboards deb clean
 
 # deps: build packages, the venv and the project with its test extras. The stamp
 # makes a re-run free until pyproject.toml changes.
@@ -65,6 +65,11 @@ rules:
 # dashboards: validate the dashboards' JSON and queries, and the alerting rules with promtool.
 dashboards: deps
 	$(VENV)/bin/pytest -q tests/unit/test_dashboards.py tests/unit/test_rules.py
+
+# deb: dist/libvirt-exporter_<version>_<arch>.deb, a venv on Debian's python3 with the
+# systemd unit and /etc/default file (packaging/); installs its build packages as root.
+deb:
+	$(SUDO) bash scripts/build-deb.sh dist
 
 # clean: remove the venv and every cache.
 clean:

@@ -9,6 +9,7 @@ set -euo pipefail
 
 readonly URI="qemu:///system"
 readonly QEMU_CONF="/etc/libvirt/qemu.conf"
+readonly LIBVIRTD_CONF="/etc/libvirt/libvirtd.conf"
 readonly WAIT_SECONDS=30
 readonly LIBVIRT_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
                           qemu-system-x86 qemu-utils)
@@ -47,25 +48,32 @@ ensure_promtool() {
     command -v promtool >/dev/null || install_missing prometheus
 }
 
+# systemd-analyze verifies the packaged unit (tests/unit/test_packaging.py); no systemd
+# needs to run for it.
+ensure_systemd_analyze() {
+    command -v systemd-analyze >/dev/null || install_missing systemd
+}
+
 # The tests boot one VM with a real kernel whose balloon driver reports the guest's
 # memory figures: Debian's kernel, busybox for its init, cpio to pack its initramfs.
 ensure_guest_kernel() {
     install_missing linux-image-amd64 busybox-static cpio
 }
 
-# Set `key = "value"` in qemu.conf: keep a line already set that way, replace an
-# active line set otherwise, else append. Everything else in the file is kept.
-set_qemu_conf() {
-    local key=$1 value=$2
-    if grep -Eq "^[[:space:]]*${key}[[:space:]]*=[[:space:]]*\"${value}\"[[:space:]]*$" "$QEMU_CONF"; then
+# Set `key = "value"` in a libvirt config file: keep a line already set that way,
+# replace an active line set otherwise, else append. Everything else in the file is kept.
+set_conf() {
+    local file=$1 key=$2 value=$3
+    touch "$file"
+    if grep -Eq "^[[:space:]]*${key}[[:space:]]*=[[:space:]]*\"${value}\"[[:space:]]*$" "$file"; then
         return 0
     fi
-    if grep -Eq "^[[:space:]]*${key}[[:space:]]*=" "$QEMU_CONF"; then
-        sed -i -E "s|^[[:space:]]*${key}[[:space:]]*=.*$|${key} = \"${value}\"|" "$QEMU_CONF"
+    if grep -Eq "^[[:space:]]*${key}[[:space:]]*=" "$file"; then
+        sed -i -E "s|^[[:space:]]*${key}[[:space:]]*=.*$|${key} = \"${value}\"|" "$file"
     else
-        echo "${key} = \"${value}\"" >>"$QEMU_CONF"
+        echo "${key} = \"${value}\"" >>"$file"
     fi
-    log "set ${key} = \"${value}\" in $QEMU_CONF"
+    log "set ${key} = \"${value}\" in $file"
 }
 
 # Debian builds the QEMU driver with user and group libvirt-qemu, and the driver
@@ -86,10 +94,19 @@ ensure_qemu_user() {
 # qemu.conf belongs to libvirt-daemon-system too, so it is usually absent.
 configure_qemu_driver() {
     mkdir -p "$(dirname "$QEMU_CONF")" /var/log/libvirt /run/libvirt
-    touch "$QEMU_CONF"
-    set_qemu_conf user root
-    set_qemu_conf group root
-    set_qemu_conf security_driver none
+    set_conf "$QEMU_CONF" user root
+    set_conf "$QEMU_CONF" group root
+    set_conf "$QEMU_CONF" security_driver none
+}
+
+# Debian's libvirtd checks a non-root client of its read-only socket with polkit,
+# over D-Bus, which machines without systemd lack: it refuses the client with "Unable
+# to get system bus connection". Where polkit runs, its default policy admits every
+# local user there; without it, admit them all the same. The packaged exporter runs
+# as its own user (tests/integration/test_deb.py). libvirtd.conf, like qemu.conf,
+# belongs to libvirt-daemon-system and is usually absent.
+configure_readonly_auth() {
+    set_conf "$LIBVIRTD_CONF" auth_unix_ro none
 }
 
 start_daemon() {
@@ -134,14 +151,17 @@ main() {
     if libvirtd_answers; then
         log "libvirtd already answers at $URI; leaving it alone"
         ensure_promtool
+        ensure_systemd_analyze
         ensure_guest_kernel
         exit 0
     fi
     install_missing "${LIBVIRT_PACKAGES[@]}"
     ensure_promtool
+    ensure_systemd_analyze
     ensure_guest_kernel
     ensure_qemu_user
     configure_qemu_driver
+    configure_readonly_auth
     start_daemon virtlogd
     start_daemon libvirtd
     wait_until_libvirtd_answers
