@@ -49,6 +49,8 @@ class _Opened:
     conn: Any
     host: HostInfo
     generation: int
+    event_callbacks: tuple[int, ...]
+    """Ids of its domain-event callbacks: each holds a reference that keeps the connection open."""
     calls: int = 0
     stuck: int = 0
 
@@ -259,34 +261,39 @@ class Connection:
             return
         del self._opened[opened.conn]
         key = CallKey("connection", f"close-{opened.generation}")
-        gevent.spawn(self._runner.run, key, lambda: _close(opened.conn), self._deadline)
+        gevent.spawn(self._runner.run, key, lambda: _close(opened), self._deadline)
 
     def _open(self, generation: int) -> _Opened:
         """Runs in a pool thread."""
         conn = self._opener(self.uri)
         conn.registerCloseCallback(self._close_callback, generation)
-        self._register_domain_events(conn)
+        event_callbacks = self._register_domain_events(conn)
         host = HostInfo(
             hostname=conn.getHostname(),
             libvirt_version=_version_text(conn.getLibVersion()),
             hypervisor=conn.getType(),
             hypervisor_version=_version_text(conn.getVersion()),
         )
-        return _Opened(conn, host, generation)
+        return _Opened(conn, host, generation, event_callbacks)
 
-    def _register_domain_events(self, conn: Any) -> None:
+    def _register_domain_events(self, conn: Any) -> tuple[int, ...]:
+        """Register for the domain events; returns the callback ids (none when unsupported)."""
+        callback_ids: list[int] = []
         try:
             for event_id in (
                 libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                 libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
                 libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
             ):
-                conn.domainEventRegisterAny(None, event_id, self._domain_event_callback, None)
+                callback_ids.append(
+                    conn.domainEventRegisterAny(None, event_id, self._domain_event_callback, None)
+                )
         except libvirt.libvirtError as error:
             log.warning(
                 "no domain events: the domain list is refreshed every bulk cycle only",
                 extra={"fields": {"err": describe(error)}},
             )
+        return tuple(callback_ids)
 
     def _close_callback(self, _conn: Any, reason: int, generation: int) -> None:
         """Called by libvirt in its event-loop thread."""
@@ -303,8 +310,14 @@ class Connection:
                 self.mark_down(reasons.get(reason, "error"))
 
 
-def _close(conn: Any) -> None:
-    """Runs in a pool thread: unhook the callbacks first, so that none runs on a closed handle."""
+def _close(opened: _Opened) -> None:
+    """Runs in a pool thread. Unhook the callbacks first, so that none runs on a closed handle and
+    none keeps the connection open: each holds a reference to it, and libvirt closes its socket
+    only when the last reference goes (a libvirtd restart otherwise leaks a socket or an eventfd).
+    On a connection libvirtd closed, each is dropped all the same, then telling libvirtd fails."""
+    for callback_id in opened.event_callbacks:
+        with contextlib.suppress(libvirt.libvirtError):
+            opened.conn.domainEventDeregisterAny(callback_id)
     with contextlib.suppress(libvirt.libvirtError):
-        conn.unregisterCloseCallback()
-    conn.close()
+        opened.conn.unregisterCloseCallback()
+    opened.conn.close()

@@ -212,7 +212,8 @@ class FakeConnection:
         self.host = host
         self.alive = True
         self.close_callbacks: list[tuple[Callable[..., None], Any]] = []
-        self.event_callbacks: list[Callable[..., None]] = []
+        self.event_registrations: dict[int, tuple[int, Callable[..., None]]] = {}
+        """Callback id -> (event id, callback), as domainEventRegisterAny returned them."""
 
     def count(self, domain: str, method: str) -> None:
         with self.host.lock:
@@ -275,9 +276,21 @@ class FakeConnection:
         self.close_callbacks.clear()
 
     def domainEventRegisterAny(self, dom: Any, event_id: int, cb: Callable[..., None], opaque: Any) -> int:
-        if event_id == libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE:
-            self.event_callbacks.append(cb)
-        return len(self.event_callbacks)
+        callback_id = len(self.event_registrations) + 1
+        self.event_registrations[callback_id] = (event_id, cb)
+        return callback_id
+
+    def domainEventDeregisterAny(self, callback_id: int) -> int:
+        del self.event_registrations[callback_id]
+        return 0
+
+    @property
+    def event_callbacks(self) -> list[Callable[..., None]]:
+        return [
+            cb
+            for event_id, cb in self.event_registrations.values()
+            if event_id == libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE
+        ]
 
     def getHostname(self) -> str:
         return "hv1"
@@ -296,8 +309,11 @@ class FakeConnection:
         return int(self.alive)
 
     def close(self) -> int:
-        self.alive = False
-        return 0
+        """As virConnectClose: each registered callback (close or domain event) holds a reference to
+        the connection, which stays open, its socket too, until they are unregistered."""
+        references = len(self.event_registrations) + len(self.close_callbacks)
+        self.alive = references > 0
+        return references
 
 
 @dataclass
