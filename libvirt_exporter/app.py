@@ -70,10 +70,9 @@ class Exporter:
             config.collectors,
             self.storage_pools if config.enabled(storage_pool.NAME) else None,
         )
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(SnapshotCollector(self.view))
-        ProcessCollector(registry=registry)
-        self.snapshot = Snapshot(registry)
+        process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=process)
+        self.snapshot = Snapshot(SnapshotCollector(self.view).collect, process)
         self._greenlets: list[gevent.Greenlet] = []
 
     def publish(self) -> None:
@@ -115,8 +114,10 @@ class Exporter:
         self.stop()
 
     def _connection_changed(self) -> None:
-        """Show the new state at once; after a reconnect, take the domains of the new connection."""
-        self.publish()
+        """Show the new state at once; after a reconnect, take the domains of the new connection.
+
+        This may run in an event-loop callback, where nothing may wait: the render gets a greenlet."""
+        gevent.spawn(self.publish)
         if self.connection.up:
             gevent.spawn(self._refresh_inventory)
 

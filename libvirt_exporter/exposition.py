@@ -1,18 +1,30 @@
-"""The snapshot that scrapes are answered from: rendered once per refresh, in both formats.
+"""The snapshot that scrapes are answered from: rendered once per refresh, in both formats, gzipped.
 
 A scrape only picks bytes. Rendering (the per-domain Python work) happens after each sampling
 cycle, so a scrape costs the same whatever the number of domains, and nothing a scrape does can
-wait on libvirt. Gzip is done at most once per snapshot and format, on the first request for it.
+wait on libvirt. The families are collected in the hub, where no greenlet changes the state under
+them; formatting and compressing them, the costly part, runs in a thread so that scrapes are
+answered meanwhile.
+
+The formatting is done here rather than by prometheus_client, which is several times slower (at 500
+domains, 0.8 s per render for both formats): a sample's line is the same in both formats, so it is
+formatted once, and the label part of each line is kept from one render to the next.
 """
 
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
+import gevent
+from gevent.event import Event
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.utils import floatToGoString
+
+from libvirt_exporter.collector.families import Families, Kind, Spec
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -29,33 +41,118 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
 
 
-@dataclass
+GZIP_LEVEL = 1
+"""Exposition text repeats itself: level 1 is twice as fast as 6 and its output 15 % larger."""
+
+
+@dataclass(frozen=True)
 class Exposition:
-    """One rendered snapshot."""
+    """One rendered snapshot, in both formats, plain and gzipped."""
 
     text: bytes
     openmetrics: bytes
-    _gzipped: dict[bool, bytes] = field(default_factory=dict)
+    text_gzipped: bytes
+    openmetrics_gzipped: bytes
 
     def body(self, openmetrics: bool, gzipped: bool) -> bytes:
-        plain = self.openmetrics if openmetrics else self.text
-        if not gzipped:
-            return plain
-        if openmetrics not in self._gzipped:
-            self._gzipped[openmetrics] = gzip.compress(plain, compresslevel=6)
-        return self._gzipped[openmetrics]
+        if openmetrics:
+            return self.openmetrics_gzipped if gzipped else self.openmetrics
+        return self.text_gzipped if gzipped else self.text
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class Renderer:
+    """Formats families in the Prometheus text format and in OpenMetrics, as prometheus_client does.
+
+    Most label sets (domain, device, vCPU) are the same from one render to the next, so the part of
+    a line before its value is kept for the next render; the rest is dropped, so that the domains
+    that are gone cost nothing.
+    """
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, Sequence[str]], str] = {}
+
+    def render(self, groups: Iterable[Families], process: CollectorRegistry) -> Exposition:
+        previous, self._prefixes = self._prefixes, {}
+        text: list[str] = []
+        openmetrics: list[str] = []
+        for families in groups:
+            for spec, samples in families.rows():
+                lines = self._lines(spec, samples, previous)
+                text += [_header(spec, spec.exposed_name, _escape_help(spec.help)), lines]
+                openmetrics += [_header(spec, spec.name, _escape(spec.help)), lines]
+        text_bytes = "".join(text).encode() + generate_latest(process)
+        openmetrics_bytes = "".join(openmetrics).encode() + generate_openmetrics(process)  # type: ignore[no-untyped-call]
+        return Exposition(
+            text_bytes,
+            openmetrics_bytes,
+            gzip.compress(text_bytes, GZIP_LEVEL),
+            gzip.compress(openmetrics_bytes, GZIP_LEVEL),
+        )
+
+    def _lines(
+        self,
+        spec: Spec,
+        samples: list[tuple[Sequence[str], float]],
+        previous: dict[tuple[str, Sequence[str]], str],
+    ) -> str:
+        name = spec.exposed_name
+        order = sorted(range(len(spec.labels)), key=spec.labels.__getitem__)  # prometheus_client sorts them
+        prefixes = self._prefixes
+        lines = []
+        for label_values, value in samples:
+            key = (name, label_values)
+            prefix = previous.get(key)
+            if prefix is None:
+                labels = ",".join(f'{spec.labels[i]}="{_escape(label_values[i])}"' for i in order)
+                prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+            prefixes[key] = prefix
+            lines.append(f"{prefix}{floatToGoString(value)}\n")  # type: ignore[no-untyped-call]
+        return "".join(lines)
+
+
+def _escape_help(help: str) -> str:
+    """The text format leaves double quotes in HELP as they are; OpenMetrics escapes them."""
+    return help.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _header(spec: Spec, name: str, help: str) -> str:
+    kind = "counter" if spec.kind is Kind.COUNTER else "gauge"
+    return f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
 
 
 class Snapshot:
-    """Holds the latest exposition of a registry; `publish` renders a new one."""
+    """The latest exposition; `publish` renders a new one from what `collect` gathers, with the
+    process families of `process` (prometheus_client's ProcessCollector) at the end."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._registry = registry
-        self.current = self._render()
+    def __init__(self, collect: Callable[[], list[Families]], process: CollectorRegistry) -> None:
+        self._collect = collect
+        self._process = process
+        self._renderer = Renderer()
+        self._rendering: Event | None = None
+        self._again = False
+        self.current = self._renderer.render(collect(), process)
 
     def publish(self) -> None:
-        self.current = self._render()
+        """Render the state as it is now; return once the snapshot served includes it.
 
-    def _render(self) -> Exposition:
-        openmetrics = generate_openmetrics(self._registry)  # type: ignore[no-untyped-call]
-        return Exposition(text=generate_latest(self._registry), openmetrics=openmetrics)
+        A publish asked for while a render runs joins it: that render runs once more when it is
+        over, for all that asked meanwhile (after each cycle, several samplers ask at once).
+        """
+        self._again = True
+        if self._rendering is not None:
+            self._rendering.wait()
+            return
+        self._rendering = Event()
+        try:
+            while self._again:
+                self._again = False
+                groups = self._collect()
+                pool = gevent.get_hub().threadpool
+                self.current = pool.spawn(self._renderer.render, groups, self._process).get()
+        finally:
+            self._rendering.set()
+            self._rendering = None

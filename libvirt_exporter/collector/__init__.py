@@ -6,14 +6,13 @@ rendered after a sampling cycle, never when Prometheus scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-from prometheus_client.core import Metric
+from collections.abc import Callable
 
 from libvirt_exporter.collector import block, domain, exporter, health, job, storage_pool
+from libvirt_exporter.collector.families import Families
 from libvirt_exporter.collector.view import View
 
-Collect = Callable[[View], Iterator[Metric]]
+Collect = Callable[[View], Families]
 
 ALWAYS: tuple[Collect, ...] = (exporter.collect, health.collect, domain.collect)
 SWITCHED: dict[str, Collect] = {
@@ -27,12 +26,11 @@ SPECS = exporter.SPECS + health.SPECS + domain.SPECS + block.SPECS + job.SPECS +
 
 
 class SnapshotCollector:
-    """A prometheus_client collector over the whole cached state."""
+    """The collectors that are on, over the whole cached state."""
 
     def __init__(self, view: View) -> None:
         self._view = view
         self._collectors = ALWAYS + tuple(c for name, c in SWITCHED.items() if name in view.collectors)
 
-    def collect(self) -> Iterator[Metric]:
-        for collect in self._collectors:
-            yield from collect(self._view)
+    def collect(self) -> list[Families]:
+        return [collect(self._view) for collect in self._collectors]

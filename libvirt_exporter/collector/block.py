@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
-
 from libvirt_exporter.collector.families import NANOSECONDS, Families, Kind, fields, gauge
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.samplers.block import NAME as BLOCK
@@ -42,7 +38,7 @@ FIELDS = fields("block", ("domain", "device"), [
 SPECS = (INFO, *(spec for _, spec in FIELDS))
 
 
-def collect(view: View) -> Iterator[Metric]:
+def collect(view: View) -> Families:
     families = Families()
     for entry in view.inventory.domains():
         for disk in sampled_disks(entry):
@@ -55,4 +51,4 @@ def collect(view: View) -> Iterator[Metric]:
                 value = stats.get(field)
                 if value is not None and value >= 0:  # libvirt reports -1 for "not supported"
                     families.add(spec, (entry.name, device), value)
-    yield from families
+    return families

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-from prometheus_client.core import Metric
 
 from libvirt_exporter.collector.families import KIBIBYTES, NANOSECONDS, Families, Kind, Spec, fields, gauge
 from libvirt_exporter.collector.view import View
@@ -230,7 +228,7 @@ def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -
             families.add(INTERFACE_INFO, nic, 1)
 
 
-def collect(view: View) -> Iterator[Metric]:
+def collect(view: View) -> Families:
     families = Families()
     interfaces = "interface" in view.collectors
     for entry in view.inventory.domains():
@@ -238,4 +236,4 @@ def collect(view: View) -> Iterator[Metric]:
         sample = view.store.sample(BULK, entry.name)
         if sample is not None:
             _add_stats(families, entry.name, sample.values)
-    yield from families
+    return families

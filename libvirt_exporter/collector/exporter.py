@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
-
-from prometheus_client.core import Metric
 
 from libvirt_exporter import __version__
 from libvirt_exporter.collector.domain import state_name
@@ -46,7 +43,7 @@ def _libvirt_python_version() -> str:
 _BUILD_LABELS = (__version__, _libvirt_python_version())
 
 
-def collect(view: View) -> Iterator[Metric]:
+def collect(view: View) -> Families:
     families = Families()
     families.add(UP, (), 1.0 if view.connection.up else 0.0)
     families.add(RECONNECTS, (), view.connection.reconnects)
@@ -71,4 +68,4 @@ def collect(view: View) -> Iterator[Metric]:
         if not count:
             continue
         families.add(DOMAINS, (state,), count)
-    yield from families
+    return families

@@ -69,18 +69,30 @@ def fields(collector: str, labels: tuple[str, ...], rows: Iterable[Row]) -> tupl
 
 
 class Families:
-    """Collects samples by spec and yields only the families that got at least one."""
+    """Collects samples by spec, and holds only the families that got at least one.
+
+    Samples are kept as plain rows: the snapshot is formatted from them directly (exposition.py),
+    which is several times cheaper than through prometheus_client's objects.
+    """
 
     def __init__(self) -> None:
-        self._families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        self._rows: dict[str, tuple[Spec, list[tuple[Sequence[str], float]]]] = {}
 
     def add(self, spec: Spec, label_values: Sequence[str], value: float) -> None:
-        family = self._families.get(spec.name)
+        family = self._rows.get(spec.name)
         if family is None:
-            family_type = GaugeMetricFamily if spec.kind is Kind.GAUGE else CounterMetricFamily
-            family = family_type(spec.name, spec.help, labels=list(spec.labels))
-            self._families[spec.name] = family
-        family.add_metric(list(label_values), value * spec.scale)
+            family = self._rows[spec.name] = (spec, [])
+        family[1].append((label_values, value * spec.scale))
+
+    def rows(self) -> Iterator[tuple[Spec, list[tuple[Sequence[str], float]]]]:
+        """Each family's spec and its samples: (label values in the spec's order, value)."""
+        return iter(self._rows.values())
 
     def __iter__(self) -> Iterator[Metric]:
-        return iter(self._families.values())
+        """The same families as prometheus_client's objects, for a registry of its own."""
+        for spec, samples in self._rows.values():
+            family_type = GaugeMetricFamily if spec.kind is Kind.GAUGE else CounterMetricFamily
+            family = family_type(spec.name, spec.help, labels=list(spec.labels))
+            for label_values, value in samples:
+                family.add_metric(list(label_values), value)
+            yield family

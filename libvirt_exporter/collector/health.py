@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
 
 from libvirt_exporter.calls import HOST
 from libvirt_exporter.collector.families import Families, counter, gauge
@@ -124,10 +121,10 @@ def _add_domains(families: Families, view: View) -> None:
             families.add(MONITOR_BUSY, (entry.name,), entry.monitor_busy_seconds)
 
 
-def collect(view: View) -> Iterator[Metric]:
+def collect(view: View) -> Families:
     families = Families()
     _add_samplers(families, view)
     _add_domains(families, view)
     families.add(THREADS, ("busy",), view.runner.busy_count())
     families.add(THREADS, ("stuck",), view.runner.stuck_count())
-    yield from families
+    return families

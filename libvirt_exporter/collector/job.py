@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
-
 from libvirt_exporter.collector.families import Families, Kind, fields, gauge
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.samplers.job import NAME as JOB
@@ -52,7 +48,7 @@ def _word(names: tuple[str, ...], number: object) -> str:
     return names[index] if 0 <= index < len(names) else str(number)
 
 
-def collect(view: View) -> Iterator[Metric]:
+def collect(view: View) -> Families:
     families = Families()
     for entry in view.inventory.domains():
         sample = view.store.sample(JOB, entry.name)
@@ -67,4 +63,4 @@ def collect(view: View) -> Iterator[Metric]:
         for field, spec in FIELDS:
             if (value := stats.get(field)) is not None:
                 families.add(spec, (entry.name,), value)
-    yield from families
+    return families

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from prometheus_client.core import Metric
-
 from libvirt_exporter.collector.families import Families, Kind, fields
 from libvirt_exporter.collector.view import View
 
@@ -21,10 +17,10 @@ FIELDS = fields("storage_pool", ("pool",), [
 SPECS = tuple(spec for _, spec in FIELDS)
 
 
-def collect(view: View) -> Iterator[Metric]:
+def collect(view: View) -> Families:
     families = Families()
     if view.storage_pools is not None:
         for name, sample in sorted(view.storage_pools.pools.items()):
             for field, spec in FIELDS:
                 families.add(spec, (name,), sample.values[field])
-    yield from families
+    return families

@@ -1,0 +1,93 @@
+"""The snapshot's own formatting: what prometheus_client would render, in a thread, once per burst."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+
+import gevent
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from libvirt_exporter.collector import SnapshotCollector
+from libvirt_exporter.collector.families import Families
+from libvirt_exporter.config import COLLECTOR_DEFAULTS
+from libvirt_exporter.exposition import Exposition, Renderer
+from tests.unit.conftest import Harness, make_config, parse, value, wait_for
+from tests.unit.fake_libvirt import FakeDomain, FakeHost
+from tests.unit.test_collectors import realistic_domain, sampled
+
+
+class _Registered:
+    """Families handed to a prometheus_client registry, to render them its way."""
+
+    def __init__(self, groups: list[Families]) -> None:
+        self._groups = groups
+
+    def collect(self) -> Iterator[Metric]:
+        for families in self._groups:
+            yield from families
+
+
+def _prometheus_client_rendering(groups: list[Families]) -> tuple[bytes, bytes]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Registered(groups))
+    return generate_latest(registry), generate_openmetrics(registry)
+
+
+def test_both_formats_are_byte_for_byte_what_prometheus_client_renders() -> None:
+    odd = FakeDomain('we"ird\\name\nwith ünïcødé', 2)
+    harness = sampled(FakeHost([realistic_domain(), odd]), frozenset(COLLECTOR_DEFAULTS))
+    groups = SnapshotCollector(harness.exporter.view).collect()
+    text, openmetrics = _prometheus_client_rendering(groups)
+    renderer = Renderer()
+    for _ in range(2):  # the second render reuses the label parts of the first
+        ours = renderer.render(groups, CollectorRegistry(auto_describe=False))
+        assert ours.text == text
+        assert ours.openmetrics == openmetrics
+        assert gzip.decompress(ours.text_gzipped) == text
+        assert gzip.decompress(ours.openmetrics_gzipped) == openmetrics
+
+
+def test_a_domain_that_is_gone_leaves_nothing_in_the_next_render() -> None:
+    host = FakeHost([FakeDomain("stays", 1), FakeDomain("goes", 2)])
+    harness = Harness(host, make_config())
+    assert {"stays", "goes"} <= _domains(harness.cycle(harness.exporter.bulk))
+    host.remove("goes")
+    series = harness.cycle(harness.exporter.bulk)
+    assert "goes" not in _domains(series) and "stays" in _domains(series)
+
+
+def _domains(series: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set[str]:
+    return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
+
+
+def test_scrapes_are_served_while_a_render_runs_and_publishes_meanwhile_join_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    harness = Harness(FakeHost([FakeDomain("a", 1)]), make_config())
+    exporter, snapshot = harness.exporter, harness.exporter.snapshot
+    exporter.publish()  # the publish that connecting asked for is over too
+    before = snapshot.current
+    release, renders = threading.Event(), []
+    render = Renderer.render
+
+    def held(self: Renderer, groups: list[Families], process: CollectorRegistry) -> Exposition:
+        renders.append(threading.current_thread())
+        release.wait()
+        return render(self, groups, process)
+
+    monkeypatch.setattr(Renderer, "render", held)
+    exporter.bulk.run_cycle()
+    publishes = [gevent.spawn(exporter.publish) for _ in range(3)]
+    wait_for(lambda: len(renders) == 1)
+    assert snapshot.current is before  # the hub runs meanwhile: a scrape gets the last snapshot
+    assert renders[0] is not threading.current_thread()
+    release.set()
+    wait_for(lambda: all(publish.ready() for publish in publishes))
+    assert len(renders) == 2  # the first, and one more for the two that came while it ran
+    assert value(parse(snapshot.current.text), "libvirt_domain_sample_stale", domain="a", sampler="bulk") == 0
