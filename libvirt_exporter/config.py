@@ -70,8 +70,13 @@ class SamplerConfig:
 
     @property
     def stale_after(self) -> float:
-        """Age past which the values served for a domain no longer come from a recent cycle."""
-        return self.interval + self.deadline
+        """Age past which the values served for a domain no longer come from a recent cycle.
+
+        A cycle may take three deadlines to bring a domain's values: when the bulk sampler's
+        host-wide call waits on a VM frozen since the last cycle, the call's deadline, the survey
+        that finds which VM it waits on, then the domain's own call. Until then the values of the
+        cycle before are current, not stale (a failed call marks them stale at once anyway)."""
+        return self.interval + 3 * self.deadline
 
 
 @dataclass(frozen=True)

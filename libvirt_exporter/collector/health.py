@@ -26,7 +26,7 @@ SAMPLE_TIMESTAMP = gauge(
 STALE = gauge(
     "libvirt_domain_sample_stale",
     "1 when the values served for the domain are not current: libvirtd is unreachable, the domain's "
-    "latest call brought none (timeout, error, skip), or they are older than interval plus deadline.",
+    "latest call brought none (timeout, error, skip), or they are older than interval plus three deadlines.",
     DS,
 )
 TIMEOUTS = counter("libvirt_domain_sample_timeouts", "Calls for the domain that ran past their deadline.", DS)

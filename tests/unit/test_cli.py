@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert config.telemetry_path == "/metrics"
     assert config.libvirt_uri == "qemu:///system"
     assert config.sampler("bulk").interval == 15 and config.sampler("bulk").deadline == 5
-    assert config.sampler("block").stale_after == 20
+    assert config.sampler("block").stale_after == 30
     assert args.log_level == "info" and args.log_format == "logfmt"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import gevent
 import pytest
@@ -61,13 +62,13 @@ def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harnes
     assert host.calls[("b", "blockStatsFlags")] == 2
 
 
-def test_values_go_stale_after_interval_plus_deadline_without_a_cycle(fake_host: FakeHost) -> None:
-    harness = Harness(fake_host, make_config(deadline=0.2, interval=0.3))  # stale after 0.5 s
+def test_values_go_stale_after_interval_plus_three_deadlines_without_a_cycle(fake_host: FakeHost) -> None:
+    harness = Harness(fake_host, make_config(deadline=0.2, interval=0.3))  # stale after 0.9 s
     sampled = harness.cycle(harness.exporter.block)
     taken_at = value(sampled, "libvirt_domain_sample_timestamp_seconds", domain="a", sampler="block")
     assert not stale(sampled, "a")
     wait_for(lambda: stale(harness.scrape(), "a"), timeout=3)  # no block cycle runs meanwhile
-    assert time.time() - taken_at > 0.5  # type: ignore[operator]
+    assert time.time() - taken_at > 0.9  # type: ignore[operator]
 
 
 def test_while_libvirtd_is_unreachable_the_last_values_are_served_stale(harness: Harness) -> None:
@@ -279,3 +280,28 @@ def test_a_connection_lost_while_a_cycle_starts_its_calls_kills_no_greenlet(
     gevent.spawn(exporter.connection.mark_down, "eof")  # runs once the cycle has spawned its calls
     harness.cycle(exporter.block)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_healthy_values_stay_fresh_while_the_host_wide_call_waits_on_a_newly_frozen_vm(
+    fake_host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk cycle whose host-wide call hits a VM frozen since the last cycle waits out its
+    deadline and surveys the host before it reads the other domains one by one: their values of
+    the cycle before must not be served stale meanwhile."""
+    harness = Harness(fake_host, make_config(deadline=0.2, interval=0.3))
+    bulk = harness.exporter.bulk
+    harness.cycle(bulk)
+    fake_host.freeze("b")
+    served_meanwhile: list[Series] = []
+    sample_each = bulk._sample_each
+
+    def scrape_then_sample(*args: Any) -> None:
+        served_meanwhile.append(harness.scrape())
+        sample_each(*args)
+
+    monkeypatch.setattr(bulk, "_sample_each", scrape_then_sample)
+    gevent.sleep(bulk.config.interval)  # the next cycle starts an interval after this one
+    after = harness.cycle(bulk)
+    assert value(after, "libvirt_domain_sample_timeouts_total", domain="b", sampler="bulk") == 1
+    for series in [*served_meanwhile, after]:
+        assert not stale(series, "a", "bulk") and not stale(series, "c", "bulk")
