@@ -13,7 +13,7 @@ from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.config import Config
 from libvirt_exporter.connection import Connection, Opener
-from libvirt_exporter.cycle import Sampler, run_forever
+from libvirt_exporter.cycle import Rounds, Sampler, run_forever
 from libvirt_exporter.exposition import Snapshot
 from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
@@ -88,8 +88,9 @@ class Exporter:
         """Once the first connection attempt is over, so that start-up is not counted as failing."""
         self.connection.first_attempt_done.wait()
         self._refresh_inventory()  # so that the block sampler's first cycle knows the domains too
+        rounds = Rounds(self.store, self.publish, min(s.config.interval for s in self.samplers))
         for sampler in self.samplers:
-            self._greenlets.append(gevent.spawn(run_forever, sampler, self.store, self.publish))
+            self._greenlets.append(gevent.spawn(run_forever, sampler, rounds))
 
     def stop(self) -> None:
         gevent.killall(self._greenlets)

@@ -47,10 +47,37 @@ def run_cycle_and_record(sampler: Sampler, store: Store) -> None:
         store.cycle_succeeded(name, time.monotonic() - started, time.time())
 
 
-def run_forever(sampler: Sampler, store: Store, publish: Callable[[], None]) -> None:
-    """Start a cycle every interval (at once when one ran longer), and publish after each."""
+class Rounds:
+    """Runs the samplers' cycles, and publishes once the cycles that run together are all over.
+
+    Samplers on the same interval start their cycles together, and rendering the snapshot costs
+    about as much CPU as their sampling: one render per round, not one per sampler. So that
+    overlapping cycles (samplers on other intervals, cycles longer than their interval) cannot
+    put it off for ever, a cycle that ends `longest_wait` seconds or more after the last render
+    publishes whatever else runs.
+    """
+
+    def __init__(self, store: Store, publish: Callable[[], None], longest_wait: float) -> None:
+        self._store = store
+        self._publish = publish
+        self._longest_wait = longest_wait
+        self._running = 0
+        self._published_at = time.monotonic()
+
+    def run_cycle(self, sampler: Sampler) -> None:
+        self._running += 1
+        try:
+            run_cycle_and_record(sampler, self._store)
+        finally:
+            self._running -= 1
+        if self._running == 0 or time.monotonic() - self._published_at >= self._longest_wait:
+            self._published_at = time.monotonic()
+            self._publish()
+
+
+def run_forever(sampler: Sampler, rounds: Rounds) -> None:
+    """Start a cycle every interval (at once when one ran longer)."""
     while True:
         started = time.monotonic()
-        run_cycle_and_record(sampler, store)
-        publish()
+        rounds.run_cycle(sampler)
         gevent.sleep(max(0.0, started + sampler.config.interval - time.monotonic()))

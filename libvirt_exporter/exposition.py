@@ -64,24 +64,28 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+Line = tuple[float, str, str]
+"""A sample's line as last rendered: its value, the line, and the line up to the value."""
+
+
 class Renderer:
     """Formats families in the Prometheus text format and in OpenMetrics, as prometheus_client does.
 
-    Most label sets (domain, device, vCPU) are the same from one render to the next, so the part of
-    a line before its value is kept for the next render; the rest is dropped, so that the domains
-    that are gone cost nothing.
+    From one render to the next most label sets (domain, device, vCPU) stay, and many values too
+    (sizes, states, info series): a sample's line is kept for the next render, which formats only
+    what changed. What a render does not see again is dropped, so domains that are gone cost nothing.
     """
 
     def __init__(self) -> None:
-        self._prefixes: dict[tuple[str, Sequence[str]], str] = {}
+        self._lines: dict[str, dict[Sequence[str], Line]] = {}
 
     def render(self, groups: Iterable[Families], process: CollectorRegistry) -> Exposition:
-        previous, self._prefixes = self._prefixes, {}
+        previous, self._lines = self._lines, {}
         text: list[str] = []
         openmetrics: list[str] = []
         for families in groups:
             for spec, samples in families.rows():
-                lines = self._lines(spec, samples, previous)
+                lines = self._format(spec, samples, previous.get(spec.name, {}))
                 text += [_header(spec, spec.exposed_name, _escape_help(spec.help)), lines]
                 openmetrics += [_header(spec, spec.name, _escape(spec.help)), lines]
         text_bytes = "".join(text).encode() + generate_latest(process)
@@ -93,24 +97,23 @@ class Renderer:
             gzip.compress(openmetrics_bytes, GZIP_LEVEL),
         )
 
-    def _lines(
-        self,
-        spec: Spec,
-        samples: list[tuple[Sequence[str], float]],
-        previous: dict[tuple[str, Sequence[str]], str],
+    def _format(
+        self, spec: Spec, samples: list[tuple[Sequence[str], float]], previous: dict[Sequence[str], Line]
     ) -> str:
+        """A family's sample lines, in one string (the same in both formats)."""
         name = spec.exposed_name
         order = sorted(range(len(spec.labels)), key=spec.labels.__getitem__)  # prometheus_client sorts them
-        prefixes = self._prefixes
+        kept = self._lines[spec.name] = {}
         lines = []
         for label_values, value in samples:
-            key = (name, label_values)
-            prefix = previous.get(key)
-            if prefix is None:
+            line = previous.get(label_values)
+            if line is None:
                 labels = ",".join(f'{spec.labels[i]}="{_escape(label_values[i])}"' for i in order)
-                prefix = f"{name}{{{labels}}} " if labels else f"{name} "
-            prefixes[key] = prefix
-            lines.append(f"{prefix}{floatToGoString(value)}\n")  # type: ignore[no-untyped-call]
+                line = (value, "", f"{name}{{{labels}}} " if labels else f"{name} ")
+            if line[0] != value or not line[1]:
+                line = (value, f"{line[2]}{floatToGoString(value)}\n", line[2])  # type: ignore[no-untyped-call]
+            kept[label_values] = line
+            lines.append(line[1])
         return "".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The snapshot's own formatting: what prometheus_client would render, in a thread, once per burst."""
+"""The snapshot's own formatting: what prometheus_client would render, in a thread, once per round."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import gevent
 import pytest
+from gevent.event import Event
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
@@ -15,8 +16,10 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.families import Families
-from libvirt_exporter.config import COLLECTOR_DEFAULTS
+from libvirt_exporter.config import COLLECTOR_DEFAULTS, SamplerConfig
+from libvirt_exporter.cycle import Rounds
 from libvirt_exporter.exposition import Exposition, Renderer
+from libvirt_exporter.store import Store
 from tests.unit.conftest import Harness, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 from tests.unit.test_collectors import realistic_domain, sampled
@@ -42,15 +45,16 @@ def _prometheus_client_rendering(groups: list[Families]) -> tuple[bytes, bytes]:
 def test_both_formats_are_byte_for_byte_what_prometheus_client_renders() -> None:
     odd = FakeDomain('we"ird\\name\nwith ünïcødé', 2)
     harness = sampled(FakeHost([realistic_domain(), odd]), frozenset(COLLECTOR_DEFAULTS))
-    groups = SnapshotCollector(harness.exporter.view).collect()
-    text, openmetrics = _prometheus_client_rendering(groups)
     renderer = Renderer()
-    for _ in range(2):  # the second render reuses the label parts of the first
+    for _ in range(3):  # later renders reuse lines of the earlier ones where values stayed
+        groups = SnapshotCollector(harness.exporter.view).collect()
+        text, openmetrics = _prometheus_client_rendering(groups)
         ours = renderer.render(groups, CollectorRegistry(auto_describe=False))
         assert ours.text == text
         assert ours.openmetrics == openmetrics
         assert gzip.decompress(ours.text_gzipped) == text
         assert gzip.decompress(ours.openmetrics_gzipped) == openmetrics
+        harness.cycle(harness.exporter.bulk)  # new values for the next render
 
 
 def test_a_domain_that_is_gone_leaves_nothing_in_the_next_render() -> None:
@@ -91,3 +95,43 @@ def test_scrapes_are_served_while_a_render_runs_and_publishes_meanwhile_join_it(
     wait_for(lambda: all(publish.ready() for publish in publishes))
     assert len(renders) == 2  # the first, and one more for the two that came while it ran
     assert value(parse(snapshot.current.text), "libvirt_domain_sample_stale", domain="a", sampler="bulk") == 0
+
+
+class _Sampler:
+    """A sampler whose cycle lasts until its gate opens."""
+
+    def __init__(self, name: str, gate: Event | None = None) -> None:
+        self.config = SamplerConfig(name, interval=10, deadline=1)
+        self._gate = gate
+
+    def subjects(self) -> list[str]:
+        return []
+
+    def run_cycle(self) -> None:
+        if self._gate is not None:
+            self._gate.wait()
+
+
+def _overlapping_cycles(longest_wait: float) -> tuple[list[str], Event, gevent.Greenlet]:
+    """A slow cycle that waits on the returned gate, and a fast one that is over: what was published."""
+    published: list[str] = []
+    rounds = Rounds(Store(), lambda: published.append("render"), longest_wait)
+    gate = Event()
+    slow = gevent.spawn(rounds.run_cycle, _Sampler("bulk", gate))
+    gevent.spawn(rounds.run_cycle, _Sampler("job")).join()
+    return published, gate, slow
+
+
+def test_one_render_once_the_cycles_that_run_together_are_all_over() -> None:
+    published, gate, slow = _overlapping_cycles(longest_wait=60)
+    assert published == []  # the bulk cycle still runs
+    gate.set()
+    slow.join()
+    assert published == ["render"]
+
+
+def test_overlapping_cycles_put_a_render_off_no_longer_than_the_longest_wait() -> None:
+    published, gate, slow = _overlapping_cycles(longest_wait=0)
+    assert published == ["render"]
+    gate.set()
+    slow.join()
