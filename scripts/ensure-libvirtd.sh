@@ -117,7 +117,23 @@ start_daemon() {
     log "starting $name"
     # -d daemonizes: the child detaches from our stdout/stderr, so callers that
     # capture this script's output (make, CI) are not held open by it.
-    "$name" -d
+    without_inherited_fds "$name" -d
+}
+
+# Run a command with no file descriptor of ours but stdin, stdout and stderr. A
+# daemon that inherits the descriptor of a caller's `flock /tmp/system-libvirtd.lock`
+# holds that lock for as long as it runs, and every later caller waits for good.
+without_inherited_fds() {
+    (
+        local fd
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            if ((fd > 2)); then
+                eval "exec ${fd}>&-" 2>/dev/null || true
+            fi
+        done
+        exec "$@"
+    )
 }
 
 # `libvirtd -d` exits 0 before its drivers initialise, so a driver failure only
