@@ -27,6 +27,7 @@ UNRESPONSIVE_AFTER_SECONDS = 6.0
 """How long a liveness probe may go unanswered before libvirtd counts as unreachable."""
 CONNECT = CallKey("connection")
 PROBE = CallKey("connection", "probe")
+FRESH = CallKey("connection", "fresh")
 
 Opener = Callable[[str], Any]
 DomainEventListener = Callable[[set[str]], None]
@@ -223,8 +224,11 @@ class Connection:
             self.mark_down("closed")
 
     def _retire_stuck(self, stuck: _Opened) -> None:
-        """Move new calls to a fresh connection while `stuck` holds a stuck call."""
-        fresh = self._open_new(CallKey("connection", "fresh"))
+        """Move new calls to a fresh connection while `stuck` holds a stuck call (once, when several
+        calls get stuck at the same moment)."""
+        if self._runner.is_in_flight(FRESH):
+            return
+        fresh = self._open_new(FRESH)
         if fresh is None:
             return  # keep the current connection; the next stuck call tries again
         if self._current is not stuck:  # it was lost meanwhile, and `run` takes care of that

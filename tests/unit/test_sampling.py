@@ -305,3 +305,16 @@ def test_healthy_values_stay_fresh_while_the_host_wide_call_waits_on_a_newly_fro
     assert value(after, "libvirt_domain_sample_timeouts_total", domain="b", sampler="bulk") == 1
     for series in [*served_meanwhile, after]:
         assert not stale(series, "a", "bulk") and not stale(series, "c", "bulk")
+
+
+def test_calls_stuck_at_the_same_moment_open_one_fresh_connection_and_log_no_failure(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter, host = harness.exporter, harness.host
+    first = exporter.connection.current()
+    host.freeze("a")
+    host.freeze("b")
+    harness.cycle(exporter.block)  # both calls run past their deadline together
+    wait_for(lambda: exporter.connection.current() is not first)
+    assert len(host.open_connections()) == 2  # the stuck one, and one fresh for new calls
+    assert "cannot connect" not in caplog.text
