@@ -75,3 +75,12 @@ deb:
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+# chaos: faults at random and at once (VMs frozen, killed, created, destroyed, disks hot-plugged,
+# libvirtd restarted and frozen) on a private libvirtd, with every promise checked and a summary
+# table at the end, e.g. `make chaos DURATION=1h` (docs/reliability.md). `make test` runs 150 s.
+DURATION = 10m
+.PHONY: chaos
+chaos: deps
+	bash scripts/ensure-libvirtd.sh
+	$(VENV)/bin/python -m tests.chaos --duration=$(DURATION) --every-kind
+

@@ -1,0 +1,286 @@
+"""The faults, each injected, watched for in the exporter's metrics, held, undone and watched again.
+
+Every fault kind is a function that takes what it needs from a FaultContext and returns the
+FaultRecord of what happened (None when the host offers no target for it right now). How soon a
+fault must show is the product's promise: within one deadline plus one interval for what the
+samplers see (a frozen VM's timeout and stale flag, a VM or disk that goes, libvirtd restarted),
+within the liveness probe's bound for a frozen libvirtd, and within a cycle's longest for a new VM's
+or disk's values, plus SCHEDULING_SLACK on a noisy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from libvirt_exporter.connection import (
+    MAX_BACKOFF_SECONDS,
+    PROBE_INTERVAL_SECONDS,
+    UNRESPONSIVE_AFTER_SECONDS,
+)
+from tests.chaos.host import HOTPLUG_TARGETS, ChaosHost, ChaosVM
+from tests.chaos.observe import Expectation, Watcher
+from tests.exposition import Series, domains_in, value
+from tests.integration.vms import DEADLINE, INTERVAL
+
+SCHEDULING_SLACK = 2.0
+SAMPLERS = ("bulk", "block")
+VM_BOUND = DEADLINE + INTERVAL + SCHEDULING_SLACK
+"""A fault a sampler sees: the next cycle starts within an interval, its call ends within a deadline."""
+CYCLE_BOUND = INTERVAL + 3 * DEADLINE + SCHEDULING_SLACK
+"""A new VM or disk with values: a cycle may take three deadlines to bring them (config.stale_after)."""
+LIVENESS_BOUND = PROBE_INTERVAL_SECONDS + UNRESPONSIVE_AFTER_SECONDS + SCHEDULING_SLACK
+RECOVERY_BOUND = MAX_BACKOFF_SECONDS + 2 * (INTERVAL + DEADLINE) + SCHEDULING_SLACK
+"""Fresh values again after a fault ends: the reconnect backoff at worst, then two cycles."""
+LIBVIRTD_FREEZE_S = (10.0, 20.0)
+"""Well past the 6 s after which an unanswered probe counts libvirtd as unreachable."""
+
+
+@dataclass
+class FaultRecord:
+    """One injected fault; times are seconds since the run started."""
+
+    kind: str
+    target: str
+    injected_at: float
+    bound: float
+    detected_at: float | None = None
+    recovered_at: float | None = None
+    ended_at: float | None = None
+    note: str = ""
+
+    @property
+    def detection_seconds(self) -> float | None:
+        return None if self.detected_at is None else self.detected_at - self.injected_at
+
+
+@dataclass
+class FaultContext:
+    host: ChaosHost
+    watcher: Watcher
+    started: float
+    """Monotonic time the run started."""
+    rng: random.Random
+    hold_s: tuple[float, float]
+    """How long a frozen VM stays frozen."""
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def wait(self, expectation: Expectation, timeout: float = RECOVERY_BOUND) -> float | None:
+        """When (in run time) the metrics first showed `expectation`; None if not within `timeout`."""
+        met_at = expectation.wait(timeout)
+        self.watcher.done(expectation)
+        return None if met_at is None else met_at - self.started
+
+
+def fresh(series: Series, domain: str) -> bool:
+    return all(value(series, "libvirt_domain_sample_stale", domain=domain, sampler=s) == 0 for s in SAMPLERS)
+
+
+def devices_of(series: Series, domain: str) -> set[str]:
+    return {
+        labels["device"]
+        for _, label_set in series
+        if (labels := dict(label_set)).get("domain") == domain and "device" in labels
+    }
+
+
+def _counter(series: Series, name: str, **labels: str) -> float:
+    return value(series, name, **labels) or 0.0
+
+
+# --- faults on one VM ------------------------------------------------------------------
+
+
+def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
+    """SIGSTOP a VM's QEMU: its block call times out, its values go stale, its call stays in flight."""
+    chaos_vm = ctx.host.claim()
+    if chaos_vm is None:
+        return None
+    name = chaos_vm.name
+    timeouts = "libvirt_domain_sample_timeouts_total"
+    before = _counter(ctx.watcher.latest(), timeouts, domain=name, sampler="block")
+
+    def flagged(s: Series) -> bool:
+        stuck = value(s, "libvirt_domain_call_in_flight_seconds", domain=name, sampler="block") or 0
+        stale = value(s, "libvirt_domain_sample_stale", domain=name, sampler="block") == 1
+        return stale and (_counter(s, timeouts, domain=name, sampler="block") > before or stuck >= DEADLINE)
+
+    try:
+        seen = ctx.watcher.expect(flagged)
+        with ctx.host.gate.shared():  # never while libvirtd is being stopped with SIGTERM
+            chaos_vm.vm.freeze()
+        record = FaultRecord("vm_freeze", name, ctx.now(), VM_BOUND)
+        record.detected_at = ctx.wait(seen)
+        time.sleep(ctx.rng.uniform(*ctx.hold_s))
+        back = ctx.watcher.expect(lambda s: fresh(s, name))
+        chaos_vm.vm.thaw()
+        record.ended_at = ctx.now()
+        record.recovered_at = ctx.wait(back)
+        return record
+    finally:
+        ctx.host.release(chaos_vm)
+
+
+def _gone(ctx: FaultContext, kind: str, chaos_vm: ChaosVM, act: Callable[[ChaosVM], None]) -> FaultRecord:
+    """A VM that goes away: all its series must go too."""
+    seen = ctx.watcher.expect(lambda s: chaos_vm.name not in domains_in(s))
+    injected_at = ctx.now()
+    act(chaos_vm)
+    record = FaultRecord(kind, chaos_vm.name, injected_at, VM_BOUND)
+    record.detected_at = record.ended_at = record.recovered_at = ctx.wait(seen)
+    return record
+
+
+def vm_destroy(ctx: FaultContext) -> FaultRecord | None:
+    chaos_vm = ctx.host.claim()
+    if chaos_vm is None:
+        return None
+    return _gone(ctx, "vm_destroy", chaos_vm, ctx.host.destroy)
+
+
+def qemu_kill(ctx: FaultContext) -> FaultRecord | None:
+    """SIGKILL a VM's QEMU, half of the time after freezing it: libvirt ends the transient domain."""
+    chaos_vm = ctx.host.claim()
+    if chaos_vm is None:
+        return None
+    if ctx.rng.random() < 0.5:
+        with ctx.host.gate.shared():  # a hung QEMU that is then killed: its stuck calls must end too
+            chaos_vm.vm.freeze()
+        time.sleep(ctx.rng.uniform(0, 2 * INTERVAL))
+    record = _gone(ctx, "qemu_kill", chaos_vm, ctx.host.kill_qemu)
+    ctx.host.forget(chaos_vm)
+    return record
+
+
+def vm_create(ctx: FaultContext) -> FaultRecord | None:
+    """A new VM: its series appear, fresh, within a cycle."""
+    injected_at = ctx.now()
+    chaos_vm = ctx.host.create()
+    seen = ctx.watcher.expect(lambda s: fresh(s, chaos_vm.name))
+    record = FaultRecord("vm_create", chaos_vm.name, injected_at, CYCLE_BOUND)
+    record.detected_at = record.ended_at = record.recovered_at = ctx.wait(seen)
+    ctx.host.release(chaos_vm)
+    return record
+
+
+def disk_attach(ctx: FaultContext) -> FaultRecord | None:
+    chaos_vm = ctx.host.claim(lambda vm: len(vm.hotplugged) < len(HOTPLUG_TARGETS))
+    if chaos_vm is None:
+        return None
+    try:
+        target = next(t for t in HOTPLUG_TARGETS if t not in chaos_vm.hotplugged)
+        capacity = "libvirt_domain_block_capacity_bytes"
+        seen = ctx.watcher.expect(
+            lambda s: value(s, capacity, domain=chaos_vm.name, device=target) is not None
+        )
+        record = FaultRecord("disk_attach", f"{chaos_vm.name}/{target}", ctx.now(), CYCLE_BOUND)
+        ctx.host.attach_disk(chaos_vm, target)
+        record.detected_at = record.ended_at = record.recovered_at = ctx.wait(seen)
+        return record
+    finally:
+        ctx.host.release(chaos_vm)
+
+
+def disk_detach(ctx: FaultContext) -> FaultRecord | None:
+    chaos_vm = ctx.host.claim(lambda vm: bool(vm.hotplugged))
+    if chaos_vm is None:
+        return None
+    try:
+        target = ctx.rng.choice(sorted(chaos_vm.hotplugged))
+        seen = ctx.watcher.expect(lambda s: target not in devices_of(s, chaos_vm.name))
+        record = FaultRecord("disk_detach", f"{chaos_vm.name}/{target}", ctx.now(), VM_BOUND)
+        ctx.host.detach_disk(chaos_vm, target)
+        record.detected_at = record.ended_at = record.recovered_at = ctx.wait(seen)
+        return record
+    finally:
+        ctx.host.release(chaos_vm)
+
+
+# --- faults of libvirtd ----------------------------------------------------------------
+
+
+def _libvirtd_noticed(before: float) -> Callable[[Series], bool]:
+    """`libvirt_up` dropped, or it has already come back: the reconnect counter moved on."""
+    return lambda s: (
+        value(s, "libvirt_up") == 0 or _counter(s, "libvirt_connection_reconnects_total") > before
+    )
+
+
+def _control_flowing_since(ctx: FaultContext, wall_time: float) -> Callable[[Series], bool]:
+    """Up again, and the control VM has fresh values taken after `wall_time`."""
+    assert ctx.host.control is not None
+    name = ctx.host.control.name
+
+    def flowing(s: Series) -> bool:
+        taken = value(s, "libvirt_domain_sample_timestamp_seconds", domain=name, sampler="block") or 0
+        return value(s, "libvirt_up") == 1 and fresh(s, name) and taken > wall_time
+
+    return flowing
+
+
+def _libvirtd_fault(
+    ctx: FaultContext,
+    kind: str,
+    bound: float,
+    inject: Callable[[], str],
+    undo: Callable[[FaultRecord], None],
+) -> FaultRecord:
+    with ctx.host.gate.exclusive():
+        ctx.host.libvirtd_down = True
+        try:
+            before = _counter(ctx.watcher.latest(), "libvirt_connection_reconnects_total")
+            seen = ctx.watcher.expect(_libvirtd_noticed(before))
+            injected_at = ctx.now()
+            record = FaultRecord(kind, "libvirtd", injected_at, bound, note=inject())
+            record.detected_at = ctx.wait(seen)
+            undo(record)
+            record.ended_at, wall_time = ctx.now(), time.time()
+            record.recovered_at = ctx.wait(ctx.watcher.expect(_control_flowing_since(ctx, wall_time)))
+            return record
+        finally:
+            ctx.host.libvirtd_down = False
+            ctx.host.libvirtd_quiet_since = time.monotonic()
+
+
+def libvirtd_restart(ctx: FaultContext) -> FaultRecord:
+    """Stop libvirtd and start it again: SIGTERM, or SIGKILL (always while a VM is frozen: its
+    shutdown would wait on the frozen monitor for good)."""
+    how = signal.SIGKILL if ctx.host.frozen_count() or ctx.rng.random() < 0.5 else signal.SIGTERM
+
+    def restart() -> str:
+        ctx.host.libvirtd.restart(how)
+        return how.name
+
+    return _libvirtd_fault(ctx, "libvirtd_restart", VM_BOUND, restart, lambda _: None)
+
+
+def libvirtd_freeze(ctx: FaultContext) -> FaultRecord:
+    """SIGSTOP libvirtd for 10-20 s: connections stay open, nothing answers on them."""
+    seconds = ctx.rng.uniform(*LIBVIRTD_FREEZE_S)
+
+    def freeze() -> str:
+        ctx.host.libvirtd.freeze()
+        return f"{seconds:.0f} s"
+
+    def thaw(record: FaultRecord) -> None:
+        time.sleep(max(0.0, record.injected_at + seconds - ctx.now()))
+        ctx.host.libvirtd.thaw()
+
+    return _libvirtd_fault(ctx, "libvirtd_freeze", LIVENESS_BOUND, freeze, thaw)
+
+
+FAULTS: dict[str, Callable[[FaultContext], FaultRecord | None]] = {
+    "vm_freeze": vm_freeze,
+    "vm_create": vm_create,
+    "vm_destroy": vm_destroy,
+    "disk_attach": disk_attach,
+    "disk_detach": disk_detach,
+    "qemu_kill": qemu_kill,
+    "libvirtd_restart": libvirtd_restart,
+    "libvirtd_freeze": libvirtd_freeze,
+}

@@ -1,0 +1,234 @@
+"""The promises a chaos run checks, and the summary tables it prints (Markdown, for the docs too)."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+
+from tests.chaos.faults import FAULTS, RECOVERY_BOUND, FaultRecord
+from tests.chaos.harness import LIBVIRTD_KINDS, RunResult
+from tests.chaos.observe import SCRAPE_BOUND_S, ResourceSample
+
+MAX_CONCURRENT_CALLS, MAX_STUCK_CALLS = 4, 64
+"""The exporter's defaults (--sampler.max-concurrent-calls, --sampler.max-stuck-calls)."""
+OWN_THREADS = 8
+"""Threads beside the call pool: main, libvirt's event loop, gevent's own."""
+THREAD_CAP = MAX_CONCURRENT_CALLS + MAX_STUCK_CALLS + OWN_THREADS
+FD_GROWTH_LIMIT = 8
+RSS_GROWTH_LIMIT_MIB = 32.0
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Check:
+    promise: str
+    passed: bool
+    detail: str
+
+
+def allowed_seconds(record: FaultRecord, libvirtd_faults: list[FaultRecord]) -> float:
+    """A fault's detection bound; longer when a libvirtd fault overlapped its window, because
+    nothing can be seen of a VM while libvirtd is down: then the bound counts from its recovery."""
+    allowed = record.bound
+    if record.kind in LIBVIRTD_KINDS:
+        return allowed
+    window_end = record.injected_at + record.bound
+    for outage in libvirtd_faults:
+        back = outage.recovered_at or outage.injected_at + RECOVERY_BOUND
+        if outage.injected_at < window_end and back > record.injected_at:
+            allowed = max(allowed, back - record.injected_at + record.bound)
+    return allowed
+
+
+def late_or_missing(result: RunResult) -> list[str]:
+    libvirtd_faults = [r for r in result.records if r.kind in LIBVIRTD_KINDS]
+    problems = []
+    for record in result.records:
+        took, allowed = record.detection_seconds, allowed_seconds(record, libvirtd_faults)
+        if took is None:
+            problems.append(f"{record.kind} {record.target} at {record.injected_at:.0f} s: never seen")
+        elif took > allowed:
+            problems.append(
+                f"{record.kind} {record.target} at {record.injected_at:.0f} s: {took:.1f} s > {allowed:.1f} s"
+            )
+        if record.recovered_at is None:
+            problems.append(f"{record.kind} {record.target} at {record.injected_at:.0f} s: never recovered")
+    return problems
+
+
+TRACEBACK = "Traceback (most recent call last)"
+LOG_LINE = re.compile(r"^time=|^\{")
+ERROR_LEVEL = re.compile(r"\blevel=error\b|\"level\": \"error\"")
+
+
+def unexpected_exceptions(log: str) -> list[str]:
+    """Exceptions in the exporter's log other than libvirt's errors, which chaos makes expected:
+    a log line at level error or with a traceback in its `err`, or a traceback that gevent printed
+    over several lines (of a greenlet that died), judged by its last line."""
+    found = []
+    lines = log.splitlines()
+    for index, line in enumerate(lines):
+        if LOG_LINE.match(line):
+            if (ERROR_LEVEL.search(line) or TRACEBACK in line) and "libvirtError" not in line:
+                found.append(line[:300])
+        elif line.startswith(TRACEBACK):
+            last = next((ln for ln in lines[index + 1 :] if not ln.startswith(" ")), "")
+            if "libvirtError" not in last:
+                found.append(last[:300])
+    return found
+
+
+def _growth(resources: list[ResourceSample], baseline: ResourceSample | None) -> tuple[int, int, int, int]:
+    """Baseline, max, end of threads, and fd growth, from the samples taken after the baseline."""
+    after = [s for s in resources if baseline is None or s.at >= baseline.at] or resources
+    first = baseline or after[0]
+    return first.threads, max(s.threads for s in after), after[-1].threads, after[-1].fds - first.fds
+
+
+def checks(result: RunResult, every_kind: bool) -> list[Check]:
+    out = []
+    total = sum(s.count for s in result.scrapes)
+    bad = [
+        f"{s.client}: {s.failed} failed, {s.slow} slow, {s.failures}"
+        for s in result.scrapes
+        if s.failed or s.slow
+    ]
+    slowest = max((s.max_seconds for s in result.scrapes), default=0.0)
+    out.append(
+        Check(
+            f"every scrape answered within {SCRAPE_BOUND_S:g} s",
+            not bad and total > 0,
+            f"{total} scrapes, slowest {slowest:.3f} s" + (f"; {'; '.join(bad)}" if bad else ""),
+        )
+    )
+    kinds = {r.kind for r in result.records}
+    missing_kinds = sorted(set(FAULTS) - kinds) if every_kind else []
+    problems = late_or_missing(result)
+    out.append(
+        Check(
+            "each fault visible within its bound, and recovered",
+            not problems and not missing_kinds and not result.harness_errors,
+            f"{len(result.records)} faults"
+            + (f"; kinds never injected: {missing_kinds}" if missing_kinds else "")
+            + (f"; {'; '.join(problems[:10])}" if problems else "")
+            + (
+                f"; harness errors: {[e.splitlines()[-1] for e in result.harness_errors]}"
+                if result.harness_errors
+                else ""
+            ),
+        )
+    )
+    out.append(
+        Check(
+            "no series left for a domain or disk that is gone; the metrics match libvirt",
+            result.settled is None,
+            "settled" if result.settled is None else result.settled,
+        )
+    )
+    healthy = result.healthy
+    out.append(
+        Check(
+            "every healthy domain's values fresh",
+            healthy.violations == 0 and healthy.checked > 0,
+            f"{healthy.checked} checks, {healthy.violations} stale, "
+            f"{healthy.busy_monitor} stale while libvirt said the VM's monitor was busy"
+            + (f": {healthy.examples}" if healthy.examples else ""),
+        )
+    )
+    out.extend(_resource_checks(result))
+    exceptions = unexpected_exceptions(result.exporter_log)
+    out.append(
+        Check(
+            "no exception in the log but libvirt's errors; the exporter ran throughout",
+            not exceptions and result.exporter_alive_at_end,
+            f"{len(exceptions)} unexpected"
+            + (f": {exceptions[:5]}" if exceptions else "")
+            + ("" if result.exporter_alive_at_end else f"; exporter exited with {result.exporter_exit}"),
+        )
+    )
+    return out
+
+
+def _resource_checks(result: RunResult) -> list[Check]:
+    if not result.resources:
+        return [Check("the exporter's resources bounded", False, "no sample")]
+    start, top, end, fd_growth = _growth(result.resources, result.baseline)
+    first, last = result.baseline or result.resources[0], result.resources[-1]
+    rss_growth = (last.rss_bytes - first.rss_bytes) / MIB
+    return [
+        Check(
+            f"OS threads at most {THREAD_CAP} (the call pool's cap)",
+            top <= THREAD_CAP,
+            f"{start} -> max {top} -> {end}",
+        ),
+        Check(f"open fds grow by at most {FD_GROWTH_LIMIT}", fd_growth <= FD_GROWTH_LIMIT, f"{fd_growth:+d}"),
+        Check(
+            f"RSS grows by at most {RSS_GROWTH_LIMIT_MIB:g} MiB",
+            rss_growth <= RSS_GROWTH_LIMIT_MIB,
+            f"{first.rss_bytes / MIB:.1f} -> {last.rss_bytes / MIB:.1f} MiB ({rss_growth:+.1f})",
+        ),
+    ]
+
+
+def _fault_rows(result: RunResult) -> list[str]:
+    libvirtd_faults = [r for r in result.records if r.kind in LIBVIRTD_KINDS]
+    rows = [
+        "| fault | injected | seen in time | detection median / max (s) | bound (s) | recovered |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind in FAULTS:
+        records = [r for r in result.records if r.kind == kind]
+        seen = [r.detection_seconds for r in records if r.detection_seconds is not None]
+        in_time = sum(
+            1
+            for r in records
+            if r.detection_seconds is not None and r.detection_seconds <= allowed_seconds(r, libvirtd_faults)
+        )
+        timing = f"{statistics.median(seen):.2f} / {max(seen):.2f}" if seen else "-"
+        bound = f"{records[0].bound:g}" if records else "-"
+        recovered = sum(1 for r in records if r.recovered_at is not None)
+        rows.append(f"| {kind} | {len(records)} | {in_time} | {timing} | {bound} | {recovered} |")
+    return rows
+
+
+def _scrape_rows(result: RunResult) -> list[str]:
+    rows = ["| client | scrapes | failed | over 1 s | slowest (s) |", "|---|---|---|---|---|"]
+    rows += [
+        f"| {s.client} | {s.count} | {s.failed} | {s.slow} | {s.max_seconds:.3f} |" for s in result.scrapes
+    ]
+    return rows
+
+
+def _resource_rows(result: RunResult) -> list[str]:
+    rows = ["| exporter resource | at baseline | max | at end |", "|---|---|---|---|"]
+    if not result.resources:
+        return rows
+    first = result.baseline or result.resources[0]
+    after = [s for s in result.resources if s.at >= first.at]
+    for label, get in (
+        ("OS threads", lambda s: f"{s.threads}"),
+        ("open fds", lambda s: f"{s.fds}"),
+        ("RSS (MiB)", lambda s: f"{s.rss_bytes / MIB:.1f}"),
+    ):
+        top = max(after, key=lambda s, g=get: float(g(s)))
+        rows.append(f"| {label} | {get(first)} | {get(top)} | {get(after[-1])} |")
+    return rows
+
+
+def summary(result: RunResult, found: list[Check]) -> str:
+    lines = [
+        f"Chaos run: {result.duration:g} s of faults, seed {result.seed}, "
+        f"exporter flags {' '.join(result.exporter_args)}",
+        "",
+        "| promise | result | detail |",
+        "|---|---|---|",
+        *(f"| {c.promise} | {'PASS' if c.passed else 'FAIL'} | {c.detail} |" for c in found),
+        "",
+        *_fault_rows(result),
+        "",
+        *_scrape_rows(result),
+        "",
+        *_resource_rows(result),
+    ]
+    return "\n".join(lines)
