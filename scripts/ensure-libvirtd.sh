@@ -48,10 +48,11 @@ ensure_promtool() {
     command -v promtool >/dev/null || install_missing prometheus
 }
 
-# systemd-analyze verifies the packaged unit (tests/unit/test_packaging.py); no systemd
-# needs to run for it.
-ensure_systemd_analyze() {
-    command -v systemd-analyze >/dev/null || install_missing systemd
+# systemd-analyze verifies the packaged unit (tests/unit/test_packaging.py), and
+# systemd-nspawn boots a container whose systemd runs it (tests/integration/test_deb.py);
+# no systemd needs to run on the host for either.
+ensure_systemd_tools() {
+    install_missing systemd systemd-container
 }
 
 # The tests boot one VM with a real kernel whose balloon driver reports the guest's
@@ -167,13 +168,13 @@ main() {
     if libvirtd_answers; then
         log "libvirtd already answers at $URI; leaving it alone"
         ensure_promtool
-        ensure_systemd_analyze
+        ensure_systemd_tools
         ensure_guest_kernel
         exit 0
     fi
     install_missing "${LIBVIRT_PACKAGES[@]}"
     ensure_promtool
-    ensure_systemd_analyze
+    ensure_systemd_tools
     ensure_guest_kernel
     ensure_qemu_user
     configure_qemu_driver

@@ -32,7 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -478,15 +478,19 @@ class Exporter:
         return self.process.returncode
 
 
-def start_exporter(uri: str, extra_args: Iterable[str], log_path: Path) -> Exporter:
-    """Start `python -m libvirt_exporter` on a free port, output to `log_path`, and
-    return once `/` answers 200. Raise ExporterStartError with the log if it exits
-    first or does not answer within EXPORTER_START_TIMEOUT_S."""
+def start_exporter(
+    uri: str,
+    extra_args: Iterable[str],
+    log_path: Path,
+    program: Sequence[str] = (sys.executable, "-m", "libvirt_exporter"),
+) -> Exporter:
+    """Start `program` (by default `python -m libvirt_exporter`; test_deb runs the
+    installed package's) on a free port, output to `log_path`, and return once `/`
+    answers 200. Raise ExporterStartError with the log if it exits first or does not
+    answer within EXPORTER_START_TIMEOUT_S."""
     port = find_free_port()
     command = [
-        sys.executable,
-        "-m",
-        "libvirt_exporter",
+        *program,
         f"--web.listen-address=127.0.0.1:{port}",
         f"--libvirt.uri={uri}",
         *extra_args,
