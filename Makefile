@@ -71,6 +71,12 @@ dashboards: deps
 deb:
 	$(SUDO) bash scripts/build-deb.sh dist
 
+# image: the container image (Dockerfile) built with podman and checked against the system
+# libvirtd, the way that works without an image registry; minutes, so not part of `make test`.
+.PHONY: image
+image:
+	$(SUDO) bash scripts/build-image.sh
+
 # clean: remove the venv and every cache.
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
