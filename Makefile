@@ -87,6 +87,6 @@ clean:
 DURATION = 10m
 .PHONY: chaos
 chaos: deps
-	bash scripts/ensure-libvirtd.sh
+	flock /tmp/system-libvirtd.lock bash scripts/ensure-libvirtd.sh  # installs libvirtd and QEMU
 	$(VENV)/bin/python -m tests.chaos --duration=$(DURATION) --every-kind
 

@@ -201,18 +201,25 @@ def _scrape_rows(result: RunResult) -> list[str]:
 
 
 def _resource_rows(result: RunResult) -> list[str]:
-    rows = ["| exporter resource | at baseline | max | at end |", "|---|---|---|---|"]
+    """Each resource at the baseline, at each quarter of the run after it, and its maximum."""
+    rows = [
+        "| exporter resource | baseline | 25 % | 50 % | 75 % | end | max |",
+        "|---|---|---|---|---|---|---|",
+    ]
     if not result.resources:
         return rows
     first = result.baseline or result.resources[0]
     after = [s for s in result.resources if s.at >= first.at]
+    quarters = [after[min(len(after) - 1, len(after) * q // 4)] for q in (1, 2, 3)]
     for label, get in (
-        ("OS threads", lambda s: f"{s.threads}"),
-        ("open fds", lambda s: f"{s.fds}"),
-        ("RSS (MiB)", lambda s: f"{s.rss_bytes / MIB:.1f}"),
+        ("OS threads", lambda s: float(s.threads)),
+        ("open fds", lambda s: float(s.fds)),
+        ("RSS (MiB)", lambda s: s.rss_bytes / MIB),
     ):
-        top = max(after, key=lambda s, g=get: float(g(s)))
-        rows.append(f"| {label} | {get(first)} | {get(top)} | {get(after[-1])} |")
+        figures = [get(s) for s in (first, *quarters, after[-1])] + [max(get(s) for s in after)]
+        rows.append(
+            f"| {label} | " + " | ".join(f"{x:g}" if x.is_integer() else f"{x:.1f}" for x in figures) + " |"
+        )
     return rows
 
 
