@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the container image with podman and check it, the way that works on machines with no image
 # registry and no Docker engine (our build machines). `make image` runs it; it takes minutes, so it
-# is not part of `make test`. Run as root from the repository. Where a registry is reachable,
+# is not part of `make test`. Run as root. Where a registry is reachable,
 # `docker build .` or `podman build .` needs none of this.
 #
-#   IMAGE       the tag to build (default localhost/libvirt-exporter:latest)
+#   IMAGE       the tag to build (default localhost/libvirt-exporter:VERSION, the version in
+#               pyproject.toml, which packaging/kubernetes runs)
 #   BASE_IMAGE  the base of both stages (default debian:bookworm-slim); when podman has no image of
 #               that name, one is made with debootstrap from the Debian mirror apt uses
 #
@@ -13,18 +14,20 @@
 # with the host's /run/libvirt mounted read-only, must serve libvirt_up 1 from the system libvirtd.
 set -euo pipefail
 
-readonly IMAGE=${IMAGE:-localhost/libvirt-exporter:latest}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly REPO
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml")
+readonly VERSION
+readonly IMAGE=${IMAGE:-localhost/libvirt-exporter:$VERSION}
 readonly BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
 readonly SUITE=bookworm
 readonly UID_GID=65532:65532
 readonly PORT=9177
 # Packages that must not be in the runtime stage: they belong to the builder.
 readonly BUILD_ONLY_PACKAGES=(gcc cpp libvirt-dev python3-dev pkg-config)
-# Other helpers restart the shared system libvirtd; hold their lock while scraping it.
+# The integration tests restart and kill the system libvirtd; hold their lock while scraping it.
 readonly LIBVIRTD_LOCK=/tmp/system-libvirtd.lock
 readonly SCRAPE_TIMEOUT_SECONDS=60
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-readonly REPO
 
 # What the EXIT trap undoes: mounts (innermost last), scratch directories, a container, a process.
 MOUNTS=()
