@@ -20,8 +20,8 @@ from pathlib import Path
 
 import libvirt
 
+from tests.chaos.private_libvirtd import PrivateLibvirtd
 from tests.integration.vms import (
-    LibvirtdControl,
     TinyVM,
     connection,
     create_disk,
@@ -99,11 +99,11 @@ def usb_disk_xml(target: str, path: Path) -> str:
 class ChaosHost:
     """The VMs on the private libvirtd: one control VM no fault touches, and a pool the faults use."""
 
-    def __init__(self, uri: str, workdir: Path, rng: random.Random) -> None:
+    def __init__(self, uri: str, workdir: Path, rng: random.Random, libvirtd: PrivateLibvirtd) -> None:
         self.uri = uri
         self.workdir = workdir
         self.rng = rng
-        self.libvirtd = LibvirtdControl(uri)
+        self.libvirtd = libvirtd
         self.gate = Gate()
         self._lock = threading.Lock()
         self._vms: dict[str, ChaosVM] = {}

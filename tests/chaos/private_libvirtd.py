@@ -4,10 +4,10 @@ A chaos or soak run must not be done to a host's own libvirtd, and cannot hold t
 an hour. So the run re-executes itself under `unshare`: in a new mount namespace, libvirt's
 directories (/etc/libvirt, /run, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt) are
 bind-mounted from a work directory, so that nothing is shared with the host's daemons; in a new pid
-namespace, `pidof libvirtd` sees only ours (so tests.integration.vms.LibvirtdControl works as it
-is), and when the run ends, however it ends, the kernel kills every process left in it: no daemon
-or QEMU survives. Its first process is a shell, which reaps the orphans (daemonised libvirtd, QEMU)
-as an init does: libvirt waits on a dead QEMU that nobody reaps as if it were still alive.
+namespace, when the run ends, however it ends, the kernel kills every process left in it: no daemon
+or QEMU survives. The daemons run under names of their own, so that the host's tools that look for
+`libvirtd` by name do not find ours. Its first process is a shell, which reaps the orphans
+(daemonised libvirtd, QEMU) as an init does: libvirt waits on a dead QEMU nobody reaps as if alive.
 
 Everything that talks to this libvirtd (the exporter, VM factories, signals to QEMU) must run in
 the namespace: start the program with `reexec_in_namespace()` first thing.
@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from tests.integration.vms import LIBVIRTD_TIMEOUT_S, libvirtd_answers, wait_for
+from tests.integration.vms import LIBVIRTD_TIMEOUT_S, libvirtd_answers, process_exists, wait_for
 
 URI = "qemu:///system"
+PID_FILE = "/run/libvirtd.pid"
+"""In the private /run."""
+DAEMONS = {"chaos-virtd": "/usr/sbin/libvirtd", "chaos-logd": "/usr/sbin/virtlogd"}
+"""Names our daemons run under: a pid namespace hides nothing from the host, whose tools find the
+system libvirtd with `pidof libvirtd` (tests/integration/vms.py, scripts/ensure-libvirtd.sh) and
+must not find ours, nor stop it."""
 MARKER = "LIBVIRT_EXPORTER_PRIVATE_NAMESPACE"
 PRIVATE_DIRS = ("/etc/libvirt", "/run", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
 QEMU_CONF = 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n'
@@ -76,19 +84,70 @@ def _write_config(log_dir: Path) -> None:
         Path(f"/etc/libvirt/{daemon}.conf").write_text(f'log_outputs = "3:file:{log_dir}/{daemon}.log"\n')
 
 
-def start(workdir: Path) -> Path:
+def _link_daemons(bin_dir: Path) -> None:
+    """Our daemons run under names of their own (see DAEMONS)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, real in DAEMONS.items():
+        link = bin_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(real)
+
+
+@dataclass
+class PrivateLibvirtd:
+    """The namespace's libvirtd: started, restarted (SIGTERM or SIGKILL), frozen and thawed by the
+    pid in its own pid file, never by name."""
+
+    bin_dir: Path
+    frozen_pid: int | None = None
+
+    def start(self) -> None:
+        subprocess.run([str(self.bin_dir / "chaos-virtd"), "-d", "-p", PID_FILE], check=True)
+        wait_for(lambda: libvirtd_answers(URI), LIBVIRTD_TIMEOUT_S, "the private libvirtd to answer")
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(Path(PID_FILE).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if process_exists(pid) else None
+
+    def restart(self, how: signal.Signals) -> None:
+        """Stop it with `how`, wait until it is gone, start it again and wait until it answers.
+        SIGTERM cannot stop it while a worker waits on a frozen QEMU's monitor: use SIGKILL then."""
+        self.thaw()
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, how)
+            wait_for(lambda: not process_exists(pid), LIBVIRTD_TIMEOUT_S, "the private libvirtd to exit")
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open, but nothing answers on them."""
+        self.frozen_pid = self.pid()
+        if self.frozen_pid is not None:
+            os.kill(self.frozen_pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.frozen_pid is not None and process_exists(self.frozen_pid):
+            os.kill(self.frozen_pid, signal.SIGCONT)
+        self.frozen_pid = None
+
+
+def start(workdir: Path) -> PrivateLibvirtd:
     """Mount the private directories, start virtlogd and libvirtd, and wait until libvirtd
-    answers at URI. Returns the directory that holds the daemons' logs (outside the mounts)."""
+    answers at URI. Their logs go to `workdir`/logs (outside the mounts)."""
     if not in_namespace():
         raise RuntimeError("start() outside the private namespace would touch the host's libvirtd")
-    for daemon in ("libvirtd", "virtlogd", "qemu-img"):
-        if shutil.which(daemon) is None:
-            raise RuntimeError(f"{daemon} is missing: run scripts/ensure-libvirtd.sh, which installs it")
+    for program in (*DAEMONS.values(), "qemu-img"):
+        if shutil.which(program) is None:
+            raise RuntimeError(f"{program} is missing: run scripts/ensure-libvirtd.sh, which installs it")
     log_dir = workdir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     _mount_private_dirs(workdir / "mounts")
     _write_config(log_dir)
-    subprocess.run(["virtlogd", "-d"], check=True)
-    subprocess.run(["libvirtd", "-d"], check=True)
-    wait_for(lambda: libvirtd_answers(URI), LIBVIRTD_TIMEOUT_S, "the private libvirtd to answer")
-    return log_dir
+    _link_daemons(workdir / "bin")
+    subprocess.run([str(workdir / "bin" / "chaos-logd"), "-d"], check=True)
+    libvirtd = PrivateLibvirtd(workdir / "bin")
+    libvirtd.start()
+    return libvirtd
