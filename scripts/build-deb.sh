@@ -10,8 +10,9 @@
 # Run as root (it installs missing build packages).
 set -euo pipefail
 
-readonly REPO=$(cd "$(dirname "$0")/.." && pwd)
-readonly OUT_DIR=$(realpath -m "${1:-$REPO/dist}")
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT_DIR=$(realpath -m "${1:-$REPO/dist}")
+readonly REPO OUT_DIR
 readonly PACKAGE=libvirt-exporter
 readonly PREFIX=/usr/lib/$PACKAGE
 # Debian's interpreter, never one on PATH: the repository's .venv may use a pyenv build.
@@ -46,7 +47,9 @@ build_venv() {
     cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/libvirt_exporter" "$src/"
     find "$src" -name __pycache__ -type d -prune -exec rm -rf {} +
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --no-compile "$src"
+    # No cache: a wheel that pip built before with another python (a pyenv one) would
+    # carry that python's library path.
+    "$venv/bin/pip" install --quiet --no-compile --no-cache-dir "$src"
     "$venv/bin/pip" uninstall --quiet --yes pip setuptools
     rm -rf "$venv"/bin/[aA]ctivate* "$venv"/lib/python3*/site-packages/libvirt_exporter-*.dist-info/direct_url.json
     sed -i "/^command = /d" "$venv/pyvenv.cfg"
@@ -57,6 +60,21 @@ build_venv() {
     fi
     # Byte-code now, naming the installed paths: the service cannot write it at run time.
     "$python" -m compileall -q -s "$stage" -p / "$venv/lib" >/dev/null
+}
+
+# The copyright file: the exporter's licence, then each bundled distribution's, as its
+# metadata states it.
+write_copyright() {
+    local stage=$1 copyright=$1/usr/share/doc/$PACKAGE/copyright
+    install -D -m 0644 "$REPO/packaging/debian/copyright.in" "$copyright"
+    "$stage$PREFIX/bin/python" - >>"$copyright" <<'PYTHON'
+from importlib.metadata import distributions
+
+for dist in sorted(distributions(), key=lambda d: d.metadata["Name"].lower()):
+    name, licence = dist.metadata["Name"], dist.metadata["License-Expression"] or dist.metadata["License"]
+    if name != "libvirt-exporter":
+        print(f" {name} {dist.version}: {licence}")
+PYTHON
 }
 
 # Unit, defaults, docs and the /usr/bin link.
@@ -91,17 +109,18 @@ main() {
         exit 1
     fi
     install_missing "${BUILD_PACKAGES[@]}"
-    local version arch python_version work stage deb
+    local version arch python_version stage deb
     version=$(project_version)
     arch=$(dpkg --print-architecture)
     python_version=$("$SYSTEM_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    work=$(mktemp -d)
-    trap "rm -rf '$work'" EXIT
-    stage=$work/root
+    WORK=$(mktemp -d)  # global: the EXIT trap runs after main has returned
+    trap 'rm -rf "$WORK"' EXIT
+    stage=$WORK/root
     mkdir -m 0755 "$stage"
     log "building the venv with /usr/bin/python$python_version"
-    build_venv "$stage" "$work/src" "/usr/bin/python$python_version"
+    build_venv "$stage" "$WORK/src" "/usr/bin/python$python_version"
     install_files "$stage"
+    write_copyright "$stage"
     write_control "$stage" "$version" "$arch" "python$python_version"
     mkdir -p "$OUT_DIR"
     deb="$OUT_DIR/${PACKAGE}_${version}_${arch}.deb"

@@ -144,6 +144,21 @@ def as_service_user(*command: str) -> list[str]:
     ]
 
 
+def test_native_modules_load_libraries_from_debian_or_the_venv_only(deb: Path) -> None:
+    """A module compiled by another python (a pyenv build, through pip's wheel cache) names that
+    python's library directory in its RUNPATH: the package must not depend on it."""
+    modules = list(VENV.rglob("*.so"))
+    assert any(module.name.startswith("libvirtmod") for module in modules)
+    for module in modules:
+        dynamic = run("readelf", "--dynamic", str(module)).stdout
+        for search_path in re.findall(r"\((?:RUNPATH|RPATH)\).*\[(.*)\]", dynamic):
+            assert all(entry.startswith("$ORIGIN") for entry in search_path.split(":")), (module, search_path)
+        linked = run("ldd", str(module)).stdout
+        assert "not found" not in linked, (module, linked)
+        for library in re.findall(r"=> (/\S+)", linked):
+            assert library.startswith(("/lib/", "/usr/lib/")), (module, library)
+
+
 def service_command() -> list[str]:
     """The unit's ExecStart with $ARGS from the installed defaults file, as the service user."""
     words = shlex.split(unit_setting("ExecStart"))
