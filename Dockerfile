@@ -28,13 +28,11 @@ LABEL org.opencontainers.image.title="libvirt-exporter" \
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 libvirt0 \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
-# uid and gid 65532, the same as packaging's Kubernetes manifests. libvirtd's read-only socket is
-# open to every user, so the exporter needs no libvirt group and no root.
-RUN groupadd --gid 65532 libvirt-exporter \
-    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin libvirt-exporter
 COPY --from=builder /opt/libvirt-exporter /opt/libvirt-exporter
-USER 65532:65532
+# nobody:nogroup (65534), as Prometheus' own images run. libvirtd's read-only socket is open to
+# every user, but libvirtd looks each client's uid and gid up in the *host's* user database and
+# refuses ids it does not find there; 65534 is the one pair every Linux host has.
+USER 65534:65534
 EXPOSE 9177
 ENTRYPOINT ["/opt/libvirt-exporter/bin/libvirt-exporter"]
 # qemu:///system opens /run/libvirt/libvirt-sock-ro: mount the host's /run/libvirt read-only.

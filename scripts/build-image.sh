@@ -9,8 +9,8 @@
 #   BASE_IMAGE  the base of both stages (default debian:bookworm-slim); when podman has no image of
 #               that name, one is made with debootstrap from the Debian mirror apt uses
 #
-# Then the image is checked: user 65532, port 9177, no compiler or libvirt headers, and its entry
-# point, run as uid 65532 in a chroot of the exported filesystem (`podman run` fails on our kernels)
+# Then the image is checked: user 65534, port 9177, no compiler or libvirt headers, and its entry
+# point, run as uid 65534 in a chroot of the exported filesystem (`podman run` fails on our kernels)
 # with the host's /run/libvirt mounted read-only, must serve libvirt_up 1 from the system libvirtd.
 set -euo pipefail
 
@@ -21,7 +21,7 @@ readonly VERSION
 readonly IMAGE=${IMAGE:-localhost/libvirt-exporter:$VERSION}
 readonly BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
 readonly SUITE=bookworm
-readonly UID_GID=65532:65532
+readonly UID_GID=65534:65534
 readonly PORT=9177
 # Packages that must not be in the runtime stage: they belong to the builder.
 readonly BUILD_ONLY_PACKAGES=(gcc cpp libvirt-dev python3-dev pkg-config)

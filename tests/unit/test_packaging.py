@@ -25,7 +25,7 @@ DEFAULTS = PACKAGING / "systemd" / "libvirt-exporter.default"
 DEBIAN = PACKAGING / "debian"
 KUBERNETES = PACKAGING / "kubernetes"
 PORT = 9177
-IMAGE_UID = 65532  # the user libvirt-exporter of the container image (Dockerfile)
+IMAGE_UID = 65534  # nobody:nogroup, the container image's user (Dockerfile)
 
 # --- systemd ------------------------------------------------------------------------
 
