@@ -72,6 +72,8 @@ class Outcome(Generic[T]):
 
 
 LateHandler = Callable[[Outcome[Any]], None]
+Bind = Callable[[], Callable[[], T]]
+"""Makes a call's function once the call may be dispatched (see `CallRunner.run_bound`)."""
 
 
 @dataclass
@@ -105,7 +107,8 @@ class CallRunner:
     _in_flight: dict[CallKey, Call] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._pool = ThreadPool(self.max_concurrent + self.max_stuck)
+        # One thread more than slots and stuck calls: for the one call that needs no slot.
+        self._pool = ThreadPool(self.max_concurrent + self.max_stuck + 1)
         self._slots = BoundedSemaphore(self.max_concurrent)
 
     def in_flight(self) -> list[Call]:
@@ -133,28 +136,52 @@ class CallRunner:
         A call that returns after its deadline is handed to `on_late`, so that its values can still
         be used where nothing fresher has arrived meanwhile.
         """
+        return self.run_bound(key, lambda: fn, deadline, on_late)
+
+    def run_bound(
+        self,
+        key: CallKey,
+        bind: Bind[T],
+        deadline: float,
+        on_late: LateHandler | None = None,
+        needs_slot: bool = True,
+    ) -> Outcome[T]:
+        """As `run`, for a call whose function `bind` makes only when the call is dispatched, after
+        it waited for a slot: what it works on (which libvirt connection) is chosen then, not when
+        it was asked for. A `bind` that raises makes an ERROR outcome.
+
+        `needs_slot=False` is for the one call that must not queue behind the calls it rescues
+        (opening a fresh connection while others wait); the pool keeps a thread for it.
+        """
         if key in self._in_flight:
             return Outcome(Status.SKIPPED, call=self._in_flight[key])
         if self._no_thread_left(key):
             return Outcome(Status.SKIPPED)
         call = Call(key, started_at=time.time(), started_monotonic=time.monotonic())
         self._in_flight[key] = call
-        self._slots.acquire()  # waits while max_concurrent calls are within their deadline
+        slot = self._slots if needs_slot else _NO_SLOT
+        slot.acquire()  # waits while max_concurrent calls are within their deadline
         if self._no_thread_left(key):  # the calls that held the slots meanwhile got stuck
             del self._in_flight[key]
-            self._slots.release()
+            slot.release()
             return Outcome(Status.SKIPPED)
+        try:
+            fn = bind()
+        except Exception as error:
+            del self._in_flight[key]
+            slot.release()
+            return Outcome(Status.ERROR, call=call, error=error)
         call.started_at, call.started_monotonic = time.time(), time.monotonic()
         result: AsyncResult = self._pool.spawn(_capture, fn)
         try:
             captured: _Captured = result.get(timeout=deadline)
         except gevent.Timeout:
             call.timed_out = True
-            self._slots.release()
+            slot.release()
             result.rawlink(lambda done: self._finish_late(call, done, on_late))
             return Outcome(Status.TIMEOUT, call=call)
         del self._in_flight[key]
-        self._slots.release()
+        slot.release()
         return _outcome(call, captured)
 
     def _no_thread_left(self, key: CallKey) -> bool:
@@ -169,6 +196,19 @@ class CallRunner:
         del self._in_flight[call.key]
         if on_late is not None:
             on_late(_outcome(call, done.value))
+
+
+class _NoSlot:
+    """Stands for a slot where a call needs none."""
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+_NO_SLOT = _NoSlot()
 
 
 def _outcome(call: Call, captured: _Captured) -> Outcome[Any]:

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import gevent
@@ -98,6 +99,10 @@ class Connection:
     next keepalive message (5 to 10 s), and every stuck call holds one of the 5 requests that
     libvirtd serves a client at once. New calls go to a fresh connection; a retired one is closed once
     none of the exporter's calls uses it any more (closing it under a waiting call is unsafe).
+    A call is given its connection only when it is dispatched (see `call`), so that the calls of a
+    cycle still waiting for a slot go to the fresh connection too, not to the retired one, where
+    they would queue behind the stuck calls (measured in the chaos runs: healthy VMs went stale
+    when several VMs froze at once).
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class Connection:
         self._opened: dict[Any, _Opened] = {}
         self._generation = 0
         self._ever_connected = False
+        self._retiring: gevent.Greenlet | None = None
         self.first_attempt_done = gevent.event.Event()
         self._close_signal = _CrossThreadSignal(self._closed_by_libvirt)
         self._event_signal = _CrossThreadSignal(lambda names: on_domain_events(set(names)))
@@ -140,30 +146,45 @@ class Connection:
     def call(
         self,
         key: CallKey,
-        conn: Any,
-        fn: Callable[[], T],
+        read: Callable[[Any], T],
         deadline: float,
         on_late: LateHandler | None = None,
+        on: Any = None,
     ) -> Outcome[T]:
-        """Run `fn`, a call made on `conn`, under `deadline`, and keep the books of `conn`."""
-        opened = self._opened.get(conn)
-        if opened is not None:
-            opened.calls += 1
+        """Run `read(conn)` in a pool thread under `deadline`, and keep the books of `conn`.
+
+        `conn` is `on` when given (a call on handles that belong to one connection), else the
+        connection that is current when the call is dispatched; while a stuck connection is being
+        retired, dispatching waits for the fresh one. Not connected then: an ERROR outcome.
+        """
+        bound: list[_Opened] = []
+
+        def bind() -> Callable[[], T]:
+            if on is None and self._retiring is not None:
+                self._retiring.join()  # bounded: opening the fresh connection has a deadline
+            opened = self._opened.get(on) if on is not None else self._current
+            if opened is None and on is None:
+                raise ConnectionError("not connected to libvirt")
+            if opened is not None:
+                opened.calls += 1
+                bound.append(opened)
+            return partial(read, opened.conn if opened is not None else on)
 
         def returned_late(outcome: Outcome[Any]) -> None:
-            if opened is not None:
-                opened.stuck -= 1
-                self._call_ended(opened, outcome)
+            if bound:
+                bound[0].stuck -= 1
+                self._call_ended(bound[0], outcome)
             if on_late is not None:
                 on_late(outcome)
 
-        outcome = self._runner.run(key, fn, deadline, on_late=returned_late)
-        if opened is None:
+        outcome = self._runner.run_bound(key, bind, deadline, on_late=returned_late)
+        if not bound:
             return outcome
+        opened = bound[0]
         if outcome.status is Status.TIMEOUT:
             opened.stuck += 1
-            if opened is self._current:
-                gevent.spawn(self._retire_stuck, opened)
+            if opened is self._current and self._retiring is None:
+                self._retiring = gevent.spawn(self._retire_stuck, opened)
         else:
             self._call_ended(opened, outcome)
         return outcome
@@ -206,7 +227,7 @@ class Connection:
     def _probe(self) -> None:
         opened = self._current
         assert opened is not None
-        outcome = self.call(PROBE, opened.conn, opened.conn.getLibVersion, self._unresponsive_after)
+        outcome = self.call(PROBE, _lib_version, self._unresponsive_after, on=opened.conn)
         if outcome.status is Status.TIMEOUT and opened is self._current:
             self.mark_down("unresponsive")
 
@@ -224,11 +245,16 @@ class Connection:
             self.mark_down("closed")
 
     def _retire_stuck(self, stuck: _Opened) -> None:
-        """Move new calls to a fresh connection while `stuck` holds a stuck call (once, when several
-        calls get stuck at the same moment)."""
-        if self._runner.is_in_flight(FRESH):
-            return
-        fresh = self._open_new(FRESH)
+        """Runs as `self._retiring`, once however many calls get stuck at the same moment."""
+        try:
+            self._move_to_fresh(stuck)
+        finally:
+            self._retiring = None
+
+    def _move_to_fresh(self, stuck: _Opened) -> None:
+        """Move new calls to a fresh connection while `stuck` holds a stuck call. Opening it takes
+        no slot: it must not queue behind the calls that wait for it."""
+        fresh = self._open_new(FRESH, needs_slot=False)
         if fresh is None:
             return  # keep the current connection; the next stuck call tries again
         if self._current is not stuck:  # it was lost meanwhile, and `run` takes care of that
@@ -239,13 +265,17 @@ class Connection:
         self._close_if_unused(stuck)
         self._on_change()
 
-    def _open_new(self, key: CallKey) -> _Opened | None:
+    def _open_new(self, key: CallKey, needs_slot: bool = True) -> _Opened | None:
         """Open a connection in a pool thread: opening hangs on a frozen libvirtd like any call.
         One that opens only after its deadline is closed again."""
         self._generation += 1
         generation = self._generation
-        outcome = self._runner.run(
-            key, lambda: self._open(generation), self._deadline, on_late=self._close_late_opened
+        outcome = self._runner.run_bound(
+            key,
+            lambda: lambda: self._open(generation),
+            self._deadline,
+            on_late=self._close_late_opened,
+            needs_slot=needs_slot,
         )
         if outcome.status is not Status.OK or outcome.value is None:
             reason = describe(outcome.error) if outcome.error else outcome.status.value
@@ -312,6 +342,11 @@ class Connection:
         for generation, reason in closes:
             if self._current is not None and generation == self._current.generation:
                 self.mark_down(reasons.get(reason, "error"))
+
+
+def _lib_version(conn: Any) -> int:
+    version: int = conn.getLibVersion()
+    return version
 
 
 def _close(opened: _Opened) -> None:

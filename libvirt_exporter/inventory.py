@@ -32,7 +32,7 @@ _MONITOR_FREE_STATES = (libvirt.VIR_DOMAIN_CONTROL_OK, libvirt.VIR_DOMAIN_CONTRO
 class DomainEntry:
     name: str
     domain: Any
-    """The virDomain of the connection the survey ran on."""
+    """The virDomain of the connection the survey ran on; calls use `handle_on`."""
     id: int
     monitor_free: bool
     monitor_busy_seconds: float
@@ -66,6 +66,15 @@ def _control_info(dom: Any) -> list[int] | None:
         return None  # unsupported by the driver, or unknown: treat the monitor as free
 
 
+def handle_on(conn: Any, domain: Any) -> Any:
+    """Runs in a pool thread: `domain`'s handle on `conn`. A call may be given a fresher connection
+    than the survey's (see Connection.call); it looks the domain up there by UUID, which libvirtd
+    answers without the domain's job or QEMU."""
+    if domain.connect() is conn:
+        return domain
+    return conn.lookupByUUID(domain.UUID())
+
+
 def _survey(conn: Any, known_ids: dict[str, int]) -> list[_Surveyed]:
     """Runs in a pool thread. `known_ids` maps names to the domain id their XML was read at."""
     surveyed = []
@@ -95,8 +104,6 @@ class Inventory:
         self._connection = connection
         self._deadline = deadline
         self._include_inactive = include_inactive
-        self.conn: Any = None
-        """The connection the domains' handles belong to: calls on them go through it."""
         self._on_forget = on_forget
         self._entries: dict[str, DomainEntry] = {}
         self._surveying = gevent.lock.Semaphore()
@@ -131,14 +138,12 @@ class Inventory:
             self._survey()
 
     def _survey(self) -> None:
-        conn = self._connection.current()
-        if conn is None:
+        if not self._connection.up:
             raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
-        outcome = self._connection.call(SURVEY, conn, lambda: _survey(conn, known_ids), self._deadline)
+        outcome = self._connection.call(SURVEY, lambda conn: _survey(conn, known_ids), self._deadline)
         if outcome.status is not Status.OK or outcome.value is None:
             raise CycleFailed(f"listing domains failed: {_why(outcome)}")
-        self.conn = conn
         self._replace(outcome.value)
 
     def _replace(self, surveyed: list[_Surveyed]) -> None:

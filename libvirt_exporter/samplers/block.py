@@ -14,7 +14,7 @@ from typing import Any
 import libvirt
 
 from libvirt_exporter.domain_xml import Disk
-from libvirt_exporter.inventory import DomainEntry
+from libvirt_exporter.inventory import DomainEntry, handle_on
 from libvirt_exporter.libvirt_client import is_unsupported
 from libvirt_exporter.samplers.per_domain import DomainSampler
 
@@ -34,8 +34,9 @@ def _io_counters(domain: Any, target: str) -> dict[str, int]:
     return dict(zip(_BLOCK_STATS_FIELDS, domain.blockStats(target), strict=True))
 
 
-def read_disks(domain: Any, disks: tuple[Disk, ...]) -> dict[str, Mapping[str, int]]:
+def read_disks(domain: Any, disks: tuple[Disk, ...], conn: Any) -> dict[str, Mapping[str, int]]:
     """Runs in a pool thread: per disk target, its I/O counters and its sizes in bytes."""
+    domain = handle_on(conn, domain)
     by_target: dict[str, Mapping[str, int]] = {}
     for disk in disks:
         stats = _io_counters(domain, disk.target)
@@ -57,9 +58,8 @@ class BlockSampler(DomainSampler):
         return [entry.name for entry in self._inventory.domains() if entry.active]
 
     def run_cycle(self) -> None:
-        conn = self._connected()
+        self._require_connection()
         active = [entry for entry in self._inventory.domains() if entry.active]
         self._sample_each(
-            conn,
-            ((entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active),
+            (entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active
         )

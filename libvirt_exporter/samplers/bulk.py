@@ -24,7 +24,7 @@ from typing import Any
 import libvirt
 
 from libvirt_exporter.calls import CallKey, Outcome, Status
-from libvirt_exporter.inventory import DomainEntry
+from libvirt_exporter.inventory import DomainEntry, handle_on
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.samplers.per_domain import DomainSampler
 from libvirt_exporter.store import Sample
@@ -54,15 +54,16 @@ def stat_groups(collectors: frozenset[str]) -> int:
     return int(groups)
 
 
-def read_stats(conn: Any, domains: list[Any], groups: int) -> dict[str, Mapping[str, Any]]:
+def read_stats(domains: list[Any], groups: int, conn: Any) -> dict[str, Mapping[str, Any]]:
     """Runs in a pool thread: the stat groups of `domains`, by name, without waiting for jobs."""
-    records = conn.domainListGetStats(domains, groups, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+    handles = [handle_on(conn, domain) for domain in domains]
+    records = conn.domainListGetStats(handles, groups, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
     return {dom.name(): stats for dom, stats in records}
 
 
-def read_domain_stats(conn: Any, domain: Any, groups: int) -> Mapping[str, Any]:
+def read_domain_stats(domain: Any, groups: int, conn: Any) -> Mapping[str, Any]:
     """Runs in a pool thread: the stat groups of one domain, waiting for its job if need be."""
-    return next((stats for _, stats in conn.domainListGetStats([domain], groups, 0)), {})
+    return next((stats for _, stats in conn.domainListGetStats([handle_on(conn, domain)], groups, 0)), {})
 
 
 class BulkSampler(DomainSampler):
@@ -74,13 +75,11 @@ class BulkSampler(DomainSampler):
 
     def run_cycle(self) -> None:
         self._inventory.refresh()
-        conn = self._connected()
+        self._require_connection()
         free, busy = self._partition()
         if free and not self._runner.is_in_flight(HOST_WIDE):
-            free = self._sample_host_wide(conn, free)
-        self._sample_each(
-            conn, ((e.name, partial(read_domain_stats, conn, e.domain, self.groups)) for e in free + busy)
-        )
+            free = self._sample_host_wide(free)
+        self._sample_each((e.name, partial(read_domain_stats, e.domain, self.groups)) for e in free + busy)
 
     def _partition(self) -> tuple[list[DomainEntry], list[DomainEntry]]:
         """Domains with a free monitor, and with one busy for a moment; stuck ones are skipped."""
@@ -94,12 +93,11 @@ class BulkSampler(DomainSampler):
                 self._store.count_failure(NAME, entry.name, Status.SKIPPED)
         return free, busy
 
-    def _sample_host_wide(self, conn: Any, ready: list[DomainEntry]) -> list[DomainEntry]:
+    def _sample_host_wide(self, ready: list[DomainEntry]) -> list[DomainEntry]:
         """One call for all `ready` domains; returns the domains still to be sampled one by one."""
         outcome = self._connection.call(
             HOST_WIDE,
-            conn,
-            partial(read_stats, conn, [entry.domain for entry in ready], self.groups),
+            partial(read_stats, [entry.domain for entry in ready], self.groups),
             self.config.deadline,
             on_late=self._take_late_host_wide,
         )

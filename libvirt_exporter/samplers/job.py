@@ -10,14 +10,15 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+from libvirt_exporter.inventory import handle_on
 from libvirt_exporter.samplers.per_domain import DomainSampler
 
 NAME = "job"
 
 
-def read_job(domain: Any) -> Mapping[str, Any]:
+def read_job(domain: Any, conn: Any) -> Mapping[str, Any]:
     """Runs in a pool thread."""
-    stats: Mapping[str, Any] = domain.jobStats(0)
+    stats: Mapping[str, Any] = handle_on(conn, domain).jobStats(0)
     return stats
 
 
@@ -26,6 +27,6 @@ class JobSampler(DomainSampler):
         return [entry.name for entry in self._inventory.domains() if entry.job_running]
 
     def run_cycle(self) -> None:
-        conn = self._connected()
+        self._require_connection()
         running = [entry for entry in self._inventory.domains() if entry.job_running]
-        self._sample_each(conn, ((entry.name, partial(read_job, entry.domain)) for entry in running))
+        self._sample_each((entry.name, partial(read_job, entry.domain)) for entry in running)

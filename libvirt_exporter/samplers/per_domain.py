@@ -19,7 +19,8 @@ from libvirt_exporter.store import Sample, Store
 
 log = logging.getLogger(__name__)
 
-Read = Callable[[], Mapping[str, Any]]
+Read = Callable[[Any], Mapping[str, Any]]
+"""Reads one domain's values on the connection it is given (see Connection.call)."""
 
 
 class DomainSampler:
@@ -39,21 +40,19 @@ class DomainSampler:
         self._runner = runner
         self._store = store
 
-    def _connected(self) -> Any:
-        """The connection the domains' handles belong to; a cycle while libvirtd is away fails."""
-        if self._connection.current() is None:
+    def _require_connection(self) -> None:
+        """A cycle while libvirtd is away fails as a whole."""
+        if not self._connection.up:
             raise CycleFailed("not connected to libvirt")
-        return self._inventory.conn
 
-    def _sample_each(self, conn: Any, reads: Iterable[tuple[str, Read]]) -> None:
-        """Sample each (domain, read) at once on `conn`, the connection the cycle started on (one
-        lost meanwhile fails the calls as libvirt errors), and return when each returned or timed out."""
-        gevent.joinall([gevent.spawn(self._sample_one, conn, domain, read) for domain, read in reads])
+    def _sample_each(self, reads: Iterable[tuple[str, Read]]) -> None:
+        """Sample each (domain, read) at once, and return when each returned or timed out. A
+        connection lost meanwhile fails the calls not yet dispatched, as libvirt errors do."""
+        gevent.joinall([gevent.spawn(self._sample_one, domain, read) for domain, read in reads])
 
-    def _sample_one(self, conn: Any, domain: str, read: Read) -> None:
+    def _sample_one(self, domain: str, read: Read) -> None:
         outcome = self._connection.call(
             CallKey(self.config.name, domain),
-            conn,
             read,
             self.config.deadline,
             on_late=lambda late: self._record_late(domain, late),

@@ -22,12 +22,13 @@ NAME = "storage_pool"
 LIST = CallKey(NAME)
 
 
-def list_pools(conn: Any) -> list[tuple[str, Any]]:
-    """Runs in a pool thread: (name, virStoragePool) of every pool, active or not."""
-    return [(pool.name(), pool) for pool in conn.listAllStoragePools(0)]
+def list_pools(conn: Any) -> tuple[Any, list[tuple[str, Any]]]:
+    """Runs in a pool thread: (name, virStoragePool) of every pool, active or not, and the
+    connection their handles belong to."""
+    return conn, [(pool.name(), pool) for pool in conn.listAllStoragePools(0)]
 
 
-def read_pool(pool: Any) -> dict[str, int]:
+def read_pool(pool: Any, _conn: Any) -> dict[str, int]:
     """Runs in a pool thread: virStoragePoolGetInfo."""
     state, capacity, allocation, available = pool.info()
     return {"state": state, "capacity": capacity, "allocation": allocation, "available": available}
@@ -51,13 +52,12 @@ class StoragePoolSampler:
         return []  # pools are not domains: their health is the sampler's own
 
     def run_cycle(self) -> None:
-        conn = self._connection.current()
-        if conn is None:
+        if not self._connection.up:
             raise CycleFailed("not connected to libvirt")
-        listed = self._connection.call(LIST, conn, partial(list_pools, conn), self.config.deadline)
+        listed = self._connection.call(LIST, list_pools, self.config.deadline)
         if listed.status is not Status.OK or listed.value is None:
             raise CycleFailed(f"listing storage pools failed: {listed.error or listed.status.value}")
-        pools = dict(listed.value)
+        conn, pools = listed.value[0], dict(listed.value[1])
         self._listed = set(pools)
         self._store.forget(self.pools.keys() - self._listed)
         gevent.joinall([gevent.spawn(self._sample, conn, name, pool) for name, pool in pools.items()])
@@ -65,7 +65,8 @@ class StoragePoolSampler:
     def _sample(self, conn: Any, name: str, pool: Any) -> None:
         key = CallKey(NAME, name)
         take = partial(self._take, name)
-        take(self._connection.call(key, conn, partial(read_pool, pool), self.config.deadline, on_late=take))
+        read = partial(read_pool, pool)
+        take(self._connection.call(key, read, self.config.deadline, on_late=take, on=conn))
 
     def _take(self, name: str, outcome: Outcome[Any]) -> None:
         """Values of a pool still listed; a late result never replaces a newer one (Store.offer)."""

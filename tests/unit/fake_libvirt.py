@@ -3,8 +3,10 @@
 It copies the behaviour measured on a real libvirtd with a frozen QEMU (see
 shared notes, libvirt-behaviour.md): a call that needs a frozen domain's monitor blocks until the
 domain is thawed, whoever holds its job makes NOWAIT stats calls answer at once with partial
-stats, and control info reports the monitor as occupied while a call waits in it. Every call is
-counted per domain and method, so that tests can check that no second call was sent.
+stats, and control info reports the monitor as occupied while a call waits in it. libvirtd serves
+at most MAX_CLIENT_REQUESTS calls of one connection at once (its `max_client_requests`), so calls
+stuck on frozen domains make the connection's other calls wait. Every call is counted per domain
+and method, so that tests can check that no second call was sent.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import libvirt
 
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+MAX_CLIENT_REQUESTS = 5
+"""libvirtd's default max_client_requests."""
 MONITOR_GROUPS = (
     libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_IOTHREAD
 )
@@ -164,6 +168,12 @@ class FakeVirDomain:
     def UUIDString(self) -> str:
         return self._domain.uuid
 
+    def UUID(self) -> bytes:
+        return uuid.UUID(self._domain.uuid).bytes
+
+    def connect(self) -> FakeConnection:
+        return self._conn
+
     def XMLDesc(self, flags: int = 0) -> str:
         self._conn.count(self._domain.name, "XMLDesc")
         self._conn.check(self._domain, "XMLDesc")
@@ -211,6 +221,10 @@ class FakeConnection:
     def __init__(self, host: FakeHost) -> None:
         self.host = host
         self.alive = True
+        self.requests = threading.BoundedSemaphore(MAX_CLIENT_REQUESTS)
+        """The requests of this connection libvirtd serves at once."""
+        self.served: Counter[str] = Counter()
+        """Calls served on this connection, by domain."""
         self.close_callbacks: list[tuple[Callable[..., None], Any]] = []
         self.event_registrations: dict[int, tuple[int, Callable[..., None]]] = {}
         """Callback id -> (event id, callback), as domainEventRegisterAny returned them."""
@@ -220,6 +234,8 @@ class FakeConnection:
             self.host.calls[(domain, method)] += 1
 
     def check(self, domain: FakeDomain, method: str) -> None:
+        with self.requests:  # waits while stuck calls hold every request libvirtd serves us
+            self.served[domain.name] += 1
         self.host.responsive.wait()
         if not self.alive:
             raise FakeLibvirtError("internal error: client socket is closed")
@@ -236,7 +252,8 @@ class FakeConnection:
             domain.monitor_waiters += 1
             if domain.monitor_waiters == 1:
                 domain.monitor_busy_since = time.monotonic()
-        domain.frozen.wait()
+        with self.requests:
+            domain.frozen.wait()
         with self.host.lock:
             domain.job_holders -= 1
             domain.monitor_waiters -= 1
@@ -247,6 +264,14 @@ class FakeConnection:
         if not self.alive:
             raise FakeLibvirtError("internal error: client socket is closed")
         return [FakeVirDomain(self, d) for d in list(self.host.domains.values())]
+
+    def lookupByUUID(self, raw_uuid: bytes) -> FakeVirDomain:
+        self.host.responsive.wait()
+        wanted = str(uuid.UUID(bytes=raw_uuid))
+        for domain in list(self.host.domains.values()):
+            if domain.uuid == wanted:
+                return FakeVirDomain(self, domain)
+        raise FakeLibvirtError("Domain not found", libvirt.VIR_ERR_NO_DOMAIN)
 
     def domainListGetStats(self, doms: list[FakeVirDomain], stats: int, flags: int) -> list[Any]:
         records = []

@@ -186,13 +186,38 @@ def test_a_stuck_call_moves_new_calls_to_a_fresh_connection(harness: Harness) ->
     harness.cycle(exporter.block)
     wait_for(lambda: exporter.connection.current() is not first)
     series = harness.cycle(exporter.bulk)
-    assert exporter.inventory.conn is exporter.connection.current()
+    assert exporter.connection.current().served["a"] > 0, "new calls went to the stuck connection"
     assert first.alive, "closed while its stuck call had not returned"
     assert value(series, "libvirt_up") == 1
     assert value(series, "libvirt_connection_reconnects_total") == 0
     host.thaw("b")
     wait_for(lambda: not first.alive)
     assert host.open_connections() == [exporter.connection.current()]
+
+
+@pytest.mark.parametrize("sampler", ["block", "bulk"])
+def test_healthy_domains_stay_fresh_when_several_freeze_at_once(sampler: str) -> None:
+    """A dead NFS server freezes many VMs at once. Their stuck calls hold the requests libvirtd
+    serves one connection (5), so the calls of the cycle that wait for a slot meanwhile must go to
+    the fresh connection rather than queue behind them past their deadline."""
+    frozen = [FakeDomain(f"frozen{i}", i) for i in range(6)]
+    healthy = [FakeDomain(f"healthy{i}", 10 + i) for i in range(6)]
+    host = FakeHost(frozen + healthy)
+    harness = Harness(host, make_config())
+    exporter = harness.exporter
+    try:
+        for domain in frozen:
+            host.freeze(domain.name)
+        series = harness.cycle(getattr(exporter, sampler))
+        timeouts = "libvirt_domain_sample_timeouts_total"
+        for domain in healthy:
+            assert value(series, timeouts, domain=domain.name, sampler=sampler) == 0
+            assert not stale(series, domain.name, sampler), f"{domain.name} went stale"
+        timed_out = sum(value(series, timeouts, domain=d.name, sampler=sampler) or 0 for d in frozen)
+        assert timed_out == len(frozen)
+    finally:
+        host.thaw_all()
+        exporter.stop()
 
 
 def test_a_connection_closed_without_its_close_callback_is_noticed_by_the_next_failed_call(
