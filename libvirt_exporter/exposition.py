@@ -8,14 +8,15 @@ answered meanwhile.
 
 The formatting is done here rather than by prometheus_client, which is several times slower (at 500
 domains, 0.8 s per render for both formats): a sample's line is the same in both formats, so it is
-formatted once, and the label part of each line is kept from one render to the next.
+formatted once, and each line is kept for the next render while its value stays the same.
 """
 
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gevent
 from gevent.event import Event
@@ -45,27 +46,57 @@ GZIP_LEVEL = 1
 """Exposition text repeats itself: level 1 is twice as fast as 6 and its output 15 % larger."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Exposition:
-    """One rendered snapshot, in both formats, plain and gzipped."""
+    """One rendered snapshot, in both formats, gzipped: what Prometheus asks for.
 
-    text: bytes
-    openmetrics: bytes
+    A plain body is unzipped when first asked for (in a thread: at thousands of domains that takes
+    tens of milliseconds), so that a snapshot does not hold every format twice: at 2,000 domains
+    each plain format is 16 MB, gzipped 0.7 MB.
+    """
+
     text_gzipped: bytes
     openmetrics_gzipped: bytes
+    _plain: dict[bool, bytes] = field(default_factory=dict)
+
+    @property
+    def text(self) -> bytes:
+        return self.body(openmetrics=False, gzipped=False)
+
+    @property
+    def openmetrics(self) -> bytes:
+        return self.body(openmetrics=True, gzipped=False)
 
     def body(self, openmetrics: bool, gzipped: bool) -> bytes:
-        if openmetrics:
-            return self.openmetrics_gzipped if gzipped else self.openmetrics
-        return self.text_gzipped if gzipped else self.text
+        zipped = self.openmetrics_gzipped if openmetrics else self.text_gzipped
+        if gzipped:
+            return zipped
+        if openmetrics not in self._plain:
+            self._plain[openmetrics] = gevent.get_hub().threadpool.apply(gzip.decompress, (zipped,))
+        return self._plain[openmetrics]
+
+
+class _Gzip:
+    """A gzip stream written part by part, so that the plain exposition is never whole in memory."""
+
+    def __init__(self) -> None:
+        self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(self._compressor.compress(data))
+
+    def close(self) -> bytes:
+        self._chunks.append(self._compressor.flush())
+        return b"".join(self._chunks)
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-Line = tuple[float, str, str]
-"""A sample's line as last rendered: its value, the line, and the line up to the value."""
+Line = tuple[float, str]
+"""A sample's line as last rendered, and its value."""
 
 
 class Renderer:
@@ -81,21 +112,17 @@ class Renderer:
 
     def render(self, groups: Iterable[Families], process: CollectorRegistry) -> Exposition:
         previous, self._lines = self._lines, {}
-        text: list[str] = []
-        openmetrics: list[str] = []
+        text, openmetrics = _Gzip(), _Gzip()
         for families in groups:
             for spec, samples in families.rows():
-                lines = self._format(spec, samples, previous.get(spec.name, {}))
-                text += [_header(spec, spec.exposed_name, _escape_help(spec.help)), lines]
-                openmetrics += [_header(spec, spec.name, _escape(spec.help)), lines]
-        text_bytes = "".join(text).encode() + generate_latest(process)
-        openmetrics_bytes = "".join(openmetrics).encode() + generate_openmetrics(process)  # type: ignore[no-untyped-call]
-        return Exposition(
-            text_bytes,
-            openmetrics_bytes,
-            gzip.compress(text_bytes, GZIP_LEVEL),
-            gzip.compress(openmetrics_bytes, GZIP_LEVEL),
-        )
+                lines = self._format(spec, samples, previous.get(spec.name, {})).encode()
+                text.write(_header(spec, spec.exposed_name, _escape_help(spec.help)))
+                text.write(lines)
+                openmetrics.write(_header(spec, spec.name, _escape(spec.help)))
+                openmetrics.write(lines)
+        text.write(generate_latest(process))
+        openmetrics.write(generate_openmetrics(process))  # type: ignore[no-untyped-call]
+        return Exposition(text.close(), openmetrics.close())
 
     def _format(
         self, spec: Spec, samples: list[tuple[Sequence[str], float]], previous: dict[Sequence[str], Line]
@@ -107,11 +134,13 @@ class Renderer:
         lines = []
         for label_values, value in samples:
             line = previous.get(label_values)
-            if line is None:
-                labels = ",".join(f'{spec.labels[i]}="{_escape(label_values[i])}"' for i in order)
-                line = (value, "", f"{name}{{{labels}}} " if labels else f"{name} ")
-            if line[0] != value or not line[1]:
-                line = (value, f"{line[2]}{floatToGoString(value)}\n", line[2])  # type: ignore[no-untyped-call]
+            if line is None or line[0] != value:
+                if line is None:
+                    labels = ",".join(f'{spec.labels[i]}="{_escape(label_values[i])}"' for i in order)
+                    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+                else:  # the value is the line's last word: label values may hold spaces, it may not
+                    prefix = line[1][: line[1].rindex(" ") + 1]
+                line = (value, f"{prefix}{floatToGoString(value)}\n")  # type: ignore[no-untyped-call]
             kept[label_values] = line
             lines.append(line[1])
         return "".join(lines)
@@ -122,9 +151,9 @@ def _escape_help(help: str) -> str:
     return help.replace("\\", r"\\").replace("\n", r"\n")
 
 
-def _header(spec: Spec, name: str, help: str) -> str:
+def _header(spec: Spec, name: str, help: str) -> bytes:
     kind = "counter" if spec.kind is Kind.COUNTER else "gauge"
-    return f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
+    return f"# HELP {name} {help}\n# TYPE {name} {kind}\n".encode()
 
 
 class Snapshot:

@@ -159,6 +159,8 @@ REASON_NAMES: dict[int, tuple[str, ...]] = {
 
 _IOTHREAD_KEY = re.compile(r"^iothread\.(\d+)\.(.+)$")
 _BANDWIDTH_KEY = re.compile(r"^memory\.bandwidth\.monitor\.(\d+)\.node\.(\d+)\.(bytes\.\w+)$")
+_IOTHREAD_SPECS = dict(IOTHREAD_FIELDS)
+_BANDWIDTH_SPECS = dict(MEMORY_BANDWIDTH_FIELDS)
 
 
 def _word(names: tuple[str, ...], number: int) -> str:
@@ -200,15 +202,17 @@ def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
 
 
 def _add_keyed(families: Families, name: str, stats: Mapping[str, Any]) -> None:
-    """Groups whose entries are named by ids rather than counted from 0: I/O threads, resctrl monitors."""
-    iothread_specs = {field: spec for field, spec in IOTHREAD_FIELDS}
-    bandwidth_specs = {field: spec for field, spec in MEMORY_BANDWIDTH_FIELDS}
+    """Groups whose entries are named by ids rather than counted from 0: I/O threads, resctrl monitors.
+
+    Every key is looked at, so the cheap prefix test comes before the regular expression."""
     for key, value in stats.items():
-        if (match := _IOTHREAD_KEY.match(key)) and match.group(2) in iothread_specs:
-            families.add(iothread_specs[match.group(2)], (name, match.group(1)), value)
-        elif (match := _BANDWIDTH_KEY.match(key)) and match.group(3) in bandwidth_specs:
+        if not key.startswith(("iothread.", "memory.bandwidth.")):
+            continue
+        if (match := _IOTHREAD_KEY.match(key)) and match.group(2) in _IOTHREAD_SPECS:
+            families.add(_IOTHREAD_SPECS[match.group(2)], (name, match.group(1)), value)
+        elif (match := _BANDWIDTH_KEY.match(key)) and match.group(3) in _BANDWIDTH_SPECS:
             monitor = str(stats.get(f"memory.bandwidth.monitor.{match.group(1)}.name", match.group(1)))
-            families.add(bandwidth_specs[match.group(3)], (name, monitor, match.group(2)), value)
+            families.add(_BANDWIDTH_SPECS[match.group(3)], (name, monitor, match.group(2)), value)
 
 
 def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -> None:
