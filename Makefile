@@ -11,7 +11,7 @@ URI  = $(shell [ -S /run/libvirt/libvirt-sock-ro ] && virsh -r -c qemu:///system
          >/dev/null 2>&1 && echo qemu:///system || echo test:///default)
 ARGS =
 
-.PHONY: deps test lint run docs rules dashboards deb clean
+.PHONY: deps test lint run docs rules dashboards deb bench bench-real clean
 
 # deps: build packages, the venv and the project with its test extras. The stamp
 # makes a re-run free until pyproject.toml changes.
@@ -44,8 +44,8 @@ test: deps
 
 # lint: ruff's checks and formatting, mypy as configured in pyproject.toml.
 lint:
-	$(VENV)/bin/ruff check libvirt_exporter tests
-	$(VENV)/bin/ruff format --check libvirt_exporter tests
+	$(VENV)/bin/ruff check libvirt_exporter tests benchmarks
+	$(VENV)/bin/ruff format --check libvirt_exporter tests benchmarks
 	$(VENV)/bin/mypy
 
 # run: the exporter in the foreground, e.g. `make run ARGS=--web.listen-address=:9177`.
@@ -66,6 +66,17 @@ rules:
 dashboards: deps
 	$(VENV)/bin/pytest -q tests/unit/test_dashboards.py tests/unit/test_rules.py
 
+# bench: the exporter on a simulated hypervisor at 100, 500 and 2,000 domains, healthy and with
+# every tenth domain hung; prints one table of figures (docs/benchmarks.md), in under five minutes.
+bench: deps
+	$(VENV)/bin/python -m benchmarks.simulated
+
+# bench-real: this exporter against Debian's prometheus-libvirt-exporter on the system libvirtd,
+# with tiny real VMs; holds the shared libvirtd's lock while it runs (docs/benchmarks.md).
+bench-real: deps
+	flock /tmp/system-libvirtd.lock sh -c \
+	  'bash scripts/ensure-libvirtd.sh && $(VENV)/bin/python -m benchmarks.real_libvirt'
+
 # deb: dist/libvirt-exporter_<version>_<arch>.deb, a venv on Debian's python3 with the
 # systemd unit and /etc/default file (packaging/); installs its build packages as root.
 deb:
@@ -77,10 +88,6 @@ deb:
 image:
 	$(SUDO) bash scripts/build-image.sh
 
-# clean: remove the venv and every cache.
-clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 # chaos: faults at random and at once (VMs frozen, killed, created, destroyed, disks hot-plugged,
 # libvirtd restarted and frozen) on a private libvirtd, with every promise checked and a summary
 # table at the end, e.g. `make chaos DURATION=1h` (docs/reliability.md). `make test` runs 150 s.
@@ -90,3 +97,7 @@ chaos: deps
 	flock /tmp/system-libvirtd.lock bash scripts/ensure-libvirtd.sh  # installs libvirtd and QEMU
 	$(VENV)/bin/python -m tests.chaos --duration=$(DURATION) --every-kind
 
+# clean: remove the venv and every cache.
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
