@@ -1,8 +1,9 @@
 """The `block` sampler: statistics and capacity / allocation / physical size of every disk.
 
 Both calls need the domain's job and QEMU monitor, so on a frozen VM they hang: each domain gets
-its own call under its own deadline. A stuck call here is what the "block-info call stuck for N
-minutes" alert watches (`libvirt_domain_call_in_flight_seconds{sampler="block"}`).
+its own call under its own deadline, and none while the domain's monitor is stuck on another call.
+The "block-info calls stuck for N minutes" alert watches for a domain whose block values are stale
+while a call on it is outstanding (`libvirt_domain_call_in_flight_seconds`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class BlockSampler(DomainSampler):
 
     def run_cycle(self) -> None:
         self._require_connection()
-        active = [entry for entry in self._inventory.domains() if entry.active]
+        active = self._callable(entry for entry in self._inventory.domains() if entry.active)
         self._sample_each(
             (entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active
         )

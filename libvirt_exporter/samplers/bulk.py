@@ -83,15 +83,8 @@ class BulkSampler(DomainSampler):
 
     def _partition(self) -> tuple[list[DomainEntry], list[DomainEntry]]:
         """Domains with a free monitor, and with one busy for a moment; stuck ones are skipped."""
-        free, busy = [], []
-        for entry in self._inventory.domains():
-            if entry.monitor_free:
-                free.append(entry)
-            elif entry.monitor_busy_seconds < self.config.deadline:
-                busy.append(entry)
-            else:
-                self._store.count_failure(NAME, entry.name, Status.SKIPPED)
-        return free, busy
+        ready = self._callable(self._inventory.domains())
+        return [e for e in ready if e.monitor_free], [e for e in ready if not e.monitor_free]
 
     def _sample_host_wide(self, ready: list[DomainEntry]) -> list[DomainEntry]:
         """One call for all `ready` domains; returns the domains still to be sampled one by one."""

@@ -28,5 +28,5 @@ class JobSampler(DomainSampler):
 
     def run_cycle(self) -> None:
         self._require_connection()
-        running = [entry for entry in self._inventory.domains() if entry.job_running]
+        running = self._callable(entry for entry in self._inventory.domains() if entry.job_running)
         self._sample_each((entry.name, partial(read_job, entry.domain)) for entry in running)

@@ -13,7 +13,7 @@ from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
 from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.cycle import CycleFailed
-from libvirt_exporter.inventory import Inventory
+from libvirt_exporter.inventory import DomainEntry, Inventory
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.store import Sample, Store
 
@@ -39,6 +39,20 @@ class DomainSampler:
         self._inventory = inventory
         self._runner = runner
         self._store = store
+
+    def _callable(self, entries: Iterable[DomainEntry]) -> list[DomainEntry]:
+        """The entries whose QEMU monitor is free, or busy for a moment only. A monitor busy for
+        longer than the deadline is stuck on a call already (this sampler's or another's): a new
+        call would only wait for the domain's job, 30 s in libvirt, holding a thread and one of
+        libvirtd's workers meanwhile. So each hung VM holds one stuck call, not one per sampler;
+        the skip is counted and flags the values stale."""
+        ready = []
+        for entry in entries:
+            if entry.monitor_free or entry.monitor_busy_seconds < self.config.deadline:
+                ready.append(entry)
+            else:
+                self._store.count_failure(self.config.name, entry.name, Status.SKIPPED)
+        return ready
 
     def _require_connection(self) -> None:
         """A cycle while libvirtd is away fails as a whole."""

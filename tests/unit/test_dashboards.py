@@ -170,14 +170,18 @@ def test_queries_substitute_to_plain_promql(name: str) -> None:
         assert "$" not in substituted, f"{title}: {substituted}"
 
 
-def test_stuck_calls_panel_shows_outstanding_block_calls_and_is_empty_when_healthy() -> None:
+def test_stuck_calls_panel_shows_what_the_stuck_call_alert_fires_on_and_is_empty_when_healthy() -> None:
+    """Outstanding calls of any sampler on a VM whose block values are stale: the block sampler
+    sends no call to a VM whose monitor another sampler's call is stuck on (LibvirtBlockInfoCallStuck)."""
     health = DASHBOARDS["libvirt-exporter-health.json"]
     [stuck] = [panel for panel in panels(health) if panel["title"] == "Stuck calls"]
     [expr] = [target["expr"] for target in stuck["targets"]]
-    [(metric, matchers)] = selectors(expr)
-    assert metric == "libvirt_domain_call_in_flight_seconds"
-    assert ("sampler", "=", '"block"') in matchers
-    assert re.search(r"\}\s*>\s*0$", expr), expr
+    by_metric = dict(selectors(expr))
+    assert set(by_metric) == {"libvirt_domain_call_in_flight_seconds", "libvirt_domain_sample_stale"}
+    assert ("sampler", "=", '"block"') in by_metric["libvirt_domain_sample_stale"]
+    assert not any(name == "sampler" for name, _, _ in by_metric["libvirt_domain_call_in_flight_seconds"])
+    assert re.search(r"\)\s*>\s*0\s+and\s+on\s*\(instance, domain\)", expr), expr
+    assert re.search(r"==\s*1$", expr), expr
     assert markers(stuck) == {"empty_when_healthy": True}
     assert ("Stuck calls", expr, True) in panel_queries(health)
 

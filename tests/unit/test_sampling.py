@@ -10,7 +10,7 @@ import pytest
 
 from libvirt_exporter.calls import CallKey, CallRunner
 from libvirt_exporter.connection import Connection
-from tests.unit.conftest import Harness, Series, domains_in, make_config, parse, value, wait_for
+from tests.unit.conftest import DEADLINE, Harness, Series, domains_in, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError, FakeStoragePool
 
 
@@ -55,6 +55,7 @@ def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harnes
 
     host.thaw("b")
     wait_for(lambda: not exporter.runner.is_in_flight(CallKey("block", "b")))
+    harness.cycle(exporter.bulk)  # its survey sees b's monitor free again
     recovered = harness.cycle(exporter.block)
     assert value(recovered, "libvirt_domain_sample_stale", domain="b", sampler="block") == 0
     assert value(recovered, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block") == 0
@@ -215,6 +216,34 @@ def test_healthy_domains_stay_fresh_when_several_freeze_at_once(sampler: str) ->
             assert not stale(series, domain.name, sampler), f"{domain.name} went stale"
         timed_out = sum(value(series, timeouts, domain=d.name, sampler=sampler) or 0 for d in frozen)
         assert timed_out == len(frozen)
+    finally:
+        host.thaw_all()
+        exporter.stop()
+
+
+def test_each_hung_vm_holds_one_stuck_call_so_that_many_leave_the_healthy_fresh() -> None:
+    """A sampler sends no call to a VM whose monitor is stuck on another sampler's call: it would
+    only wait for the job and hold one more thread, and with more hung VMs than half the stuck-call
+    cap every call, the healthy VMs' too, would be refused."""
+    hung = [FakeDomain(f"hung{i}", i) for i in range(8)]
+    healthy = [FakeDomain(f"healthy{i}", 10 + i) for i in range(4)]
+    host = FakeHost(hung + healthy)
+    harness = Harness(host, make_config(max_stuck=10))  # fewer than two per hung VM
+    exporter = harness.exporter
+    try:
+        for domain in hung:
+            host.freeze(domain.name)
+        harness.cycle(exporter.bulk)  # the bulk calls find the hung VMs and get stuck on them
+        wait_for(lambda: all(time.monotonic() - d.monitor_busy_since > DEADLINE for d in hung))
+        harness.cycle(exporter.bulk)
+        series = harness.cycle(exporter.block)
+        assert exporter.runner.stuck_count() <= len(hung) + 1  # one each, and the host-wide call
+        assert not any(host.calls[(d.name, "blockStatsFlags")] for d in hung)
+        for domain in healthy:
+            for sampler in ("bulk", "block"):
+                assert not stale(series, domain.name, sampler), f"{domain.name} went stale ({sampler})"
+        for domain in hung:
+            assert stale(series, domain.name, "block")
     finally:
         host.thaw_all()
         exporter.stop()
