@@ -26,7 +26,8 @@ from tests.chaos.observe import Expectation, Watcher
 from tests.exposition import Series, domains_in, value
 from tests.integration.vms import DEADLINE, INTERVAL
 
-SCHEDULING_SLACK = 2.0
+SCHEDULING_SLACK = 3.0
+"""Measured: a frozen libvirtd noticed after 10.4 s (2 s + 6 s by design) at a load of 9 on 2 cores."""
 SAMPLERS = ("bulk", "block")
 VM_BOUND = DEADLINE + INTERVAL + SCHEDULING_SLACK
 """A fault a sampler sees: the next cycle starts within an interval, its call ends within a deadline."""

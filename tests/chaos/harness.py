@@ -216,7 +216,7 @@ class Run:
         try:
             record = FAULTS[kind](ctx)
         except Exception:
-            self.result.harness_errors.append(f"{kind}: {traceback.format_exc()}")
+            self.result.harness_errors.append(f"{kind} at {ctx.now():.0f} s: {traceback.format_exc()}")
             return
         if record is not None:
             self.result.records.append(record)

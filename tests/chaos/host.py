@@ -3,7 +3,8 @@
 Faults run in threads of their own, at once, so the host hands out VMs one fault at a time
 (`claim`) and keeps a gate between the faults that use libvirt's API (they share it) and the ones
 that take libvirtd down (they hold it alone): a harness call into a frozen or restarting libvirtd
-would only measure the harness. Signals to QEMU need no gate, and go on meanwhile.
+would only measure the harness. A freeze takes the shared side too (libvirtd cannot stop with
+SIGTERM while a QEMU is frozen, so none starts while it does); other signals to QEMU need no gate.
 """
 
 from __future__ import annotations

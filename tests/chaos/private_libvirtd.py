@@ -119,7 +119,7 @@ class PrivateLibvirtd:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, how)
-            wait_for(lambda: not process_exists(pid), LIBVIRTD_TIMEOUT_S, "the private libvirtd to exit")
+            wait_for(lambda: _all_threads_gone(pid), LIBVIRTD_TIMEOUT_S, "the private libvirtd to exit")
         self.start()
 
     def freeze(self) -> None:
@@ -132,6 +132,15 @@ class PrivateLibvirtd:
         if self.frozen_pid is not None and process_exists(self.frozen_pid):
             os.kill(self.frozen_pid, signal.SIGCONT)
         self.frozen_pid = None
+
+
+def _all_threads_gone(pid: int) -> bool:
+    """Whether every thread of `pid` has exited. Its main thread may exit first, a zombie to /proc,
+    while the others still hold libvirtd's pid file and sockets: a new libvirtd would fail then."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1 and not process_exists(pid)
+    except FileNotFoundError:
+        return True
 
 
 def start(workdir: Path) -> PrivateLibvirtd:
