@@ -108,8 +108,12 @@ def test_every_panel_shows_data_and_the_stuck_call_alert_names_the_frozen_vm(
     _assert_shows_data(prometheus, in_freeze, frozen.name, "with a VM frozen")
 
     # Killed, libvirtd drops the call stuck on the frozen VM (an error), and cycles fail until it
-    # is back. (SIGTERM would hang: libvirtd cannot shut down with a worker in a frozen monitor.)
-    libvirtd_control.restart(signal.SIGKILL)
+    # is back: it stays away until Prometheus has seen a cycle fail, however fast the restart.
+    # (SIGTERM would hang: libvirtd cannot shut down with a worker in a frozen monitor.)
+    cycle_failed = "increase(libvirt_sampler_errors_total[1m]) > 0"
+    libvirtd_control.restart(
+        signal.SIGKILL, while_down=lambda: query_until(prometheus, cycle_failed, bool, 60)
+    )
     in_restart = [q for q in faults if q[1] in SHOWN_WHILE_LIBVIRTD_RESTARTS]
     assert {title for _, title, _ in in_restart} == SHOWN_WHILE_LIBVIRTD_RESTARTS
     _assert_shows_data(prometheus, in_restart, frozen.name, "while libvirtd restarted")

@@ -370,9 +370,12 @@ class LibvirtdControl:
     uri: str
     frozen_pids: list[int] = field(default_factory=list)
 
-    def restart(self, how: signal.Signals = signal.SIGTERM) -> None:
-        """Stop libvirtd with `how`, wait until it is gone, start it again and wait until it
-        answers. Running transient VMs survive: the new libvirtd reconnects to them.
+    def restart(
+        self, how: signal.Signals = signal.SIGTERM, while_down: Callable[[], object] | None = None
+    ) -> None:
+        """Stop libvirtd with `how`, wait until it is gone, run `while_down` (what a test must see
+        while libvirtd is away), start it again and wait until it answers. Running transient VMs
+        survive: the new libvirtd reconnects to them.
 
         SIGTERM lets libvirtd shut down cleanly, which it cannot do while a worker waits on a
         frozen QEMU's monitor (it then hangs for good): kill it with SIGKILL in that case."""
@@ -385,6 +388,8 @@ class LibvirtdControl:
             LIBVIRTD_TIMEOUT_S,
             "libvirtd to exit",
         )
+        if while_down is not None:
+            while_down()
         subprocess.run(["libvirtd", "-d"], check=True)
         wait_for(lambda: libvirtd_answers(self.uri), LIBVIRTD_TIMEOUT_S, "libvirtd to answer")
 
