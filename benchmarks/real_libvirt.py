@@ -246,11 +246,13 @@ def measure_ours_frozen(workdir: Path, vms: list[TinyVM], args: argparse.Namespa
     with ours(workdir, args.interval) as process:
         wait_until_sampled(process, vms)
         frozen.freeze()
-        in_flight = f'libvirt_domain_call_in_flight_seconds{{domain="{frozen.name}",sampler="block"}} 0.0'
+        # The block or the bulk sampler's call gets stuck, whichever touches QEMU first; the block
+        # values go stale either way.
+        stale = f'libvirt_domain_sample_stale{{domain="{frozen.name}",sampler="block"}} 1.0'
         wait_for(
-            lambda: in_flight.encode() not in scrape_text(process),
+            lambda: stale.encode() in scrape_text(process),
             args.interval * 4,
-            "our exporter to see the frozen VM's block call stuck",
+            "our exporter to flag the frozen VM's block values stale",
         )
         results = scrape_for(process, args.scrapes, args.interval * 2)
         return Frozen(

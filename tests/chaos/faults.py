@@ -98,18 +98,22 @@ def _counter(series: Series, name: str, **labels: str) -> float:
 
 
 def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
-    """SIGSTOP a VM's QEMU: its block call times out, its values go stale, its call stays in flight."""
+    """SIGSTOP a VM's QEMU: a call on it times out and stays in flight, its block values go stale.
+    The stuck call is the block sampler's or the bulk sampler's, whichever touched QEMU first (the
+    other then sends none), as the stuck-call alert reads it."""
     chaos_vm = ctx.host.claim()
     if chaos_vm is None:
         return None
     name = chaos_vm.name
     timeouts = "libvirt_domain_sample_timeouts_total"
-    before = _counter(ctx.watcher.latest(), timeouts, domain=name, sampler="block")
+    before = sum(_counter(ctx.watcher.latest(), timeouts, domain=name, sampler=s) for s in SAMPLERS)
 
     def flagged(s: Series) -> bool:
-        stuck = value(s, "libvirt_domain_call_in_flight_seconds", domain=name, sampler="block") or 0
+        in_flight = "libvirt_domain_call_in_flight_seconds"
+        stuck = max(value(s, in_flight, domain=name, sampler=sampler) or 0 for sampler in SAMPLERS)
         stale = value(s, "libvirt_domain_sample_stale", domain=name, sampler="block") == 1
-        return stale and (_counter(s, timeouts, domain=name, sampler="block") > before or stuck >= DEADLINE)
+        timed_out = sum(_counter(s, timeouts, domain=name, sampler=sampler) for sampler in SAMPLERS)
+        return stale and (timed_out > before or stuck >= DEADLINE)
 
     try:
         seen = ctx.watcher.expect(flagged)
