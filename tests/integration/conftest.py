@@ -135,11 +135,14 @@ def guest_vm(libvirt_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     guest = build_guest_kernel(tmp_path_factory.mktemp("guest"))
     conn = open_connection(libvirt_uri)
     name = f"{DEFAULT_PREFIX}guest-{secrets.token_hex(3)}"
-    domain = start_guest_vm(conn, name, guest)
-    yield name
-    with contextlib.suppress(libvirt.libvirtError):
-        domain.destroy()
+    start_guest_vm(conn, name, guest)
     conn.close()
+    yield name
+    # A new connection: tests restart libvirtd, which closes any connection opened before.
+    with contextlib.suppress(libvirt.libvirtError):
+        conn = open_connection(libvirt_uri)
+        conn.lookupByName(name).destroy()
+        conn.close()
 
 
 # --- the exporter -----------------------------------------------------------------
