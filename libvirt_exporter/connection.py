@@ -15,6 +15,7 @@ import gevent.event
 import libvirt
 
 from libvirt_exporter.calls import CallKey, CallRunner, LateHandler, Outcome, Status
+from libvirt_exporter.cycle import CycleFailed
 from libvirt_exporter.libvirt_client import describe, open_read_only
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ class Connection:
     @property
     def up(self) -> bool:
         return self._current is not None
+
+    def require_up(self) -> None:
+        """A sampling cycle while libvirtd is away fails as a whole, rather than call by call."""
+        if self._current is None:
+            raise CycleFailed("not connected to libvirt")
 
     @property
     def host(self) -> HostInfo | None:

@@ -138,8 +138,7 @@ class Inventory:
             self._survey()
 
     def _survey(self) -> None:
-        if not self._connection.up:
-            raise CycleFailed("not connected to libvirt")
+        self._connection.require_up()
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
         outcome = self._connection.call(SURVEY, lambda conn: _survey(conn, known_ids), self._deadline)
         if outcome.status is not Status.OK or outcome.value is None:

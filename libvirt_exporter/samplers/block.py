@@ -59,7 +59,7 @@ class BlockSampler(DomainSampler):
         return [entry.name for entry in self._inventory.domains() if entry.active]
 
     def run_cycle(self) -> None:
-        self._require_connection()
+        self._connection.require_up()
         active = self._callable(entry for entry in self._inventory.domains() if entry.active)
         self._sample_each(
             (entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active

@@ -75,7 +75,7 @@ class BulkSampler(DomainSampler):
 
     def run_cycle(self) -> None:
         self._inventory.refresh()
-        self._require_connection()
+        self._connection.require_up()
         free, busy = self._partition()
         if free and not self._runner.is_in_flight(HOST_WIDE):
             free = self._sample_host_wide(free)

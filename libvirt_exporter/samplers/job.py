@@ -27,6 +27,6 @@ class JobSampler(DomainSampler):
         return [entry.name for entry in self._inventory.domains() if entry.job_running]
 
     def run_cycle(self) -> None:
-        self._require_connection()
+        self._connection.require_up()
         running = self._callable(entry for entry in self._inventory.domains() if entry.job_running)
         self._sample_each((entry.name, partial(read_job, entry.domain)) for entry in running)

@@ -12,7 +12,6 @@ import gevent
 from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
 from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.connection import Connection
-from libvirt_exporter.cycle import CycleFailed
 from libvirt_exporter.inventory import DomainEntry, Inventory
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.store import Sample, Store
@@ -53,11 +52,6 @@ class DomainSampler:
             else:
                 self._store.count_failure(self.config.name, entry.name, Status.SKIPPED)
         return ready
-
-    def _require_connection(self) -> None:
-        """A cycle while libvirtd is away fails as a whole."""
-        if not self._connection.up:
-            raise CycleFailed("not connected to libvirt")
 
     def _sample_each(self, reads: Iterable[tuple[str, Read]]) -> None:
         """Sample each (domain, read) at once, and return when each returned or timed out. A

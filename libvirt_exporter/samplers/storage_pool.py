@@ -52,8 +52,7 @@ class StoragePoolSampler:
         return []  # pools are not domains: their health is the sampler's own
 
     def run_cycle(self) -> None:
-        if not self._connection.up:
-            raise CycleFailed("not connected to libvirt")
+        self._connection.require_up()
         listed = self._connection.call(LIST, list_pools, self.config.deadline)
         if listed.status is not Status.OK or listed.value is None:
             raise CycleFailed(f"listing storage pools failed: {listed.error or listed.status.value}")
