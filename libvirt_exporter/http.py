@@ -121,8 +121,9 @@ class _RequestHeadTimeout(OSError, ValueError):
     and a ValueError so that it answers 400 once headers have begun, as for any bad request."""
 
 
-class _DeadlineHandler(WSGIHandler):  # type: ignore[misc]
-    """gevent's handler, with a deadline on each request's head (see REQUEST_HEAD_TIMEOUT).
+class _Handler(WSGIHandler):  # type: ignore[misc]
+    """gevent's handler, with a deadline on each request's head (see REQUEST_HEAD_TIMEOUT) and
+    without Nagle's algorithm (see `handle`).
 
     The deadline starts when the handler begins to wait for a request and ends when the request's
     head has been parsed and the app is about to answer; writing the answer is not limited.
@@ -165,7 +166,7 @@ def make_server(
     deadline too; done on accept, a client that never finishes it would hold its connection forever.
     """
     app = make_app(snapshot, telemetry_path, web_config)
-    handler = type("Handler", (_DeadlineHandler,), {"head_timeout": head_timeout})
+    handler = type("Handler", (_Handler,), {"head_timeout": head_timeout})
     tls: dict[str, Any] = {}
     if web_config and web_config.ssl_context:
         tls = {"ssl_context": web_config.ssl_context, "do_handshake_on_connect": False}
