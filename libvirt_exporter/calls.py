@@ -107,8 +107,8 @@ class CallRunner:
     _in_flight: dict[CallKey, Call] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        # One thread more than slots and stuck calls: for the one call that needs no slot.
-        self._pool = ThreadPool(self.max_concurrent + self.max_stuck + 1)
+        # Threads for the calls that need no slot too: the liveness probe and a fresh connection.
+        self._pool = ThreadPool(self.max_concurrent + self.max_stuck + 2)
         self._slots = BoundedSemaphore(self.max_concurrent)
 
     def in_flight(self) -> list[Call]:
@@ -150,8 +150,9 @@ class CallRunner:
         it waited for a slot: what it works on (which libvirt connection) is chosen then, not when
         it was asked for. A `bind` that raises makes an ERROR outcome.
 
-        `needs_slot=False` is for the one call that must not queue behind the calls it rescues
-        (opening a fresh connection while others wait); the pool keeps a thread for it.
+        `needs_slot=False` is for the connection's own two calls, which must not queue behind the
+        calls they serve: the liveness probe, and opening a fresh connection while calls wait for
+        it holding their slots. The pool keeps a thread for each.
         """
         if key in self._in_flight:
             return Outcome(Status.SKIPPED, call=self._in_flight[key])

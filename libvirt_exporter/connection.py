@@ -156,6 +156,7 @@ class Connection:
         deadline: float,
         on_late: LateHandler | None = None,
         on: Any = None,
+        needs_slot: bool = True,
     ) -> Outcome[T]:
         """Run `read(conn)` in a pool thread under `deadline`, and keep the books of `conn`.
 
@@ -183,7 +184,7 @@ class Connection:
             if on_late is not None:
                 on_late(outcome)
 
-        outcome = self._runner.run_bound(key, bind, deadline, on_late=returned_late)
+        outcome = self._runner.run_bound(key, bind, deadline, on_late=returned_late, needs_slot=needs_slot)
         if not bound:
             return outcome
         opened = bound[0]
@@ -233,7 +234,9 @@ class Connection:
     def _probe(self) -> None:
         opened = self._current
         assert opened is not None
-        outcome = self.call(PROBE, _lib_version, self._unresponsive_after, on=opened.conn)
+        # No slot: calls waiting for a fresh connection hold the slots, and libvirtd's freeze
+        # must be noticed all the same.
+        outcome = self.call(PROBE, _lib_version, self._unresponsive_after, on=opened.conn, needs_slot=False)
         if outcome.status is Status.TIMEOUT and opened is self._current:
             self.mark_down("unresponsive")
 
