@@ -107,8 +107,8 @@ class CallRunner:
     _in_flight: dict[CallKey, Call] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Threads for the calls that need no slot too: the liveness probe and a fresh connection.
-        self._pool = ThreadPool(self.max_concurrent + self.max_stuck + 2)
+        # A thread for the one call that needs no slot too: the liveness probe.
+        self._pool = ThreadPool(self.max_concurrent + self.max_stuck + 1)
         self._slots = BoundedSemaphore(self.max_concurrent)
 
     def in_flight(self) -> list[Call]:
@@ -130,13 +130,16 @@ class CallRunner:
         fn: Callable[[], T],
         deadline: float,
         on_late: LateHandler | None = None,
+        needs_slot: bool = True,
     ) -> Outcome[T]:
         """Run `fn` in a thread and wait for it at most `deadline` seconds once it has a thread.
 
         A call that returns after its deadline is handed to `on_late`, so that its values can still
-        be used where nothing fresher has arrived meanwhile.
+        be used where nothing fresher has arrived meanwhile. `needs_slot=False` is for the liveness
+        probe, which must not queue behind the calls whose libvirtd it watches; the pool keeps a
+        thread for it.
         """
-        return self.run_bound(key, lambda: fn, deadline, on_late)
+        return self.run_bound(key, lambda: fn, deadline, on_late, needs_slot)
 
     def run_bound(
         self,
@@ -149,10 +152,6 @@ class CallRunner:
         """As `run`, for a call whose function `bind` makes only when the call is dispatched, after
         it waited for a slot: what it works on (which libvirt connection) is chosen then, not when
         it was asked for. A `bind` that raises makes an ERROR outcome.
-
-        `needs_slot=False` is for the connection's own two calls, which must not queue behind the
-        calls they serve: the liveness probe, and opening a fresh connection while calls wait for
-        it holding their slots. The pool keeps a thread for each.
         """
         if key in self._in_flight:
             return Outcome(Status.SKIPPED, call=self._in_flight[key])

@@ -16,6 +16,7 @@ import libvirt
 
 from libvirt_exporter.calls import CallKey, CallRunner, LateHandler, Outcome, Status
 from libvirt_exporter.cycle import CycleFailed
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import describe, open_read_only
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ UNRESPONSIVE_AFTER_SECONDS = 6.0
 """How long a liveness probe may go unanswered before libvirtd counts as unreachable."""
 CONNECT = CallKey("connection")
 PROBE = CallKey("connection", "probe")
-FRESH = CallKey("connection", "fresh")
 
 Opener = Callable[[str], Any]
 DomainEventListener = Callable[[set[str]], None]
@@ -54,8 +54,7 @@ class _Opened:
     generation: int
     event_callbacks: tuple[int, ...]
     """Ids of its domain-event callbacks: each holds a reference that keeps the connection open."""
-    calls: int = 0
-    stuck: int = 0
+    probing: bool = False
 
 
 def _version_text(number: int) -> str:
@@ -87,23 +86,17 @@ class _CrossThreadSignal:
 
 
 class Connection:
-    """Keeps a libvirt connection open for the samplers and says whether libvirtd answers.
+    """Keeps libvirt connections open for the samplers and says whether libvirtd answers.
+
+    The *main* connection receives libvirt's close callback and the domain events, and carries the
+    liveness probe; the samplers' calls each run on a lane of their own (see lanes.py), opened under
+    the main connection and closed when it is lost.
 
     Liveness is probed by the exporter itself, not by libvirt's keepalive: measured on libvirt
     9.0, a keepalive timeout that closes a connection on which several calls wait crashes the
     client (SIGSEGV in its I/O loop). A probe unanswered for `unresponsive_after` seconds, a close
     callback (libvirtd exited), or a failed call on a connection that is no longer open, marks
     libvirtd unreachable; `run` then reopens with exponential backoff.
-
-    A connection that holds a stuck call is retired as well: measured on libvirt 9.0, while one
-    call waits on a frozen QEMU, other calls on the same connection now and then stall until the
-    next keepalive message (5 to 10 s), and every stuck call holds one of the 5 requests that
-    libvirtd serves a client at once. New calls go to a fresh connection; a retired one is closed once
-    none of the exporter's calls uses it any more (closing it under a waiting call is unsafe).
-    A call is given its connection only when it is dispatched (see `call`), so that the calls of a
-    cycle still waiting for a slot go to the fresh connection too, not to the retired one, where
-    they would queue behind the stuck calls (measured in the chaos runs: healthy VMs went stale
-    when several VMs froze at once).
     """
 
     def __init__(
@@ -124,10 +117,11 @@ class Connection:
         self._opener = opener
         self._on_change = on_change
         self._current: _Opened | None = None
-        self._opened: dict[Any, _Opened] = {}
         self._generation = 0
         self._ever_connected = False
-        self._retiring: gevent.Greenlet | None = None
+        self._idle_lanes: list[Lane] = []
+        self._closes = 0
+        self._checking_alive = False
         self.first_attempt_done = gevent.event.Event()
         self._close_signal = _CrossThreadSignal(self._closed_by_libvirt)
         self._event_signal = _CrossThreadSignal(lambda names: on_domain_events(set(names)))
@@ -145,56 +139,40 @@ class Connection:
     def host(self) -> HostInfo | None:
         return self._current.host if self._current else None
 
-    def current(self) -> Any:
-        """The virConnect for new calls, or None while libvirtd is unreachable."""
-        return self._current.conn if self._current else None
-
     def call(
         self,
         key: CallKey,
-        read: Callable[[Any], T],
+        read: Callable[[Lane], T],
         deadline: float,
         on_late: LateHandler | None = None,
-        on: Any = None,
-        needs_slot: bool = True,
     ) -> Outcome[T]:
-        """Run `read(conn)` in a pool thread under `deadline`, and keep the books of `conn`.
+        """Run `read(lane)` in a pool thread under `deadline`, on a lane no other call uses.
 
-        `conn` is `on` when given (a call on handles that belong to one connection), else the
-        connection that is current when the call is dispatched; while a stuck connection is being
-        retired, dispatching waits for the fresh one. Not connected then: an ERROR outcome.
+        The lane is taken when the call is dispatched, from the idle ones or opened by the call's
+        thread (under the call's deadline: opening hangs on a frozen libvirtd like any call). Not
+        connected then: an ERROR outcome.
         """
-        bound: list[_Opened] = []
+        held: list[Lane] = []
 
         def bind() -> Callable[[], T]:
-            if on is None and self._retiring is not None:
-                self._retiring.join()  # bounded: opening the fresh connection has a deadline
-            opened = self._opened.get(on) if on is not None else self._current
-            if opened is None and on is None:
+            if self._current is None:
                 raise ConnectionError("not connected to libvirt")
-            if opened is not None:
-                opened.calls += 1
-                bound.append(opened)
-            return partial(read, opened.conn if opened is not None else on)
+            return partial(self._run_on_lane, self._idle_lane(), self._current.generation, held, read)
 
         def returned_late(outcome: Outcome[Any]) -> None:
-            if bound:
-                bound[0].stuck -= 1
-                self._call_ended(bound[0], outcome)
+            self._call_ended(held, outcome)
             if on_late is not None:
                 on_late(outcome)
 
-        outcome = self._runner.run_bound(key, bind, deadline, on_late=returned_late, needs_slot=needs_slot)
-        if not bound:
-            return outcome
-        opened = bound[0]
-        if outcome.status is Status.TIMEOUT:
-            opened.stuck += 1
-            if opened is self._current and self._retiring is None:
-                self._retiring = gevent.spawn(self._retire_stuck, opened)
-        else:
-            self._call_ended(opened, outcome)
+        outcome = self._runner.run_bound(key, bind, deadline, on_late=returned_late)
+        if outcome.status is not Status.TIMEOUT:
+            self._call_ended(held, outcome)
         return outcome
+
+    def keep_domains(self, uuids: set[bytes]) -> None:
+        """After a survey: idle lanes forget the handles of domains not in it."""
+        for lane in self._idle_lanes:
+            lane.keep_only(uuids)
 
     def run(self) -> None:
         """Open the connection and probe it while it is up; reopen it when it is not: forever."""
@@ -210,7 +188,7 @@ class Connection:
 
     def connect_once(self) -> bool:
         """One attempt to open the connection; True when it is up."""
-        opened = self._open_new(CONNECT)
+        opened = self._open_new()
         self.first_attempt_done.set()
         if opened is None:
             return False
@@ -228,83 +206,107 @@ class Connection:
             return
         log.warning("libvirt connection lost", extra={"fields": {"uri": self.uri, "reason": reason}})
         lost, self._current = self._current, None
-        self._close_if_unused(lost)
+        self._close_main_unless_probing(lost)
+        for lane in self._idle_lanes:
+            self._close(lane.conn.close)
+        self._idle_lanes.clear()
         self._on_change()
 
     def _probe(self) -> None:
+        """Takes no slot: libvirtd's freeze must be noticed even while every slot is taken."""
         opened = self._current
         assert opened is not None
-        # No slot: calls waiting for a fresh connection hold the slots, and libvirtd's freeze
-        # must be noticed all the same.
-        outcome = self.call(PROBE, _lib_version, self._unresponsive_after, on=opened.conn, needs_slot=False)
-        if outcome.status is Status.TIMEOUT and opened is self._current:
-            self.mark_down("unresponsive")
+        opened.probing = True
+        outcome = self._runner.run(
+            PROBE,
+            opened.conn.getLibVersion,
+            self._unresponsive_after,
+            on_late=lambda _: self._probe_ended(opened),
+            needs_slot=False,
+        )
+        if outcome.status is Status.TIMEOUT:
+            if opened is self._current:
+                self.mark_down("unresponsive")
+        else:
+            self._probe_ended(opened)
 
-    def _call_ended(self, opened: _Opened, outcome: Outcome[Any]) -> None:
-        opened.calls -= 1
-        if outcome.status is Status.ERROR and opened is self._current:
-            gevent.spawn(self._mark_down_unless_open, opened)
-        self._close_if_unused(opened)
+    def _probe_ended(self, opened: _Opened) -> None:
+        opened.probing = False
+        if opened is not self._current:
+            self._close_main_unless_probing(opened)
+
+    def _idle_lane(self) -> Lane | None:
+        """An idle lane of the current connection, or None: the call's thread opens one."""
+        return self._idle_lanes.pop() if self._idle_lanes else None
+
+    def _run_on_lane(
+        self, lane: Lane | None, generation: int, held: list[Lane], read: Callable[[Lane], T]
+    ) -> T:
+        """Runs in a pool thread."""
+        if lane is None:
+            lane = Lane(self._opener(self.uri), generation)
+        held.append(lane)
+        try:
+            return read(lane)
+        except Exception:
+            lane.note_failure()
+            raise
+
+    def _call_ended(self, held: list[Lane], outcome: Outcome[Any]) -> None:
+        """Give the lane back, unless its connection failed or is of a lost main connection, or
+        enough lanes are idle already (calls stuck meanwhile opened more). A failed call may
+        mean that libvirtd is gone: the main connection is asked."""
+        lane = held[0] if held else None
+        current = self._current
+        if lane is not None:
+            reusable = not lane.broken and current is not None and lane.generation == current.generation
+            if reusable and len(self._idle_lanes) < self._runner.max_concurrent:
+                self._idle_lanes.append(lane)
+            else:
+                self._close(lane.conn.close)
+        if outcome.status is Status.ERROR and current is not None and not self._checking_alive:
+            self._checking_alive = True
+            gevent.spawn(self._mark_down_unless_open, current)
 
     def _mark_down_unless_open(self, opened: _Opened) -> None:
         """A failed call may mean a closed connection whose close callback libvirt has not run
         yet (it waits for the threads that use the connection): ask the connection itself."""
-        outcome = self._runner.run(CallKey("connection", "alive"), opened.conn.isAlive, self._deadline)
-        if outcome.status is Status.OK and not outcome.value and opened is self._current:
-            self.mark_down("closed")
-
-    def _retire_stuck(self, stuck: _Opened) -> None:
-        """Runs as `self._retiring`, once however many calls get stuck at the same moment."""
         try:
-            self._move_to_fresh(stuck)
+            outcome = self._runner.run(CallKey("connection", "alive"), opened.conn.isAlive, self._deadline)
+            if outcome.status is Status.OK and not outcome.value and opened is self._current:
+                self.mark_down("closed")
         finally:
-            self._retiring = None
+            self._checking_alive = False
 
-    def _move_to_fresh(self, stuck: _Opened) -> None:
-        """Move new calls to a fresh connection while `stuck` holds a stuck call. Opening it takes
-        no slot: it must not queue behind the calls that wait for it."""
-        fresh = self._open_new(FRESH, needs_slot=False)
-        if fresh is None:
-            return  # keep the current connection; the next stuck call tries again
-        if self._current is not stuck:  # it was lost meanwhile, and `run` takes care of that
-            self._close_if_unused(fresh)
-            return
-        self._current = fresh
-        log.info("moved to a fresh libvirt connection: a call is stuck on the previous one")
-        self._close_if_unused(stuck)
-        self._on_change()
-
-    def _open_new(self, key: CallKey, needs_slot: bool = True) -> _Opened | None:
-        """Open a connection in a pool thread: opening hangs on a frozen libvirtd like any call.
-        One that opens only after its deadline is closed again."""
+    def _open_new(self) -> _Opened | None:
+        """Open the main connection in a pool thread: opening hangs on a frozen libvirtd like any
+        call. One that opens only after its deadline is closed again."""
         self._generation += 1
         generation = self._generation
-        outcome = self._runner.run_bound(
-            key,
-            lambda: lambda: self._open(generation),
-            self._deadline,
-            on_late=self._close_late_opened,
-            needs_slot=needs_slot,
+        outcome = self._runner.run(
+            CONNECT, partial(self._open, generation), self._deadline, on_late=self._close_late_opened
         )
         if outcome.status is not Status.OK or outcome.value is None:
             reason = describe(outcome.error) if outcome.error else outcome.status.value
             log.warning("cannot connect to libvirt", extra={"fields": {"uri": self.uri, "err": reason}})
             return None
         opened: _Opened = outcome.value
-        self._opened[opened.conn] = opened
         return opened
 
     def _close_late_opened(self, outcome: Outcome[Any]) -> None:
         if outcome.status is Status.OK and outcome.value is not None:
-            self._opened[outcome.value.conn] = outcome.value
-            self._close_if_unused(outcome.value)
+            self._close_main_unless_probing(outcome.value)
 
-    def _close_if_unused(self, opened: _Opened) -> None:
-        if opened is self._current or opened.calls > 0 or opened.conn not in self._opened:
-            return
-        del self._opened[opened.conn]
-        key = CallKey("connection", f"close-{opened.generation}")
-        gevent.spawn(self._runner.run, key, lambda: _close(opened), self._deadline)
+    def _close_main_unless_probing(self, opened: _Opened) -> None:
+        """Closing a connection under a call that waits on it is unsafe: the probe's ends first."""
+        if not opened.probing:
+            self._close(partial(_close_main, opened))
+
+    def _close(self, close: Callable[[], Any]) -> None:
+        """Close a connection in a pool thread: closing waits on libvirtd too."""
+        self._closes += 1
+        key = CallKey("connection", f"close-{self._closes}")
+        gevent.spawn(self._runner.run, key, close, self._deadline)
 
     def _open(self, generation: int) -> _Opened:
         """Runs in a pool thread."""
@@ -353,12 +355,7 @@ class Connection:
                 self.mark_down(reasons.get(reason, "error"))
 
 
-def _lib_version(conn: Any) -> int:
-    version: int = conn.getLibVersion()
-    return version
-
-
-def _close(opened: _Opened) -> None:
+def _close_main(opened: _Opened) -> None:
     """Runs in a pool thread. Unhook the callbacks first, so that none runs on a closed handle and
     none keeps the connection open: each holds a reference to it, and libvirt closes its socket
     only when the last reference goes (a libvirtd restart otherwise leaks a socket or an eventfd).

@@ -20,6 +20,7 @@ from libvirt_exporter.calls import CallKey, Outcome, Status
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.cycle import CycleFailed
 from libvirt_exporter.domain_xml import DomainDescription, parse_domain_xml
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import describe, is_missing_domain
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ _MONITOR_FREE_STATES = (libvirt.VIR_DOMAIN_CONTROL_OK, libvirt.VIR_DOMAIN_CONTRO
 class DomainEntry:
     name: str
     domain: Any
-    """The virDomain of the connection the survey ran on; calls use `handle_on`."""
+    """The virDomain of the lane the survey ran on; calls use `Lane.domain`."""
     id: int
     monitor_free: bool
     monitor_busy_seconds: float
@@ -52,6 +53,7 @@ class _Surveyed:
     name: str
     domain: Any
     id: int
+    uuid: bytes
     control: list[int] | None
     xml: str | None
 
@@ -66,19 +68,10 @@ def _control_info(dom: Any) -> list[int] | None:
         return None  # unsupported by the driver, or unknown: treat the monitor as free
 
 
-def handle_on(conn: Any, domain: Any) -> Any:
-    """Runs in a pool thread: `domain`'s handle on `conn`. A call may be given a fresher connection
-    than the survey's (see Connection.call); it looks the domain up there by UUID, which libvirtd
-    answers without the domain's job or QEMU."""
-    if domain.connect() is conn:
-        return domain
-    return conn.lookupByUUID(domain.UUID())
-
-
-def _survey(conn: Any, known_ids: dict[str, int]) -> list[_Surveyed]:
+def _survey(lane: Lane, known_ids: dict[str, int]) -> list[_Surveyed]:
     """Runs in a pool thread. `known_ids` maps names to the domain id their XML was read at."""
     surveyed = []
-    for dom in conn.listAllDomains(0):
+    for dom in lane.conn.listAllDomains(0):
         try:
             name, dom_id = dom.name(), dom.ID()
             control = _control_info(dom) if dom_id >= 0 else None
@@ -87,7 +80,7 @@ def _survey(conn: Any, known_ids: dict[str, int]) -> list[_Surveyed]:
             if not is_missing_domain(error):
                 log.warning("cannot survey domain", extra={"fields": {"err": describe(error)}})
             continue
-        surveyed.append(_Surveyed(name, dom, dom_id, control, xml))
+        surveyed.append(_Surveyed(name, dom, dom_id, dom.UUID(), control, xml))
     return surveyed
 
 
@@ -140,10 +133,11 @@ class Inventory:
     def _survey(self) -> None:
         self._connection.require_up()
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
-        outcome = self._connection.call(SURVEY, lambda conn: _survey(conn, known_ids), self._deadline)
+        outcome = self._connection.call(SURVEY, lambda lane: _survey(lane, known_ids), self._deadline)
         if outcome.status is not Status.OK or outcome.value is None:
             raise CycleFailed(f"listing domains failed: {_why(outcome)}")
         self._replace(outcome.value)
+        self._connection.keep_domains({seen.uuid for seen in outcome.value})
 
     def _replace(self, surveyed: list[_Surveyed]) -> None:
         entries = {}

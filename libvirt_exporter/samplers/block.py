@@ -15,7 +15,8 @@ from typing import Any
 import libvirt
 
 from libvirt_exporter.domain_xml import Disk
-from libvirt_exporter.inventory import DomainEntry, handle_on
+from libvirt_exporter.inventory import DomainEntry
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import is_unsupported
 from libvirt_exporter.samplers.per_domain import DomainSampler
 
@@ -35,9 +36,9 @@ def _io_counters(domain: Any, target: str) -> dict[str, int]:
     return dict(zip(_BLOCK_STATS_FIELDS, domain.blockStats(target), strict=True))
 
 
-def read_disks(domain: Any, disks: tuple[Disk, ...], conn: Any) -> dict[str, Mapping[str, int]]:
+def read_disks(domain: Any, disks: tuple[Disk, ...], lane: Lane) -> dict[str, Mapping[str, int]]:
     """Runs in a pool thread: per disk target, its I/O counters and its sizes in bytes."""
-    domain = handle_on(conn, domain)
+    domain = lane.domain(domain)
     by_target: dict[str, Mapping[str, int]] = {}
     for disk in disks:
         stats = _io_counters(domain, disk.target)

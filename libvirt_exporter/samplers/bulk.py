@@ -24,7 +24,8 @@ from typing import Any
 import libvirt
 
 from libvirt_exporter.calls import CallKey, Outcome, Status
-from libvirt_exporter.inventory import DomainEntry, handle_on
+from libvirt_exporter.inventory import DomainEntry
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.samplers.per_domain import DomainSampler
 from libvirt_exporter.store import Sample
@@ -54,16 +55,17 @@ def stat_groups(collectors: frozenset[str]) -> int:
     return int(groups)
 
 
-def read_stats(domains: list[Any], groups: int, conn: Any) -> dict[str, Mapping[str, Any]]:
+def read_stats(domains: list[Any], groups: int, lane: Lane) -> dict[str, Mapping[str, Any]]:
     """Runs in a pool thread: the stat groups of `domains`, by name, without waiting for jobs."""
-    handles = [handle_on(conn, domain) for domain in domains]
-    records = conn.domainListGetStats(handles, groups, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+    handles = [lane.domain(domain) for domain in domains]
+    nowait = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+    records = lane.conn.domainListGetStats(handles, groups, nowait)
     return {dom.name(): stats for dom, stats in records}
 
 
-def read_domain_stats(domain: Any, groups: int, conn: Any) -> Mapping[str, Any]:
+def read_domain_stats(domain: Any, groups: int, lane: Lane) -> Mapping[str, Any]:
     """Runs in a pool thread: the stat groups of one domain, waiting for its job if need be."""
-    return next((stats for _, stats in conn.domainListGetStats([handle_on(conn, domain)], groups, 0)), {})
+    return next((stats for _, stats in lane.conn.domainListGetStats([lane.domain(domain)], groups, 0)), {})
 
 
 class BulkSampler(DomainSampler):

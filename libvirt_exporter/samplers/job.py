@@ -10,15 +10,15 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from libvirt_exporter.inventory import handle_on
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.samplers.per_domain import DomainSampler
 
 NAME = "job"
 
 
-def read_job(domain: Any, conn: Any) -> Mapping[str, Any]:
+def read_job(domain: Any, lane: Lane) -> Mapping[str, Any]:
     """Runs in a pool thread."""
-    stats: Mapping[str, Any] = handle_on(conn, domain).jobStats(0)
+    stats: Mapping[str, Any] = lane.domain(domain).jobStats(0)
     return stats
 
 

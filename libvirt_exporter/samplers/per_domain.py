@@ -13,13 +13,14 @@ from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
 from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.inventory import DomainEntry, Inventory
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.store import Sample, Store
 
 log = logging.getLogger(__name__)
 
-Read = Callable[[Any], Mapping[str, Any]]
-"""Reads one domain's values on the connection it is given (see Connection.call)."""
+Read = Callable[[Lane], Mapping[str, Any]]
+"""Reads one domain's values on the lane it is given (see Connection.call)."""
 
 
 class DomainSampler:

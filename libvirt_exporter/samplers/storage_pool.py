@@ -16,21 +16,21 @@ from libvirt_exporter.calls import CallKey, Outcome, Status
 from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.connection import Connection
 from libvirt_exporter.cycle import CycleFailed
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.store import Sample, Store
 
 NAME = "storage_pool"
 LIST = CallKey(NAME)
 
 
-def list_pools(conn: Any) -> tuple[Any, list[tuple[str, Any]]]:
-    """Runs in a pool thread: (name, virStoragePool) of every pool, active or not, and the
-    connection their handles belong to."""
-    return conn, [(pool.name(), pool) for pool in conn.listAllStoragePools(0)]
+def list_pools(lane: Lane) -> list[str]:
+    """Runs in a pool thread: the name of every pool, active or not."""
+    return [pool.name() for pool in lane.conn.listAllStoragePools(0)]
 
 
-def read_pool(pool: Any, _conn: Any) -> dict[str, int]:
-    """Runs in a pool thread: virStoragePoolGetInfo."""
-    state, capacity, allocation, available = pool.info()
+def read_pool(name: str, lane: Lane) -> dict[str, int]:
+    """Runs in a pool thread: virStoragePoolGetInfo, on a pool looked up on the call's own lane."""
+    state, capacity, allocation, available = lane.conn.storagePoolLookupByName(name).info()
     return {"state": state, "capacity": capacity, "allocation": allocation, "available": available}
 
 
@@ -56,16 +56,14 @@ class StoragePoolSampler:
         listed = self._connection.call(LIST, list_pools, self.config.deadline)
         if listed.status is not Status.OK or listed.value is None:
             raise CycleFailed(f"listing storage pools failed: {listed.error or listed.status.value}")
-        conn, pools = listed.value[0], dict(listed.value[1])
-        self._listed = set(pools)
+        self._listed = set(listed.value)
         self._store.forget(self.pools.keys() - self._listed)
-        gevent.joinall([gevent.spawn(self._sample, conn, name, pool) for name, pool in pools.items()])
+        gevent.joinall([gevent.spawn(self._sample, name) for name in listed.value])
 
-    def _sample(self, conn: Any, name: str, pool: Any) -> None:
-        key = CallKey(NAME, name)
+    def _sample(self, name: str) -> None:
         take = partial(self._take, name)
-        read = partial(read_pool, pool)
-        take(self._connection.call(key, read, self.config.deadline, on_late=take, on=conn))
+        read = partial(read_pool, name)
+        take(self._connection.call(CallKey(NAME, name), read, self.config.deadline, on_late=take))
 
     def _take(self, name: str, outcome: Outcome[Any]) -> None:
         """Values of a pool still listed; a late result never replaces a newer one (Store.offer)."""

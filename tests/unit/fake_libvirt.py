@@ -6,16 +6,18 @@ domain is thawed, whoever holds its job makes NOWAIT stats calls answer at once 
 stats, and control info reports the monitor as occupied while a call waits in it. libvirtd serves
 at most MAX_CLIENT_REQUESTS calls of one connection at once (its `max_client_requests`), so calls
 stuck on frozen domains make the connection's other calls wait. Every call is counted per domain
-and method, so that tests can check that no second call was sent.
+and method, so that tests can check that no second call was sent, and each connection records
+the most calls it carried at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +227,9 @@ class FakeConnection:
         """The requests of this connection libvirtd serves at once."""
         self.served: Counter[str] = Counter()
         """Calls served on this connection, by domain."""
+        self.in_flight = 0
+        self.most_in_flight = 0
+        """The most domain calls this connection carried at the same moment."""
         self.close_callbacks: list[tuple[Callable[..., None], Any]] = []
         self.event_registrations: dict[int, tuple[int, Callable[..., None]]] = {}
         """Callback id -> (event id, callback), as domainEventRegisterAny returned them."""
@@ -233,8 +238,20 @@ class FakeConnection:
         with self.host.lock:
             self.host.calls[(domain, method)] += 1
 
+    @contextlib.contextmanager
+    def carrying(self) -> Iterator[None]:
+        """A domain call is on this connection for as long as this lasts."""
+        with self.host.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self.host.lock:
+                self.in_flight -= 1
+
     def check(self, domain: FakeDomain, method: str) -> None:
-        with self.requests:  # waits while stuck calls hold every request libvirtd serves us
+        with self.carrying(), self.requests:  # waits while stuck calls hold every request we may send
             self.served[domain.name] += 1
         self.host.responsive.wait()
         if not self.alive:
@@ -252,7 +269,7 @@ class FakeConnection:
             domain.monitor_waiters += 1
             if domain.monitor_waiters == 1:
                 domain.monitor_busy_since = time.monotonic()
-        with self.requests:
+        with self.carrying(), self.requests:
             domain.frozen.wait()
         with self.host.lock:
             domain.job_holders -= 1
@@ -270,6 +287,7 @@ class FakeConnection:
         wanted = str(uuid.UUID(bytes=raw_uuid))
         for domain in list(self.host.domains.values()):
             if domain.uuid == wanted:
+                self.count(domain.name, "lookupByUUID")
                 return FakeVirDomain(self, domain)
         raise FakeLibvirtError("Domain not found", libvirt.VIR_ERR_NO_DOMAIN)
 
@@ -293,6 +311,13 @@ class FakeConnection:
         with self.host.lock:
             self.host.calls[("*", "listAllStoragePools")] += 1
         return list(self.host.pools)
+
+    def storagePoolLookupByName(self, name: str) -> FakeStoragePool:
+        self.host.responsive.wait()
+        for pool in list(self.host.pools):
+            if pool.pool_name == name:
+                return pool
+        raise FakeLibvirtError("Storage pool not found", libvirt.VIR_ERR_NO_STORAGE_POOL)
 
     def registerCloseCallback(self, cb: Callable[..., None], opaque: Any) -> None:
         self.close_callbacks.append((cb, opaque))

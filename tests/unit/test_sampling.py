@@ -179,21 +179,38 @@ def test_closed_connection_sets_up_to_zero_and_reconnect_restores_it(harness: Ha
     runner.kill()
 
 
-def test_a_stuck_call_moves_new_calls_to_a_fresh_connection(harness: Harness) -> None:
-    """libvirt stalls calls on a connection that holds a stuck one (measured): leave it."""
+def test_a_stuck_call_keeps_its_connection_to_itself(harness: Harness) -> None:
+    """libvirt stalls calls on a connection that holds a stuck one (measured): no call shares its
+    connection with another, so none waits behind a stuck call."""
     exporter, host = harness.exporter, harness.host
-    first = exporter.connection.current()
     host.freeze("b")
     harness.cycle(exporter.block)
-    wait_for(lambda: exporter.connection.current() is not first)
-    series = harness.cycle(exporter.bulk)
-    assert exporter.connection.current().served["a"] > 0, "new calls went to the stuck connection"
-    assert first.alive, "closed while its stuck call had not returned"
-    assert value(series, "libvirt_up") == 1
+    (stuck_on,) = [conn for conn in host.open_connections() if conn.in_flight]
+    served_while_stuck = stuck_on.served.copy()
+    for _ in range(3):
+        harness.cycle(exporter.bulk)
+        series = harness.cycle(exporter.block)
+    assert stuck_on.served == served_while_stuck, "a call went to the connection of the stuck call"
+    assert max(conn.most_in_flight for conn in host.connections) == 1
+    assert not stale(series, "a", "block") and not stale(series, "c", "block")
     assert value(series, "libvirt_connection_reconnects_total") == 0
+    assert stuck_on.alive, "closed under its stuck call"
     host.thaw("b")
-    wait_for(lambda: not first.alive)
-    assert host.open_connections() == [exporter.connection.current()]
+    wait_for(lambda: not exporter.runner.in_flight())
+    open_lanes = len(host.open_connections()) - 1  # the main connection carries no sampler call
+    assert open_lanes <= exporter.runner.max_concurrent
+
+
+def test_domains_are_looked_up_once_per_connection(harness: Harness) -> None:
+    """A call's connection is mostly not the survey's, so it looks its domain up by UUID: once, not
+    at every call."""
+    exporter, host = harness.exporter, harness.host
+    for _ in range(5):
+        harness.cycle(exporter.bulk)
+        harness.cycle(exporter.block)
+    lanes = len(host.connections) - 1
+    lookups = [host.calls[(name, "lookupByUUID")] for name in host.domains]
+    assert sum(lookups) > 0 and max(lookups) <= lanes
 
 
 @pytest.mark.parametrize("sampler", ["block", "bulk"])
@@ -361,14 +378,14 @@ def test_healthy_values_stay_fresh_while_the_host_wide_call_waits_on_a_newly_fro
         assert not stale(series, "a", "bulk") and not stale(series, "c", "bulk")
 
 
-def test_calls_stuck_at_the_same_moment_open_one_fresh_connection_and_log_no_failure(
+def test_calls_stuck_at_the_same_moment_each_keep_one_connection_and_log_no_failure(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     exporter, host = harness.exporter, harness.host
-    first = exporter.connection.current()
     host.freeze("a")
     host.freeze("b")
-    harness.cycle(exporter.block)  # both calls run past their deadline together
-    wait_for(lambda: exporter.connection.current() is not first)
-    assert len(host.open_connections()) == 2  # the stuck one, and one fresh for new calls
-    assert "cannot connect" not in caplog.text
+    series = harness.cycle(exporter.block)  # both calls run past their deadline together
+    assert len([conn for conn in host.open_connections() if conn.in_flight]) == 2
+    assert not stale(series, "c", "block")
+    assert value(series, "libvirt_up") == 1
+    assert "cannot connect" not in caplog.text and "connection lost" not in caplog.text
