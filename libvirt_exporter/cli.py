@@ -87,14 +87,15 @@ def _parser() -> argparse.ArgumentParser:
         dest="max_concurrent",
         type=int,
         default=4,
-        help="libvirt calls within their deadline at once (libvirtd serves 5 per client by default)",
+        help="libvirt calls within their deadline at once (each takes one of libvirtd's workers)",
     )
     parser.add_argument(
         "--sampler.max-stuck-calls",
         dest="max_stuck",
         type=int,
-        default=64,
-        help="threads that calls stuck past their deadline may hold before new calls are skipped",
+        default=12,
+        help="threads that calls stuck past their deadline may hold before new calls are skipped; "
+        "each also holds one of libvirtd's workers (20 by default, shared by every client)",
     )
     parser.add_argument(
         "--libvirt.include-inactive",

@@ -145,8 +145,10 @@ class Connection:
         read: Callable[[Lane], T],
         deadline: float,
         on_late: LateHandler | None = None,
+        one_per_domain: bool = False,
     ) -> Outcome[T]:
-        """Run `read(lane)` in a pool thread under `deadline`, on a lane no other call uses.
+        """Run `read(lane)` in a pool thread under `deadline`, on a lane no other call uses
+        (`one_per_domain` as for CallRunner.run_bound).
 
         The lane is taken when the call is dispatched, from the idle ones or opened by the call's
         thread (under the call's deadline: opening hangs on a frozen libvirtd like any call). Not
@@ -164,7 +166,7 @@ class Connection:
             if on_late is not None:
                 on_late(outcome)
 
-        outcome = self._runner.run_bound(key, bind, deadline, on_late=returned_late)
+        outcome = self._runner.run_bound(key, bind, deadline, returned_late, one_per_domain=one_per_domain)
         if outcome.status is not Status.TIMEOUT:
             self._call_ended(held, outcome)
         return outcome

@@ -65,6 +65,7 @@ class DomainSampler:
             read,
             self.config.deadline,
             on_late=lambda late: self._record_late(domain, late),
+            one_per_domain=True,
         )
         self._record(domain, outcome)
 

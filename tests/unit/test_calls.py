@@ -68,3 +68,50 @@ def test_calls_that_waited_for_a_slot_while_others_got_stuck_are_skipped_not_wed
         assert runner.stuck_count() == 2
     finally:
         gate.set()
+
+
+def test_one_call_per_domain_at_a_time_whichever_sampler_sends_it() -> None:
+    """Two samplers' calls on one domain take turns: the second waits for the first, then runs."""
+    runner = CallRunner(max_concurrent=4, max_stuck=4)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def first() -> str:
+        gate.wait()
+        order.append("bulk")
+        return "bulk"
+
+    def second() -> str:
+        order.append("block")
+        return "block"
+
+    bulk = gevent.spawn(runner.run_bound, CallKey("bulk", "a"), lambda: first, 5.0, one_per_domain=True)
+    gevent.sleep(0)  # the bulk call is dispatched
+    block = gevent.spawn(runner.run_bound, CallKey("block", "a"), lambda: second, 5.0, one_per_domain=True)
+    other = runner.run_bound(CallKey("block", "b"), lambda: lambda: "b", 5.0, one_per_domain=True)
+    assert other.status is Status.OK, "a call on another domain does not wait"
+    assert not block.dead, "the block call on the same domain waits for the bulk call"
+    gate.set()
+    gevent.joinall([bulk, block])
+    assert order == ["bulk", "block"] and block.value.status is Status.OK
+
+
+def test_a_domain_whose_call_is_stuck_gets_no_call_from_another_sampler() -> None:
+    """On a hung QEMU a second call would only wait 30 s for the domain's job, holding a thread
+    of ours and a worker of libvirtd's."""
+    runner = CallRunner(max_concurrent=4, max_stuck=4)
+    gate = threading.Event()
+    sent: list[str] = []
+    try:
+        stuck = runner.run_bound(CallKey("bulk", "a"), lambda: gate.wait, 0.05, one_per_domain=True)
+        assert stuck.status is Status.TIMEOUT
+        second = runner.run_bound(
+            CallKey("block", "a"), lambda: lambda: sent.append("block"), 5.0, one_per_domain=True
+        )
+        assert second.status is Status.SKIPPED and second.call is stuck.call
+        assert sent == [] and runner.stuck_count() == 1
+    finally:
+        gate.set()
+    wait_for(lambda: not runner.in_flight())
+    again = runner.run_bound(CallKey("block", "a"), lambda: lambda: "values", 1.0, one_per_domain=True)
+    assert again.value == "values"

@@ -389,3 +389,20 @@ def test_calls_stuck_at_the_same_moment_each_keep_one_connection_and_log_no_fail
     assert not stale(series, "c", "block")
     assert value(series, "libvirt_up") == 1
     assert "cannot connect" not in caplog.text and "connection lost" not in caplog.text
+
+
+def test_a_vm_that_hangs_holds_one_call_when_two_samplers_reach_it_at_once(harness: Harness) -> None:
+    """Before any survey has seen a newly hung VM's monitor busy for long, a second sampler still
+    sends it a call. On real libvirt that call would wait 30 s for the domain's job in one of
+    libvirtd's 20 workers: it waits for the first call instead, and is skipped once that one is stuck."""
+    exporter, host = harness.exporter, harness.host
+    hung = host.domains["b"]
+    host.freeze("b")
+    block = gevent.spawn(harness.cycle, exporter.block)
+    wait_for(lambda: hung.monitor_waiters == 1)  # the block call waits in the frozen monitor
+    series = harness.cycle(exporter.bulk)  # its survey finds the monitor busy for a moment only
+    block.join()
+    assert hung.monitor_waiters == 1
+    assert exporter.runner.stuck_count() == 1
+    assert value(series, "libvirt_domain_sample_skipped_total", domain="b", sampler="bulk") == 1
+    assert not stale(series, "a", "bulk") and not stale(series, "c", "bulk")
