@@ -6,15 +6,15 @@ import re
 import statistics
 from dataclasses import dataclass
 
+from libvirt_exporter.cli import parse_config
 from tests.chaos.faults import FAULTS, RECOVERY_BOUND, FaultRecord
 from tests.chaos.harness import LIBVIRTD_KINDS, RunResult
 from tests.chaos.observe import SCRAPE_BOUND_S, ResourceSample
 
-MAX_CONCURRENT_CALLS, MAX_STUCK_CALLS = 4, 64
-"""The exporter's defaults (--sampler.max-concurrent-calls, --sampler.max-stuck-calls)."""
 OWN_THREADS = 8
 """Threads beside the call pool: main, libvirt's event loop, gevent's own."""
-THREAD_CAP = MAX_CONCURRENT_CALLS + MAX_STUCK_CALLS + OWN_THREADS
+_DEFAULTS, _ = parse_config([])
+THREAD_CAP = _DEFAULTS.max_concurrent_calls + _DEFAULTS.max_stuck_calls + OWN_THREADS
 FD_GROWTH_LIMIT = 8
 RSS_GROWTH_LIMIT_MIB = 32.0
 MIB = 2**20
