@@ -45,9 +45,6 @@ WEIGHTS = {
     "libvirtd_freeze": 1,
 }
 LIBVIRTD_KINDS = ("libvirtd_restart", "libvirtd_freeze")
-MAX_FROZEN = 4
-"""VMs frozen (or killed) at once: a storage outage freezes several."""
-FREEZING_KINDS = ("vm_freeze", "qemu_kill")
 LIBVIRTD_SPACING_S = 20.0
 """Time between two libvirtd faults, so that most of the run checks the VMs with libvirtd up."""
 HAMMER_WORKERS = 4
@@ -190,8 +187,6 @@ class Run:
             return not set(running) & set(LIBVIRTD_KINDS) and quiet_for >= LIBVIRTD_SPACING_S
         if kind == "vm_create":
             return len(pool) < POOL_MAX and "vm_create" not in running
-        if kind in FREEZING_KINDS and sum(k in FREEZING_KINDS for k in running) >= MAX_FROZEN:
-            return False
         if kind in ("vm_destroy", "qemu_kill"):
             return len(pool) > POOL_MIN and bool(free)
         if kind == "disk_detach":
