@@ -1,7 +1,13 @@
 """The `block` sampler: statistics and capacity / allocation / physical size of every disk.
 
+Sizes come from virDomainGetBlockInfo, disk by disk; the I/O counters of all the domain's disks from
+one virConnectGetAllDomainStats of its block group, which asks QEMU once: virDomainBlockStatsFlags,
+disk by disk, asks QEMU for every disk each time and cost libvirtd 2.7 times the CPU (measured: 12.5
+against 4.7 ms for 10 one-disk VMs). The group's own sizes are not used: its `allocation` is the
+highest offset written and its `physical` what blockInfo calls allocation (measured on a qcow2).
+
 Both calls need the domain's job and QEMU monitor, so on a frozen VM they hang: each domain gets
-its own call under its own deadline, and none while the domain's monitor is stuck on another call.
+one read under its own deadline, and none while the domain's monitor is stuck on another call.
 The "block-info calls stuck for N minutes" alert watches for a domain whose block values are stale
 while a call on it is outstanding (`libvirt_domain_call_in_flight_seconds`).
 """
@@ -24,6 +30,34 @@ NAME = "block"
 
 
 _BLOCK_STATS_FIELDS = ("rd_operations", "rd_bytes", "wr_operations", "wr_bytes", "errs")
+_GROUP_FIELDS = {
+    "rd.reqs": "rd_operations",
+    "rd.bytes": "rd_bytes",
+    "rd.times": "rd_total_times",
+    "wr.reqs": "wr_operations",
+    "wr.bytes": "wr_bytes",
+    "wr.times": "wr_total_times",
+    "fl.reqs": "flush_operations",
+    "fl.times": "flush_total_times",
+}
+"""The block group's names of virDomainBlockStatsFlags' counters, which the collectors read."""
+
+
+def _group_counters(lane: Lane, domain: Any) -> dict[str, dict[str, int]] | None:
+    """Per disk target, the I/O counters of the domain's block stats group; None from a driver whose
+    group lacks them (libvirt's test driver)."""
+    records = lane.conn.domainListGetStats([domain], libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
+    stats = records[0][1] if records else {}
+    if "block.count" not in stats:
+        return None
+    by_target = {}
+    for index in range(stats["block.count"]):
+        prefix = f"block.{index}."
+        counters = {
+            ours: stats[prefix + theirs] for theirs, ours in _GROUP_FIELDS.items() if prefix + theirs in stats
+        }
+        by_target[stats[prefix + "name"]] = counters
+    return by_target
 
 
 def _io_counters(domain: Any, target: str) -> dict[str, int]:
@@ -39,12 +73,12 @@ def _io_counters(domain: Any, target: str) -> dict[str, int]:
 def read_disks(domain: Any, disks: tuple[Disk, ...], lane: Lane) -> dict[str, Mapping[str, int]]:
     """Runs in a pool thread: per disk target, its I/O counters and its sizes in bytes."""
     domain = lane.domain(domain)
+    sizes = {disk.target: domain.blockInfo(disk.target, 0) for disk in disks}
+    counters = _group_counters(lane, domain) if disks else {}
     by_target: dict[str, Mapping[str, int]] = {}
-    for disk in disks:
-        stats = _io_counters(domain, disk.target)
-        capacity, allocation, physical = domain.blockInfo(disk.target, 0)
-        stats.update(capacity=capacity, allocation=allocation, physical=physical)
-        by_target[disk.target] = stats
+    for target, (capacity, allocation, physical) in sizes.items():
+        stats = counters.get(target, {}) if counters is not None else _io_counters(domain, target)
+        by_target[target] = {**stats, "capacity": capacity, "allocation": allocation, "physical": physical}
     return by_target
 
 

@@ -27,7 +27,10 @@ NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 MAX_CLIENT_REQUESTS = 5
 """libvirtd's default max_client_requests."""
 MONITOR_GROUPS = (
-    libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_IOTHREAD
+    libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_IOTHREAD
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
 
 
@@ -63,9 +66,25 @@ class FakeDomain:
     job: dict[str, Any] | None = None
     """A running background job's statistics (virDomainGetJobStats), if one runs."""
     metadata: str = ""
+    block_group: bool = True
+    """False: the driver's bulk stats leave out the block group, as libvirt's test driver does."""
 
     def __post_init__(self) -> None:
         self.frozen.set()  # set = thawed: waiting on it returns at once
+
+    def block_counters(self) -> dict[str, int]:
+        """One read of a disk's I/O counters, as the block stats group names them."""
+        n = self.block_reads = self.block_reads + 1
+        return {
+            "rd.reqs": n,
+            "rd.bytes": n * 4096,
+            "rd.times": n * 1_000_000,
+            "wr.reqs": n,
+            "wr.bytes": n * 8192,
+            "wr.times": n * 2_000_000,
+            "fl.reqs": n,
+            "fl.times": n * 500_000,
+        }
 
     @property
     def active(self) -> bool:
@@ -138,6 +157,11 @@ class FakeDomain:
                 stats.update(
                     {f"{prefix}.id": node, f"{prefix}.bytes.total": n * 4096, f"{prefix}.bytes.local": n}
                 )
+        if groups & libvirt.VIR_DOMAIN_STATS_BLOCK and with_monitor and self.block_group:
+            stats["block.count"] = len(self.disks)
+            for index, disk in enumerate(self.disks):
+                stats[f"block.{index}.name"] = disk
+                stats.update({f"block.{index}.{k}": v for k, v in self.block_counters().items()})
         if groups & libvirt.VIR_DOMAIN_STATS_DIRTYRATE:
             stats.update({"dirtyrate.calc_status": 2, "dirtyrate.megabytes_per_second": 12})
         return stats
@@ -199,17 +223,10 @@ class FakeVirDomain:
     def blockStatsFlags(self, disk: str, flags: int = 0) -> dict[str, int]:
         self._conn.count(self._domain.name, "blockStatsFlags")
         self._conn.enter_monitor(self._domain, "blockStatsFlags")
-        n = self._domain.block_reads = self._domain.block_reads + 1
-        return {
-            "rd_operations": n,
-            "rd_bytes": n * 4096,
-            "rd_total_times": n * 1_000_000,
-            "wr_operations": n,
-            "wr_bytes": n * 8192,
-            "wr_total_times": n * 2_000_000,
-            "flush_operations": n,
-            "flush_total_times": n * 500_000,
-        }
+        counters = self._domain.block_counters()
+        legacy = ("rd_operations", "rd_bytes", "rd_total_times", "wr_operations", "wr_bytes")
+        legacy += ("wr_total_times", "flush_operations", "flush_total_times")
+        return dict(zip(legacy, counters.values(), strict=True))
 
     def blockInfo(self, disk: str, flags: int = 0) -> list[int]:
         self._conn.count(self._domain.name, "blockInfo")

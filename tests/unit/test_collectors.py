@@ -97,7 +97,7 @@ def test_a_realistic_domain_renders_exactly_the_expected_exposition() -> None:
 @pytest.mark.parametrize(
     ("collector", "family", "call"),
     [
-        ("block", "libvirt_domain_block_read_bytes_total", "blockStatsFlags"),
+        ("block", "libvirt_domain_block_read_bytes_total", "blockInfo"),
         ("job", "libvirt_domain_job_elapsed_seconds", "jobStats"),
         ("storage_pool", "libvirt_storage_pool_capacity_bytes", "listAllStoragePools"),
     ],
