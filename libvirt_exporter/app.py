@@ -72,7 +72,7 @@ class Exporter:
         )
         process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=process)
-        self.snapshot = Snapshot(SnapshotCollector(self.view).collect, process)
+        self.snapshot = Snapshot(SnapshotCollector(self.view).freeze, process)
         self._greenlets: list[gevent.Greenlet] = []
 
     def publish(self) -> None:

@@ -2,9 +2,9 @@
 
 A scrape only picks bytes. Rendering (the per-domain Python work) happens after each sampling
 cycle, so a scrape costs the same whatever the number of domains, and nothing a scrape does can
-wait on libvirt. The families are collected in the hub, where no greenlet changes the state under
-them; formatting and compressing them, the costly part, runs in a thread so that scrapes are
-answered meanwhile.
+wait on libvirt. The state is taken in the hub, where no greenlet changes it meanwhile, as copies of
+references (collector/view.py); collecting, formatting and compressing the families, the costly
+part, runs in a thread so that the hub answers scrapes meanwhile.
 
 The formatting is done here rather than by prometheus_client, which is several times slower (at 500
 domains, 0.8 s per render for both formats): a sample's line is the same in both formats, so it is
@@ -177,17 +177,22 @@ def _header(spec: Spec, name: str, help: str) -> bytes:
     return f"# HELP {name} {help}\n# TYPE {name} {kind}\n".encode()
 
 
-class Snapshot:
-    """The latest exposition; `publish` renders a new one from what `collect` gathers, with the
-    process families of `process` (prometheus_client's ProcessCollector) at the end."""
+Collect = Callable[[], Iterable[Families]]
+"""Collects the families of a state taken earlier; it may run in any thread."""
 
-    def __init__(self, collect: Callable[[], list[Families]], process: CollectorRegistry) -> None:
-        self._collect = collect
+
+class Snapshot:
+    """The latest exposition; `publish` renders a new one, with the process families of `process`
+    (prometheus_client's ProcessCollector) at the end. `freeze` takes the state in the hub and
+    returns what collects its families."""
+
+    def __init__(self, freeze: Callable[[], Collect], process: CollectorRegistry) -> None:
+        self._freeze = freeze
         self._process = process
         self._renderer = Renderer()
         self._rendering: Event | None = None
         self._again = False
-        self.current = self._renderer.render(collect(), process)
+        self.current = self._render(freeze())
 
     def publish(self) -> None:
         """Render the state as it is now; return once the snapshot served includes it.
@@ -203,9 +208,11 @@ class Snapshot:
         try:
             while self._again:
                 self._again = False
-                groups = self._collect()
-                pool = gevent.get_hub().threadpool
-                self.current = pool.spawn(self._renderer.render, groups, self._process).get()
+                collect = self._freeze()
+                self.current = gevent.get_hub().threadpool.spawn(self._render, collect).get()
         finally:
             self._rendering.set()
             self._rendering = None
+
+    def _render(self, collect: Collect) -> Exposition:
+        return self._renderer.render(collect(), self._process)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from libvirt_exporter.calls import Status
@@ -18,7 +18,7 @@ class Sample:
     taken_at: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class CallCounters:
     timeouts: int = 0
     errors: int = 0
@@ -27,7 +27,7 @@ class CallCounters:
     """The latest call brought no values (timeout, error or skip): what is served is not current."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerStatus:
     last_duration: float | None = None
     last_success: float | None = None
@@ -36,7 +36,11 @@ class SamplerStatus:
 
 @dataclass
 class Store:
-    """Per sampler, the latest sample of each domain; per (sampler, domain), the call counters."""
+    """Per sampler, the latest sample of each domain; per (sampler, domain), the call counters.
+
+    Samples, counters and statuses are immutable and replaced as they change, so that `copy` is a
+    copy of the dictionaries alone: cheap enough for the hub, and safe to read in another thread.
+    """
 
     samples: dict[str, dict[str, Sample]] = field(default_factory=lambda: defaultdict(dict))
     counters: dict[tuple[str, str], CallCounters] = field(default_factory=lambda: defaultdict(CallCounters))
@@ -48,25 +52,36 @@ class Store:
         if held is not None and held.taken_at >= sample.taken_at:
             return False
         self.samples[sampler][domain] = sample
-        self.counters[(sampler, domain)].failing = False
+        key = (sampler, domain)
+        if self.counters[key].failing:
+            self.counters[key] = replace(self.counters[key], failing=False)
         return True
 
     def count_failure(self, sampler: str, domain: str, status: Status) -> None:
         """A call that brought no values: count why, and mark the values served as not current."""
-        counters = self.counters[(sampler, domain)]
+        key = (sampler, domain)
+        counters = self.counters[key]
         if status is Status.TIMEOUT:
-            counters.timeouts += 1
+            counters = replace(counters, timeouts=counters.timeouts + 1)
         elif status is Status.ERROR:
-            counters.errors += 1
+            counters = replace(counters, errors=counters.errors + 1)
         else:
-            counters.skipped += 1
-        counters.failing = True
+            counters = replace(counters, skipped=counters.skipped + 1)
+        self.counters[key] = replace(counters, failing=True)
 
     def sample(self, sampler: str, domain: str) -> Sample | None:
         return self.samples[sampler].get(domain)
 
     def counters_of(self, sampler: str, domain: str) -> CallCounters:
         return self.counters[(sampler, domain)]
+
+    def copy(self) -> Store:
+        """The state as it is now, which later samples and counts leave as it is."""
+        return Store(
+            defaultdict(dict, {sampler: dict(samples) for sampler, samples in self.samples.items()}),
+            defaultdict(CallCounters, self.counters),
+            defaultdict(SamplerStatus, self.status),
+        )
 
     def forget(self, domains: Iterable[str]) -> None:
         """Drop everything about domains that no longer exist, so that their series disappear."""
@@ -78,10 +93,8 @@ class Store:
             del self.counters[key]
 
     def cycle_succeeded(self, sampler: str, duration: float, now: float) -> None:
-        status = self.status[sampler]
-        status.last_duration, status.last_success = duration, now
+        self.status[sampler] = replace(self.status[sampler], last_duration=duration, last_success=now)
 
     def cycle_failed(self, sampler: str, duration: float) -> None:
         status = self.status[sampler]
-        status.last_duration = duration
-        status.errors += 1
+        self.status[sampler] = replace(status, last_duration=duration, errors=status.errors + 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from libvirt_exporter.collector.families import NANOSECONDS, Families, Kind, fields, gauge
-from libvirt_exporter.collector.view import View
+from libvirt_exporter.collector.view import State
 from libvirt_exporter.samplers.block import NAME as BLOCK
 from libvirt_exporter.samplers.block import sampled_disks
 
@@ -38,12 +38,12 @@ FIELDS = fields("block", ("domain", "device"), [
 SPECS = (INFO, *(spec for _, spec in FIELDS))
 
 
-def collect(view: View) -> Families:
+def collect(state: State) -> Families:
     families = Families()
-    for entry in view.inventory.domains():
+    for entry in state.domains:
         for disk in sampled_disks(entry):
             families.add(INFO, (entry.name, disk.target, disk.path, disk.bus, disk.driver_type), 1)
-        sample = view.store.sample(BLOCK, entry.name)
+        sample = state.store.sample(BLOCK, entry.name)
         if sample is None:
             continue
         for device, stats in sample.values.items():

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from libvirt_exporter.collector.families import KIBIBYTES, NANOSECONDS, Families, Kind, Spec, fields, gauge
-from libvirt_exporter.collector.view import View
+from libvirt_exporter.collector.view import State
 from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.samplers.bulk import NAME as BULK
 
@@ -232,12 +232,12 @@ def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -
             families.add(INTERFACE_INFO, nic, 1)
 
 
-def collect(view: View) -> Families:
+def collect(state: State) -> Families:
     families = Families()
-    interfaces = "interface" in view.collectors
-    for entry in view.inventory.domains():
+    interfaces = "interface" in state.collectors
+    for entry in state.domains:
         _add_description(families, entry, interfaces)
-        sample = view.store.sample(BULK, entry.name)
+        sample = state.store.sample(BULK, entry.name)
         if sample is not None:
             _add_stats(families, entry.name, sample.values)
     return families

@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from libvirt_exporter import __version__
 from libvirt_exporter.collector.domain import state_name
 from libvirt_exporter.collector.families import Families, counter, gauge
-from libvirt_exporter.collector.view import View
+from libvirt_exporter.collector.view import State
 from libvirt_exporter.samplers.bulk import NAME as BULK
 
 UP = gauge("libvirt_up", "1 while the connection to libvirtd is alive, else 0.", source="liveness probe")
@@ -43,29 +43,29 @@ def _libvirt_python_version() -> str:
 _BUILD_LABELS = (__version__, _libvirt_python_version())
 
 
-def collect(view: View) -> Families:
+def collect(state: State) -> Families:
     families = Families()
-    families.add(UP, (), 1.0 if view.connection.up else 0.0)
-    families.add(RECONNECTS, (), view.connection.reconnects)
+    families.add(UP, (), 1.0 if state.up else 0.0)
+    families.add(RECONNECTS, (), state.reconnects)
     families.add(BUILD_INFO, _BUILD_LABELS, 1)
-    host = view.connection.host
+    host = state.host
     if host is not None:
         labels = (
             host.hostname,
-            view.connection.uri,
+            state.uri,
             host.libvirt_version,
             host.hypervisor,
             host.hypervisor_version,
         )
         families.add(HOST_INFO, labels, 1)
-    states = Counter(
+    by_state = Counter(
         state_name(sample.values)
-        for entry in view.inventory.domains()
-        if (sample := view.store.sample(BULK, entry.name)) is not None and "state.state" in sample.values
+        for entry in state.domains
+        if (sample := state.store.sample(BULK, entry.name)) is not None and "state.state" in sample.values
     )
-    states["shutoff"] += view.inventory.inactive_left_out()
-    for state, count in sorted(states.items()):
+    by_state["shutoff"] += state.inactive_left_out
+    for name, count in sorted(by_state.items()):
         if not count:
             continue
-        families.add(DOMAINS, (state,), count)
+        families.add(DOMAINS, (name,), count)
     return families

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
-from libvirt_exporter.calls import HOST
 from libvirt_exporter.collector.families import Families, counter, gauge
-from libvirt_exporter.collector.view import View
+from libvirt_exporter.collector.view import State
 
 S = ("sampler",)
 DS = ("domain", "sampler")
@@ -69,23 +66,10 @@ SPECS = (
 )
 
 
-def _in_flight_seconds(view: View) -> dict[tuple[str, str], float]:
-    """Per (domain, sampler), how long its call has run; a stuck host-wide call counts for the
-    domains it is blamed on."""
-    now = time.monotonic()
-    seconds: dict[tuple[str, str], float] = {}
-    for call in view.runner.in_flight():
-        domains = call.blamed if call.key.subject == HOST else (call.key.subject,)
-        for domain in domains:
-            key = (domain, call.key.sampler)
-            seconds[key] = max(seconds.get(key, 0.0), call.running_for(now))
-    return seconds
-
-
-def _add_samplers(families: Families, view: View) -> None:
-    for sampler in view.samplers:
-        name = sampler.config.name
-        status = view.store.status[name]
+def _add_samplers(families: Families, state: State) -> None:
+    for sampler in state.samplers:
+        name = sampler.name
+        status = state.store.status[name]
         if status.last_duration is not None:
             families.add(DURATION, (name,), status.last_duration)
         if status.last_success is not None:
@@ -93,38 +77,35 @@ def _add_samplers(families: Families, view: View) -> None:
         families.add(ERRORS, (name,), status.errors)
 
 
-def _add_domains(families: Families, view: View) -> None:
-    now = time.time()
-    connected = view.connection.up
-    in_flight = _in_flight_seconds(view)
-    for sampler in view.samplers:
-        name = sampler.config.name
-        for domain in sampler.subjects():
+def _add_domains(families: Families, state: State) -> None:
+    for sampler in state.samplers:
+        name = sampler.name
+        for domain in sampler.subjects:
             labels = (domain, name)
-            sample = view.store.sample(name, domain)
+            sample = state.store.sample(name, domain)
             if sample is not None:
                 families.add(SAMPLE_TIMESTAMP, labels, sample.taken_at)
-            counters = view.store.counters_of(name, domain)
+            counters = state.store.counters_of(name, domain)
             stale = (
-                not connected
+                not state.up
                 or sample is None
                 or counters.failing
-                or now - sample.taken_at > sampler.config.stale_after
+                or state.taken_at - sample.taken_at > sampler.stale_after
             )
             families.add(STALE, labels, 1 if stale else 0)
             families.add(TIMEOUTS, labels, counters.timeouts)
             families.add(CALL_ERRORS, labels, counters.errors)
             families.add(SKIPPED, labels, counters.skipped)
-            families.add(IN_FLIGHT, labels, in_flight.get((domain, name), 0.0))
-    for entry in view.inventory.domains():
+            families.add(IN_FLIGHT, labels, state.in_flight.get((domain, name), 0.0))
+    for entry in state.domains:
         if entry.active:
             families.add(MONITOR_BUSY, (entry.name,), entry.monitor_busy_seconds)
 
 
-def collect(view: View) -> Families:
+def collect(state: State) -> Families:
     families = Families()
-    _add_samplers(families, view)
-    _add_domains(families, view)
-    families.add(THREADS, ("busy",), view.runner.busy_count())
-    families.add(THREADS, ("stuck",), view.runner.stuck_count())
+    _add_samplers(families, state)
+    _add_domains(families, state)
+    families.add(THREADS, ("busy",), state.busy_threads)
+    families.add(THREADS, ("stuck",), state.stuck_threads)
     return families

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from libvirt_exporter.collector.families import Families, Kind, fields, gauge
-from libvirt_exporter.collector.view import View
+from libvirt_exporter.collector.view import State
 from libvirt_exporter.samplers.job import NAME as JOB
 
 G = Kind.GAUGE
@@ -48,10 +48,10 @@ def _word(names: tuple[str, ...], number: object) -> str:
     return names[index] if 0 <= index < len(names) else str(number)
 
 
-def collect(view: View) -> Families:
+def collect(state: State) -> Families:
     families = Families()
-    for entry in view.inventory.domains():
-        sample = view.store.sample(JOB, entry.name)
+    for entry in state.domains:
+        sample = state.store.sample(JOB, entry.name)
         if not entry.job_running or sample is None:
             continue
         stats = sample.values

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from libvirt_exporter.collector.families import Families, Kind, fields
-from libvirt_exporter.collector.view import View
+from libvirt_exporter.collector.view import State
 
 # fmt: off
 FIELDS = fields("storage_pool", ("pool",), [
@@ -17,10 +17,10 @@ FIELDS = fields("storage_pool", ("pool",), [
 SPECS = tuple(spec for _, spec in FIELDS)
 
 
-def collect(view: View) -> Families:
+def collect(state: State) -> Families:
     families = Families()
-    if view.storage_pools is not None:
-        for name, sample in sorted(view.storage_pools.pools.items()):
+    if state.storage_pools is not None:
+        for name, sample in sorted(state.storage_pools.items()):
             for field, spec in FIELDS:
                 families.add(spec, (name,), sample.values[field])
     return families

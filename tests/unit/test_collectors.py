@@ -77,8 +77,9 @@ class _DomainFamilies:
         self._view = harness.exporter.view
 
     def collect(self) -> Iterator[Metric]:
+        state = self._view.state()
         for collect in (domain.collect, block.collect, job.collect, storage_pool.collect):
-            yield from collect(self._view)
+            yield from collect(state)
 
 
 def test_a_realistic_domain_renders_exactly_the_expected_exposition() -> None:

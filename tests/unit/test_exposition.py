@@ -14,12 +14,13 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from libvirt_exporter.calls import Status
 from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.families import Families
 from libvirt_exporter.config import COLLECTOR_DEFAULTS, SamplerConfig
 from libvirt_exporter.cycle import Rounds
 from libvirt_exporter.exposition import Exposition, Renderer
-from libvirt_exporter.store import Store
+from libvirt_exporter.store import Sample, Store
 from tests.unit.conftest import Harness, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 from tests.unit.test_collectors import realistic_domain, sampled
@@ -46,8 +47,9 @@ def test_both_formats_are_byte_for_byte_what_prometheus_client_renders() -> None
     odd = FakeDomain('we"ird\\name\nwith ünïcødé', 2)
     harness = sampled(FakeHost([realistic_domain(), odd]), frozenset(COLLECTOR_DEFAULTS))
     renderer = Renderer()
-    for _ in range(3):  # later renders reuse lines of the earlier ones where values stayed
-        groups = SnapshotCollector(harness.exporter.view).collect()
+    for _ in range(3):  # later renders reuse label sets of the earlier ones
+        view = harness.exporter.view
+        groups = list(SnapshotCollector(view).collect(view.state()))
         text, openmetrics = _prometheus_client_rendering(groups)
         ours = renderer.render(groups, CollectorRegistry(auto_describe=False))
         assert ours.text == text
@@ -68,6 +70,25 @@ def test_a_domain_that_is_gone_leaves_nothing_in_the_next_render() -> None:
 
 def _domains(series: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set[str]:
     return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
+
+
+def test_the_state_a_render_reads_stays_as_it_was_taken_while_sampling_goes_on() -> None:
+    harness = Harness(FakeHost([FakeDomain("a", 1)]), make_config())
+    exporter = harness.exporter
+    harness.cycle(exporter.bulk)
+    state = exporter.view.state()
+
+    def rendered() -> bytes:
+        groups = SnapshotCollector(exporter.view).collect(state)
+        return Renderer().render(groups, CollectorRegistry(auto_describe=False)).text
+
+    before = rendered()
+    exporter.store.count_failure("bulk", "a", Status.ERROR)  # what the hub may do meanwhile
+    exporter.store.offer("bulk", "a", Sample({"state.state": 1, "cpu.time": 5}, taken_at=state.taken_at + 1))
+    exporter.store.cycle_failed("bulk", 1.0)
+    exporter.store.forget(["a"])
+    assert rendered() == before
+    assert value(parse(before), "libvirt_domain_sample_errors_total", domain="a", sampler="bulk") == 0
 
 
 def test_scrapes_are_served_while_a_render_runs_and_publishes_meanwhile_join_it(
