@@ -13,6 +13,7 @@ formatted once, and each label set is kept for the next render.
 
 from __future__ import annotations
 
+import gc
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -215,4 +216,13 @@ class Snapshot:
             self._rendering = None
 
     def _render(self, collect: Collect) -> Exposition:
-        return self._renderer.render(collect(), self._process)
+        """Without the cyclic garbage collector meanwhile: a render's rows (two objects per sample)
+        live until the render ends, so collections triggered by them would scan them again and
+        again, and move them to older generations, which brings on full collections that hold the
+        GIL, and so the hub, for about 10 ms at 500 domains. They hold no cycle: they are freed as
+        the render ends. At 500 domains this saves about a quarter of a render's CPU."""
+        gc.disable()
+        try:
+            return self._renderer.render(collect(), self._process)
+        finally:
+            gc.enable()
