@@ -180,8 +180,8 @@ def _header(spec: Spec, name: str, help: str) -> bytes:
     return f"# HELP {name} {help}\n# TYPE {name} {kind}\n".encode()
 
 
-Collect = Callable[[], Iterable[Families]]
-"""Collects the families of a state taken earlier; it may run in any thread."""
+TakenState = Callable[[], Iterable[Families]]
+"""A state taken earlier: called, it collects that state's families, in any thread."""
 
 
 class Snapshot:
@@ -189,7 +189,7 @@ class Snapshot:
     (prometheus_client's ProcessCollector) at the end. `freeze` takes the state in the hub and
     returns what collects its families."""
 
-    def __init__(self, freeze: Callable[[], Collect], process: CollectorRegistry) -> None:
+    def __init__(self, freeze: Callable[[], TakenState], process: CollectorRegistry) -> None:
         self._freeze = freeze
         self._process = process
         self._renderer = Renderer()
@@ -217,7 +217,7 @@ class Snapshot:
             self._rendering.set()
             self._rendering = None
 
-    def _render(self, collect: Collect) -> Exposition:
+    def _render(self, collect: TakenState) -> Exposition:
         with _render_mode():
             return self._renderer.render(collect(), self._process)
 
