@@ -119,7 +119,7 @@ class Run:
         watcher = Watcher(exporter.url)
         scraper = PeriodicScraper("scraper", exporter.url, 1.0, lambda _: None)
         started = self._started = time.monotonic()
-        resources = ResourceSampler(exporter.process.pid, started, RESOURCE_PERIOD_S)
+        resources = ResourceSampler(exporter.process.pid, exporter.log_path, started, RESOURCE_PERIOD_S)
         for thread in (watcher.scraper, scraper, resources):
             thread.start()
         ctx = FaultContext(self.host, watcher, started, self.rng, self.hold_s)

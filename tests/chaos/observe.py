@@ -8,7 +8,10 @@ own so that its load does not slow the harness' clocks) sends concurrent scrapes
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import threading
 import time
 import urllib.request
@@ -141,6 +144,11 @@ class Watcher:
             self._expected.discard(expectation)
 
 
+GREENLETS_LINE = re.compile(rb"\bmsg=greenlets greenlets=(\d+)")
+"""What the exporter logs on SIGUSR1."""
+GREENLETS_ANSWER_S = 1.0
+
+
 @dataclass(frozen=True)
 class ResourceSample:
     """The exporter process' own resources at one moment."""
@@ -150,9 +158,11 @@ class ResourceSample:
     threads: int
     fds: int
     rss_bytes: int
+    greenlets: int | None
+    """Alive greenlets, as the exporter logged them on SIGUSR1; None if it did not within 1 s."""
 
 
-def sample_resources(pid: int, at: float) -> ResourceSample:
+def sample_resources(pid: int, at: float, greenlets: int | None) -> ResourceSample:
     """Threads, open file descriptors and resident memory of `pid`, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
@@ -161,26 +171,50 @@ def sample_resources(pid: int, at: float) -> ResourceSample:
         threads=int(fields["Threads"]),
         fds=len(os.listdir(f"/proc/{pid}/fd")),
         rss_bytes=int(fields["VmRSS"].split()[0]) * 1024,
+        greenlets=greenlets,
     )
 
 
 class ResourceSampler(threading.Thread):
-    """Samples the exporter's resources every `period` seconds until stopped."""
+    """Samples the exporter's resources every `period` seconds until stopped. Greenlets are counted
+    by the exporter itself on SIGUSR1 (gevent keeps no registry of them; see app.log_greenlets): each
+    sample sends the signal and reads the count the exporter logs."""
 
-    def __init__(self, pid: int, started: float, period: float) -> None:
+    def __init__(self, pid: int, log_path: Path, started: float, period: float) -> None:
         super().__init__(name="resources", daemon=True)
         self.samples: list[ResourceSample] = []
         self._pid = pid
+        self._log_path = log_path
+        self._log_offset = 0
         self._origin = started
         self._period = period
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.is_set():
-            self.samples.append(sample_resources(self._pid, time.monotonic() - self._origin))
+            self.samples.append(self._sample())
             self._stopping.wait(self._period)
 
     def stop(self) -> None:
         self._stopping.set()
         self.join()
-        self.samples.append(sample_resources(self._pid, time.monotonic() - self._origin))
+        self.samples.append(self._sample())
+
+    def _sample(self) -> ResourceSample:
+        self._logged_greenlets()  # skip what was logged before this signal
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGUSR1)
+        answered_by = time.monotonic() + GREENLETS_ANSWER_S
+        while (greenlets := self._logged_greenlets()) is None and time.monotonic() < answered_by:
+            time.sleep(0.02)
+        return sample_resources(self._pid, time.monotonic() - self._origin, greenlets)
+
+    def _logged_greenlets(self) -> int | None:
+        """The last count in the lines the exporter logged since the last read."""
+        with self._log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            new = log.read()
+        complete = new[: new.rfind(b"\n") + 1]
+        self._log_offset += len(complete)
+        counts = GREENLETS_LINE.findall(complete)
+        return int(counts[-1]) if counts else None

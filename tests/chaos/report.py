@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ OWN_THREADS = 8
 """Threads beside the call pool: main, libvirt's event loop, gevent's own."""
 _DEFAULTS, _ = parse_config([])
 THREAD_CAP = _DEFAULTS.max_concurrent_calls + _DEFAULTS.max_stuck_calls + OWN_THREADS
+GREENLET_CAP = 200
+"""Greenlets alive: one per sampler loop, one per call of a cycle (a few per domain), one per HTTP
+connection; a leak of one per call or per scrape passes it within a minute."""
 FD_GROWTH_LIMIT = 8
 RSS_GROWTH_LIMIT_MIB = 32.0
 MIB = 2**20
@@ -156,7 +160,13 @@ def _resource_checks(result: RunResult) -> list[Check]:
     start, top, end, fd_growth = _growth(result.resources, result.baseline)
     first, last = result.baseline or result.resources[0], result.resources[-1]
     rss_growth = (last.rss_bytes - first.rss_bytes) / MIB
+    counted = [s.greenlets for s in result.resources if s.greenlets is not None]
     return [
+        Check(
+            f"greenlets at most {GREENLET_CAP}",
+            bool(counted) and max(counted) <= GREENLET_CAP,
+            f"{counted[0]} -> max {max(counted)} -> {counted[-1]}" if counted else "never logged",
+        ),
         Check(
             f"OS threads at most {THREAD_CAP} (the call pool's cap)",
             top <= THREAD_CAP,
@@ -212,14 +222,14 @@ def _resource_rows(result: RunResult) -> list[str]:
     after = [s for s in result.resources if s.at >= first.at]
     quarters = [after[min(len(after) - 1, len(after) * q // 4)] for q in (1, 2, 3)]
     for label, get in (
+        ("greenlets", lambda s: float("nan") if s.greenlets is None else float(s.greenlets)),
         ("OS threads", lambda s: float(s.threads)),
         ("open fds", lambda s: float(s.fds)),
         ("RSS (MiB)", lambda s: s.rss_bytes / MIB),
     ):
-        figures = [get(s) for s in (first, *quarters, after[-1])] + [max(get(s) for s in after)]
-        rows.append(
-            f"| {label} | " + " | ".join(f"{x:g}" if x.is_integer() else f"{x:.1f}" for x in figures) + " |"
-        )
+        known = [x for x in map(get, after) if not math.isnan(x)]  # a greenlet count may be missing
+        figures = [get(s) for s in (first, *quarters, after[-1])] + [max(known, default=math.nan)]
+        rows.append(f"| {label} | " + " | ".join(f"{x:.1f}" if x % 1 else f"{x:g}" for x in figures) + " |")
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import socket
 import time
 import urllib.error
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gevent
+import gevent.event
 import pytest
 
-from libvirt_exporter.app import Exporter
+from libvirt_exporter.app import Exporter, log_greenlets
 from libvirt_exporter.http import make_server
 from tests.unit.conftest import Series, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeHost
@@ -132,3 +134,22 @@ def test_answers_go_out_without_waiting_for_the_clients_ack(fake_host: FakeHost)
         assert nodelay and all(nodelay)
     finally:
         server.stop()
+
+
+def test_sigusr1_logs_how_many_greenlets_exist(caplog: pytest.LogCaptureFixture) -> None:
+    """What an operator, and the chaos runs, read to see that greenlets stay bounded."""
+
+    def counted() -> int:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            log_greenlets()
+        (record,) = [r for r in caplog.records if r.getMessage() == "greenlets"]
+        return int(record.fields["greenlets"])  # type: ignore[attr-defined]
+
+    before = counted()
+    release = gevent.event.Event()
+    waiting = [gevent.spawn(release.wait) for _ in range(10)]
+    assert counted() == before + 10
+    release.set()
+    gevent.joinall(waiting)
+    assert counted() == before, "greenlets that have ended are not counted"
