@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Iterator
 
 import gevent
@@ -18,7 +19,7 @@ from libvirt_exporter.calls import Status
 from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.families import Families
 from libvirt_exporter.config import COLLECTOR_DEFAULTS, SamplerConfig
-from libvirt_exporter.cycle import Rounds
+from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Exposition, Renderer
 from libvirt_exporter.store import Sample, Store
 from tests.unit.conftest import Harness, make_config, parse, value, wait_for
@@ -156,3 +157,42 @@ def test_overlapping_cycles_put_a_render_off_no_longer_than_the_longest_wait() -
     assert published == ["render"]
     gate.set()
     slow.join()
+
+
+class _TimedSampler:
+    """Records when its cycles start; its first cycle lasts `first_cycle` seconds."""
+
+    def __init__(self, name: str, interval: float, first_cycle: float, starts_wanted: int) -> None:
+        self.config = SamplerConfig(name, interval=interval, deadline=interval / 2)
+        self.starts: list[float] = []
+        self.enough = Event()
+        self._first_cycle = first_cycle
+        self._starts_wanted = starts_wanted
+
+    def subjects(self) -> list[str]:
+        return []
+
+    def run_cycle(self) -> None:
+        self.starts.append(time.monotonic())
+        if len(self.starts) == 1:
+            gevent.sleep(self._first_cycle)
+        if len(self.starts) >= self._starts_wanted:
+            self.enough.set()
+
+
+def test_a_cycle_longer_than_its_interval_leaves_its_sampler_in_step_with_the_others() -> None:
+    """After a bulk cycle that overran its interval, bulk starts again on the next tick, with the
+    block sampler, so that their rounds are still rendered once each."""
+    interval = 0.5
+    rounds = Rounds(Store(), lambda: None, longest_wait=interval)
+    bulk = _TimedSampler("bulk", interval, first_cycle=1.5 * interval, starts_wanted=4)
+    block = _TimedSampler("block", interval, first_cycle=0, starts_wanted=1)
+    loops = [gevent.spawn(run_forever, sampler, rounds) for sampler in (bulk, block)]
+    bulk.enough.wait(timeout=10 * interval)
+    gevent.killall(loops)
+    assert len(bulk.starts) >= 4
+    for started in bulk.starts:
+        off_tick = (started - rounds.started) % interval
+        assert min(off_tick, interval - off_tick) < interval / 5, (
+            f"bulk started {off_tick:.2f} s off its tick"
+        )
