@@ -125,7 +125,7 @@ class Run:
         ctx = FaultContext(self.host, watcher, started, self.rng, self.hold_s)
         try:
             self._warm_up(ctx)
-            self.result.baseline = resources.samples[-1]
+            self.result.baseline = resources.sample()
             watcher.on_series(self._check_healthy)
             hammer = self._start_hammer(exporter.url)
             self._inject(ctx)

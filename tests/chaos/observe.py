@@ -186,19 +186,27 @@ class ResourceSampler(threading.Thread):
         self._pid = pid
         self._log_path = log_path
         self._log_offset = 0
+        self._lock = threading.Lock()
         self._origin = started
         self._period = period
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.is_set():
-            self.samples.append(self._sample())
+            self.sample()
             self._stopping.wait(self._period)
 
     def stop(self) -> None:
         self._stopping.set()
         self.join()
-        self.samples.append(self._sample())
+        self.sample()
+
+    def sample(self) -> ResourceSample:
+        """Take a sample now (from any thread), keep it, and return it."""
+        with self._lock:
+            taken = self._sample()
+            self.samples.append(taken)
+            return taken
 
     def _sample(self) -> ResourceSample:
         self._logged_greenlets()  # skip what was logged before this signal
