@@ -24,7 +24,7 @@ from libvirt_exporter.domain_xml import Disk
 from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import is_unsupported
-from libvirt_exporter.samplers.per_domain import DomainSampler
+from libvirt_exporter.samplers.per_domain import DomainSampler, read_domain_stats
 
 NAME = "block"
 
@@ -46,8 +46,7 @@ _GROUP_FIELDS = {
 def _group_counters(lane: Lane, domain: Any) -> dict[str, dict[str, int]] | None:
     """Per disk target, the I/O counters of the domain's block stats group; None from a driver whose
     group lacks them (libvirt's test driver)."""
-    records = lane.conn.domainListGetStats([domain], libvirt.VIR_DOMAIN_STATS_BLOCK, 0)
-    stats = records[0][1] if records else {}
+    stats = read_domain_stats(domain, libvirt.VIR_DOMAIN_STATS_BLOCK, lane)
     if "block.count" not in stats:
         return None
     by_target = {}

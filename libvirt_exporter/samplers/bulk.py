@@ -27,7 +27,7 @@ from libvirt_exporter.calls import CallKey, Outcome, Status
 from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import describe
-from libvirt_exporter.samplers.per_domain import DomainSampler
+from libvirt_exporter.samplers.per_domain import DomainSampler, read_domain_stats
 from libvirt_exporter.store import Sample
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,6 @@ def read_stats(domains: list[Any], groups: int, lane: Lane) -> dict[str, Mapping
     nowait = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
     records = lane.conn.domainListGetStats(handles, groups, nowait)
     return {dom.name(): stats for dom, stats in records}
-
-
-def read_domain_stats(domain: Any, groups: int, lane: Lane) -> Mapping[str, Any]:
-    """Runs in a pool thread: the stat groups of one domain, waiting for its job if need be."""
-    return next((stats for _, stats in lane.conn.domainListGetStats([lane.domain(domain)], groups, 0)), {})
 
 
 class BulkSampler(DomainSampler):

@@ -23,6 +23,11 @@ Read = Callable[[Lane], Mapping[str, Any]]
 """Reads one domain's values on the lane it is given (see Connection.call)."""
 
 
+def read_domain_stats(domain: Any, groups: int, lane: Lane) -> Mapping[str, Any]:
+    """Runs in a pool thread: the stat groups of one domain, waiting for its job if need be."""
+    return next((stats for _, stats in lane.conn.domainListGetStats([lane.domain(domain)], groups, 0)), {})
+
+
 class DomainSampler:
     """Base of the samplers: sends per-domain calls and books their outcomes in the store."""
 
