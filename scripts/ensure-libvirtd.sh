@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Make a system libvirtd with the QEMU driver answer at qemu:///system, and make
-# sure promtool exists. Idempotent; run as root. Used by `make test` and CI.
+# Make a system libvirtd with the QEMU driver answer at qemu:///system, and install
+# every Debian package the test suite and the benchmarks use, so that no test ever
+# installs one half-way through. Idempotent; run as root. Used by `make test`,
+# `make bench-real`, `make chaos` and CI. apt's output goes to stderr, never to stdout.
 #
 # Machines here have no systemd, so the daemons are started by hand (`-d`).
 # A libvirtd that already answers is left alone: we never reconfigure a host's
@@ -13,6 +15,17 @@ readonly LIBVIRTD_CONF="/etc/libvirt/libvirtd.conf"
 readonly WAIT_SECONDS=30
 readonly LIBVIRT_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
                           qemu-system-x86 qemu-utils)
+# What the tests and benchmarks use besides libvirtd, each for:
+#   prometheus                   promtool lints the exposition; a real server loads the rules
+#   systemd systemd-container    systemd-analyze verifies the unit; systemd-nspawn boots it
+#   linux-image-amd64 busybox-static cpio
+#                                the booting guest whose balloon driver reports memory figures
+#   python3-venv python3-dev libvirt-dev gcc pkg-config
+#                                scripts/build-deb.sh builds the .deb on Debian's python3
+#   prometheus-libvirt-exporter  the peer that `make bench-real` compares against
+readonly TEST_PACKAGES=(prometheus systemd systemd-container linux-image-amd64 busybox-static cpio
+                        python3-venv python3-dev libvirt-dev gcc pkg-config
+                        prometheus-libvirt-exporter)
 
 log() { echo "ensure-libvirtd: $*" >&2; }
 
@@ -35,31 +48,15 @@ install_missing() {
     candidate=$(apt-cache policy "${missing[0]}" 2>/dev/null | awk '/Candidate:/ {print $2}')
     if [[ -z "$candidate" || "$candidate" == "(none)" ]]; then
         log "apt-get update"
-        apt-get update -qq
+        apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
     fi
     log "installing ${missing[*]}"
     # Without systemd (and with Debian's container policy-rc.d) postinst scripts
-    # cannot start services; apt still finishes cleanly.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # cannot start services; apt still finishes cleanly. Its output goes to stderr.
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends "${missing[@]}" >&2
 }
 
-# promtool (from Debian's prometheus package) lints the exporter's output in tests.
-ensure_promtool() {
-    command -v promtool >/dev/null || install_missing prometheus
-}
-
-# systemd-analyze verifies the packaged unit (tests/unit/test_packaging.py), and
-# systemd-nspawn boots a container whose systemd runs it (tests/integration/test_deb.py);
-# no systemd needs to run on the host for either.
-ensure_systemd_tools() {
-    install_missing systemd systemd-container
-}
-
-# The tests boot one VM with a real kernel whose balloon driver reports the guest's
-# memory figures: Debian's kernel, busybox for its init, cpio to pack its initramfs.
-ensure_guest_kernel() {
-    install_missing linux-image-amd64 busybox-static cpio
-}
 
 # Set `key = "value"` in a libvirt config file: keep a line already set that way,
 # replace an active line set otherwise, else append. Everything else in the file is kept.
@@ -167,15 +164,10 @@ main() {
     fi
     if libvirtd_answers; then
         log "libvirtd already answers at $URI; leaving it alone"
-        ensure_promtool
-        ensure_systemd_tools
-        ensure_guest_kernel
+        install_missing "${TEST_PACKAGES[@]}"
         exit 0
     fi
-    install_missing "${LIBVIRT_PACKAGES[@]}"
-    ensure_promtool
-    ensure_systemd_tools
-    ensure_guest_kernel
+    install_missing "${LIBVIRT_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     ensure_qemu_user
     configure_qemu_driver
     configure_readonly_auth

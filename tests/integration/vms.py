@@ -7,8 +7,8 @@ OS is needed: the firmware finds nothing to boot and the VM idles, while libvirt
 still reports CPU, balloon, block and interface stats for it.
 
 A VM is "frozen" by sending SIGSTOP to its QEMU process: its monitor stops
-answering, exactly as when QEMU hangs on dead storage (see
-shared/notes/libvirt-behaviour.md).
+answering, as when QEMU's main loop is stuck (docs/libvirt-behaviour.md, which also
+says how a storage outage differs).
 
 Domains are transient (`createXML`): once destroyed they are gone, and nothing is
 left in libvirt's persistent configuration.

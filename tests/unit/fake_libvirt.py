@@ -1,7 +1,7 @@
 """A fake libvirt connection for fast, deterministic unit tests of the exporter's logic.
 
-It copies the behaviour measured on a real libvirtd with a frozen QEMU (see
-shared notes, libvirt-behaviour.md): a call that needs a frozen domain's monitor blocks until the
+It copies the behaviour measured on a real libvirtd with a frozen QEMU
+(docs/libvirt-behaviour.md): a call that needs a frozen domain's monitor blocks until the
 domain is thawed, whoever holds its job makes NOWAIT stats calls answer at once with partial
 stats, and control info reports the monitor as occupied while a call waits in it. libvirtd serves
 at most MAX_CLIENT_REQUESTS calls of one connection at once (its `max_client_requests`), so calls

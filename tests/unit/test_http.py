@@ -80,7 +80,9 @@ def test_scrapes_answer_at_once_while_a_domain_hangs(running: Running, fake_host
 
     responses = [running.get() for _ in range(30)]
     slowest = max(r.seconds for r in responses)
-    assert slowest < 0.1, f"a scrape took {slowest:.3f} s while a domain was hung"
+    # A scrape that waited on the hung call would not return until the thaw; one second is far
+    # beyond what serving the snapshot takes, even on a loaded machine.
+    assert slowest < 1.0, f"a scrape took {slowest:.3f} s while a domain was hung"
     last = parse(responses[-1].body)
     for healthy in "ac":
         assert value(last, "libvirt_domain_sample_stale", domain=healthy, sampler="block") == 0

@@ -36,7 +36,7 @@ def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harnes
     assert value(first, "libvirt_domain_sample_skipped_total", domain="b", sampler="block") == 0
     assert stale(first, "b"), "a domain whose call timed out is served stale at once"
     in_flight_first = value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
-    assert in_flight_first is not None and in_flight_first >= 0.2
+    assert in_flight_first is not None and in_flight_first > DEADLINE / 2  # stuck, not merely sent
     assert value(first, "libvirt_sampler_threads", state="stuck") == 1
 
     second = harness.cycle(exporter.block)
@@ -103,8 +103,9 @@ def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fr
         assert value(first, "libvirt_domain_sample_stale", domain=healthy, sampler="bulk") == 0
         assert value(first, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler="bulk") == 0
     assert value(first, "libvirt_domain_sample_stale", domain="b", sampler="bulk") == 1
-    assert value(first, "libvirt_domain_monitor_busy_seconds", domain="b") >= 0.2  # type: ignore[operator]
-    assert value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="bulk") >= 0.2  # type: ignore[operator]
+    # Both read after the call's deadline; the margin takes a timer that fires a little early.
+    assert value(first, "libvirt_domain_monitor_busy_seconds", domain="b") > DEADLINE / 2  # type: ignore[operator]
+    assert value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="bulk") > DEADLINE / 2  # type: ignore[operator]
 
     second = harness.cycle(exporter.bulk)
     assert value(second, "libvirt_domain_sample_skipped_total", domain="b", sampler="bulk") == 1
