@@ -44,8 +44,8 @@ test: deps
 
 # lint: ruff's checks and formatting, mypy as configured in pyproject.toml.
 lint:
-	$(VENV)/bin/ruff check libvirt_exporter tests benchmarks
-	$(VENV)/bin/ruff format --check libvirt_exporter tests benchmarks
+	$(VENV)/bin/ruff check libvirt_exporter tools tests benchmarks
+	$(VENV)/bin/ruff format --check libvirt_exporter tools tests benchmarks
 	$(VENV)/bin/mypy
 
 # run: the exporter in the foreground, e.g. `make run ARGS=--web.listen-address=:9177`.
@@ -54,7 +54,7 @@ run: deps
 
 # docs: regenerate docs/metrics.md from the metric definitions (a unit test checks it).
 docs: deps
-	$(VENV)/bin/python -m libvirt_exporter.metrics_doc > docs/metrics.md.new
+	$(VENV)/bin/python -m tools.metrics_doc > docs/metrics.md.new
 	mv docs/metrics.md.new docs/metrics.md
 
 # rules: validate the alerting rules and run their unit tests (the suite does this too).

@@ -1,4 +1,5 @@
-"""Wires the parts together: one connection, one call runner, the samplers, the snapshot, HTTP."""
+"""Wires the parts together: the connection, the call runner and its lanes, the samplers, the store,
+the snapshot, HTTP."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ from libvirt_exporter.calls import CallRunner
 from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.config import Config
-from libvirt_exporter.connection import Connection, Opener
-from libvirt_exporter.cycle import Rounds, Sampler, run_forever
+from libvirt_exporter.connection import DomainsChanged, MainConnection, Opener
+from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Snapshot
 from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
+from libvirt_exporter.lanes import Dispatcher
 from libvirt_exporter.libvirt_client import open_read_only
-from libvirt_exporter.samplers import block, bulk, job, storage_pool
+from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.samplers.base import Sampler
+from libvirt_exporter.samplers.block import BlockSampler
+from libvirt_exporter.samplers.bulk import BulkSampler, stat_groups
+from libvirt_exporter.samplers.job import JobSampler
+from libvirt_exporter.samplers.storage_pool import StoragePoolSampler
 from libvirt_exporter.store import Store
 from libvirt_exporter.web_config import load_web_config
 
@@ -33,43 +40,24 @@ class Exporter:
         self.config = config
         self.store = Store()
         self.runner = CallRunner(config.max_concurrent_calls, config.max_stuck_calls)
-        self.connection = Connection(
-            config.libvirt_uri,
-            self.runner,
-            config.connect_deadline,
-            on_change=self._connection_changed,
-            on_domain_events=self._domains_changed,
-            opener=opener,
+        self.connection = MainConnection(config.libvirt_uri, self.runner, config.connect_deadline, opener)
+        self.dispatcher = Dispatcher(self.runner, self.connection)
+        bulk_config = config.sampler(SamplerName.BULK)
+        self.inventory = Inventory(self.dispatcher, bulk_config.deadline, config.include_inactive)
+        for_domains = (self.dispatcher, self.store, self.inventory)
+        self.bulk = BulkSampler(bulk_config, *for_domains, groups=stat_groups(config.collectors))
+        self.block = BlockSampler(config.sampler(SamplerName.BLOCK), *for_domains)
+        self.job = JobSampler(config.sampler(SamplerName.JOB), *for_domains)
+        self.storage_pools = StoragePoolSampler(
+            config.sampler(SamplerName.STORAGE_POOL), self.dispatcher, self.store
         )
-        bulk_config = config.sampler(bulk.NAME)
-        self.inventory = Inventory(
-            self.connection, bulk_config.deadline, self.store.forget, config.include_inactive
-        )
-        parts = (self.connection, self.inventory, self.runner, self.store)
-        self.bulk = bulk.BulkSampler(bulk_config, *parts)
-        self.bulk.groups = bulk.stat_groups(config.collectors)
-        self.block = block.BlockSampler(config.sampler(block.NAME), *parts)
-        self.job = job.JobSampler(config.sampler(job.NAME), *parts)
-        self.storage_pools = storage_pool.StoragePoolSampler(
-            config.sampler(storage_pool.NAME), self.connection
-        )
-        optional: dict[str, Sampler] = {
-            block.NAME: self.block,
-            job.NAME: self.job,
-            storage_pool.NAME: self.storage_pools,
-        }
-        self.samplers: tuple[Sampler, ...] = (
-            self.bulk,
-            *(sampler for name, sampler in optional.items() if config.enabled(name)),
+        self.samplers: tuple[Sampler, ...] = tuple(
+            sampler
+            for sampler in (self.bulk, self.block, self.job, self.storage_pools)
+            if sampler is self.bulk or config.enabled(sampler.name)
         )
         self.view = View(
-            self.connection,
-            self.inventory,
-            self.store,
-            self.runner,
-            self.samplers,
-            config.collectors,
-            self.storage_pools if config.enabled(storage_pool.NAME) else None,
+            self.connection, self.inventory, self.store, self.runner, self.samplers, config.collectors
         )
         process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=process)
@@ -82,13 +70,14 @@ class Exporter:
 
     def start(self) -> None:
         """Connect and start sampling in the background."""
+        self.follow_changes()
         self._greenlets.append(gevent.spawn(self.connection.run))
         self._greenlets.append(gevent.spawn(self._start_samplers))
 
     def _start_samplers(self) -> None:
         """Once the first connection attempt is over, so that start-up is not counted as failing."""
         self.connection.first_attempt_done.wait()
-        self._refresh_inventory()  # so that the block sampler's first cycle knows the domains too
+        self.refresh_inventory()  # so that the block sampler's first cycle knows the domains too
         rounds = Rounds(self.store, self.publish, min(s.config.interval for s in self.samplers))
         for sampler in self.samplers:
             self._greenlets.append(gevent.spawn(run_forever, sampler, rounds))
@@ -116,22 +105,27 @@ class Exporter:
         server.serve_forever()
         self.stop()
 
-    def _connection_changed(self) -> None:
-        """Show the new state at once; after a reconnect, take the domains of the new connection.
+    def follow_changes(self) -> None:
+        """Act on what the main connection reports, in a greenlet of its own: show a lost or new
+        connection at once (the lanes of a lost one go with it); after a reconnect or a domain
+        event, survey again."""
+        self._greenlets.append(gevent.spawn(self._follow_changes))
 
-        This may run in an event-loop callback, where nothing may wait: the render gets a greenlet."""
-        gevent.spawn(self.publish)
-        if self.connection.up:
-            gevent.spawn(self._refresh_inventory)
+    def _follow_changes(self) -> None:
+        for change in self.connection.changes:
+            if isinstance(change, DomainsChanged):
+                self.inventory.mark_changed(set(change.names))
+            else:
+                if not self.connection.up:
+                    self.dispatcher.close_idle()
+                self.publish()
+            if self.connection.up:
+                gevent.spawn(self.refresh_inventory)
 
-    def _domains_changed(self, names: set[str]) -> None:
-        """A lifecycle or device event: re-read those domains and the domain list now."""
-        self.inventory.mark_changed(names)
-        gevent.spawn(self._refresh_inventory)
-
-    def _refresh_inventory(self) -> None:
+    def refresh_inventory(self) -> None:
+        """A survey outside the bulk sampler's cycles; its failure is the next cycle's to report."""
         try:
-            self.inventory.refresh()
+            self.store.forget(self.inventory.refresh())
         except Exception as error:
             log.debug("inventory refresh after an event failed", extra={"fields": {"err": str(error)}})
         self.publish()

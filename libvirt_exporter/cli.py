@@ -18,15 +18,16 @@ from libvirt_exporter.config import (
     parse_listen_address,
 )
 from libvirt_exporter.logs import FORMATS, LEVELS, setup_logging
+from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.web_config import load_web_config
 
 log = logging.getLogger("libvirt_exporter")
 
 SAMPLER_DEFAULTS = {
-    "bulk": ("15s", "5s"),
-    "block": ("15s", "5s"),
-    "job": ("15s", "5s"),
-    "storage_pool": ("60s", "10s"),
+    SamplerName.BULK: ("15s", "5s"),
+    SamplerName.BLOCK: ("15s", "5s"),
+    SamplerName.JOB: ("15s", "5s"),
+    SamplerName.STORAGE_POOL: ("60s", "10s"),
 }
 
 
@@ -103,13 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also export defined but shut-off domains",
     )
-    for name, default in COLLECTOR_DEFAULTS.items():
+    for collector, default in COLLECTOR_DEFAULTS.items():
         parser.add_argument(
-            f"--collector.{name}",
-            dest=f"collector_{name}",
+            f"--collector.{collector}",
+            dest=f"collector_{collector}",
             default=default,
             action=argparse.BooleanOptionalAction,
-            help=f"the {name} collector (--no-collector.{name} turns it off)",
+            help=f"the {collector} collector (--no-collector.{collector} turns it off)",
         )
     parser.add_argument("--log.level", dest="log_level", default="info", choices=list(LEVELS))
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=FORMATS)

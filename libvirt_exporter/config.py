@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from libvirt_exporter.samplers import SamplerName
+
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
@@ -57,7 +59,7 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 class SamplerConfig:
     """How often one sampler runs, and how long one of its calls may run before it counts as stuck."""
 
-    name: str
+    name: SamplerName
     interval: float
     deadline: float
 
@@ -106,6 +108,6 @@ class Config:
     def enabled(self, collector: str) -> bool:
         return collector in self.collectors
 
-    def sampler(self, name: str) -> SamplerConfig:
+    def sampler(self, name: SamplerName) -> SamplerConfig:
         """The settings of the sampler called `name`."""
         return next(s for s in self.samplers if s.name == name)

@@ -1,4 +1,4 @@
-"""The connection to libvirtd: opened read-only, probed for liveness, reopened with backoff."""
+"""The main connection to libvirtd: opened read-only, probed for liveness, reopened with backoff."""
 
 from __future__ import annotations
 
@@ -8,31 +8,28 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import gevent
 import gevent.event
+import gevent.queue
 import libvirt
 
-from libvirt_exporter.calls import CallKey, CallRunner, LateHandler, Outcome, Status
-from libvirt_exporter.cycle import CycleFailed
-from libvirt_exporter.lanes import Lane
+from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
 from libvirt_exporter.libvirt_client import describe, open_read_only
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 MIN_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
 PROBE_INTERVAL_SECONDS = 2.0
 UNRESPONSIVE_AFTER_SECONDS = 6.0
 """How long a liveness probe may go unanswered before libvirtd counts as unreachable."""
-CONNECT = CallKey("connection")
-PROBE = CallKey("connection", "probe")
+CONNECT = CallKey("connect")
+PROBE = CallKey("probe")
+ALIVE = CallKey("alive")
 
 Opener = Callable[[str], Any]
-DomainEventListener = Callable[[set[str]], None]
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class HostInfo:
 
 @dataclass(eq=False)
 class _Opened:
-    """One open virConnect, and how many of the exporter's calls are using it."""
+    """One open main connection, and what was read or registered on it when it was opened."""
 
     conn: Any
     host: HostInfo
@@ -85,18 +82,31 @@ class _CrossThreadSignal:
             self._handler(items)
 
 
-class Connection:
-    """Keeps libvirt connections open for the samplers and says whether libvirtd answers.
+@dataclass(frozen=True)
+class ConnectionChanged:
+    """The main connection came up or went down."""
 
-    The *main* connection receives libvirt's close callback and the domain events, and carries the
-    liveness probe; the samplers' calls each run on a lane of their own (see lanes.py), opened under
-    the main connection and closed when it is lost.
 
-    Liveness is probed by the exporter itself, not by libvirt's keepalive: measured on libvirt
-    9.0, a keepalive timeout that closes a connection on which several calls wait crashes the
-    client (SIGSEGV in its I/O loop). A probe unanswered for `unresponsive_after` seconds, a close
-    callback (libvirtd exited), or a failed call on a connection that is no longer open, marks
-    libvirtd unreachable; `run` then reopens with exponential backoff.
+@dataclass(frozen=True)
+class DomainsChanged:
+    """libvirt reported lifecycle or device events for these domains."""
+
+    names: frozenset[str]
+
+
+Change = ConnectionChanged | DomainsChanged
+
+
+class MainConnection:
+    """The connection that says whether libvirtd answers: it receives libvirt's close callback and
+    the domain events, and carries the liveness probe. The samplers' calls run on lanes of their
+    own (lanes.py), opened under the generation of this connection.
+
+    Liveness is probed by the exporter itself, not by libvirt's keepalive, which can crash the
+    client when it closes a connection several calls wait on (docs/libvirt-behaviour.md). A probe
+    unanswered for `unresponsive_after` seconds, a close callback (libvirtd exited), or a failed
+    call on a connection that is no longer open, marks libvirtd unreachable; `run` then reopens with
+    exponential backoff. Every change is put on `changes`, in order, for the exporter to act on.
     """
 
     def __init__(
@@ -104,77 +114,39 @@ class Connection:
         uri: str,
         runner: CallRunner,
         connect_deadline: float,
-        on_change: Callable[[], None],
-        on_domain_events: DomainEventListener,
         opener: Opener = open_read_only,
         unresponsive_after: float = UNRESPONSIVE_AFTER_SECONDS,
     ) -> None:
         self.uri = uri
+        self.opener = opener
         self.reconnects = 0
+        self.changes: gevent.queue.Queue[Change] = gevent.queue.Queue()
+        self.first_attempt_done = gevent.event.Event()
         self._unresponsive_after = unresponsive_after
         self._runner = runner
-        self._deadline = connect_deadline
-        self._opener = opener
-        self._on_change = on_change
+        self.deadline = connect_deadline
+        """Of opening, checking and closing a connection."""
         self._current: _Opened | None = None
         self._generation = 0
         self._ever_connected = False
-        self._idle_lanes: list[Lane] = []
-        self._closes = 0
         self._checking_alive = False
-        self.first_attempt_done = gevent.event.Event()
         self._close_signal = _CrossThreadSignal(self._closed_by_libvirt)
-        self._event_signal = _CrossThreadSignal(lambda names: on_domain_events(set(names)))
+        self._event_signal = _CrossThreadSignal(
+            lambda names: self.changes.put(DomainsChanged(frozenset(names)))
+        )
 
     @property
     def up(self) -> bool:
         return self._current is not None
 
-    def require_up(self) -> None:
-        """A sampling cycle while libvirtd is away fails as a whole, rather than call by call."""
-        if self._current is None:
-            raise CycleFailed("not connected to libvirt")
+    @property
+    def generation(self) -> int | None:
+        """Of the open connection; None while libvirtd is unreachable."""
+        return self._current.generation if self._current else None
 
     @property
     def host(self) -> HostInfo | None:
         return self._current.host if self._current else None
-
-    def call(
-        self,
-        key: CallKey,
-        read: Callable[[Lane], T],
-        deadline: float,
-        on_late: LateHandler | None = None,
-        one_per_domain: bool = False,
-    ) -> Outcome[T]:
-        """Run `read(lane)` in a pool thread under `deadline`, on a lane no other call uses
-        (`one_per_domain` as for CallRunner.run_bound).
-
-        The lane is taken when the call is dispatched, from the idle ones or opened by the call's
-        thread (under the call's deadline: opening hangs on a frozen libvirtd like any call). Not
-        connected then: an ERROR outcome.
-        """
-        held: list[Lane] = []
-
-        def bind() -> Callable[[], T]:
-            if self._current is None:
-                raise ConnectionError("not connected to libvirt")
-            return partial(self._run_on_lane, self._idle_lane(), self._current.generation, held, read)
-
-        def returned_late(outcome: Outcome[Any]) -> None:
-            self._call_ended(held, outcome)
-            if on_late is not None:
-                on_late(outcome)
-
-        outcome = self._runner.run_bound(key, bind, deadline, returned_late, one_per_domain=one_per_domain)
-        if outcome.status is not Status.TIMEOUT:
-            self._call_ended(held, outcome)
-        return outcome
-
-    def keep_domains(self, uuids: set[bytes]) -> None:
-        """After a survey: idle lanes forget the handles of domains not in it."""
-        for lane in self._idle_lanes:
-            lane.keep_only(uuids)
 
     def run(self) -> None:
         """Open the connection and probe it while it is up; reopen it when it is not: forever."""
@@ -199,7 +171,7 @@ class Connection:
             self.reconnects += 1
         self._ever_connected = True
         log.info("connected to libvirt", extra={"fields": {"uri": self.uri}})
-        self._on_change()
+        self.changes.put(ConnectionChanged())
         return True
 
     def mark_down(self, reason: str) -> None:
@@ -208,11 +180,25 @@ class Connection:
             return
         log.warning("libvirt connection lost", extra={"fields": {"uri": self.uri, "reason": reason}})
         lost, self._current = self._current, None
-        self._close_main_unless_probing(lost)
-        for lane in self._idle_lanes:
-            self._close(lane.conn.close)
-        self._idle_lanes.clear()
-        self._on_change()
+        self._close_unless_probing(lost)
+        self.changes.put(ConnectionChanged())
+
+    def check_alive(self) -> None:
+        """After a call failed: it may have failed because the connection closed, before libvirt
+        ran the close callback (it waits for the threads that use the connection). Ask the main
+        connection itself, once at a time."""
+        if self._current is None or self._checking_alive:
+            return
+        self._checking_alive = True
+        gevent.spawn(self._mark_down_unless_open, self._current)
+
+    def _mark_down_unless_open(self, opened: _Opened) -> None:
+        try:
+            outcome = self._runner.run(ALIVE, lambda: opened.conn.isAlive, self.deadline)
+            if outcome.status is Status.OK and not outcome.value and opened is self._current:
+                self.mark_down("closed")
+        finally:
+            self._checking_alive = False
 
     def _probe(self) -> None:
         """Takes no slot: libvirtd's freeze must be noticed even while every slot is taken."""
@@ -221,7 +207,7 @@ class Connection:
         opened.probing = True
         outcome = self._runner.run(
             PROBE,
-            opened.conn.getLibVersion,
+            lambda: opened.conn.getLibVersion,
             self._unresponsive_after,
             on_late=lambda _: self._probe_ended(opened),
             needs_slot=False,
@@ -235,50 +221,7 @@ class Connection:
     def _probe_ended(self, opened: _Opened) -> None:
         opened.probing = False
         if opened is not self._current:
-            self._close_main_unless_probing(opened)
-
-    def _idle_lane(self) -> Lane | None:
-        """An idle lane of the current connection, or None: the call's thread opens one."""
-        return self._idle_lanes.pop() if self._idle_lanes else None
-
-    def _run_on_lane(
-        self, lane: Lane | None, generation: int, held: list[Lane], read: Callable[[Lane], T]
-    ) -> T:
-        """Runs in a pool thread."""
-        if lane is None:
-            lane = Lane(self._opener(self.uri), generation)
-        held.append(lane)
-        try:
-            return read(lane)
-        except Exception:
-            lane.note_failure()
-            raise
-
-    def _call_ended(self, held: list[Lane], outcome: Outcome[Any]) -> None:
-        """Give the lane back, unless its connection failed or is of a lost main connection, or
-        enough lanes are idle already (calls stuck meanwhile opened more). A failed call may
-        mean that libvirtd is gone: the main connection is asked."""
-        lane = held[0] if held else None
-        current = self._current
-        if lane is not None:
-            reusable = not lane.broken and current is not None and lane.generation == current.generation
-            if reusable and len(self._idle_lanes) < self._runner.max_concurrent:
-                self._idle_lanes.append(lane)
-            else:
-                self._close(lane.conn.close)
-        if outcome.status is Status.ERROR and current is not None and not self._checking_alive:
-            self._checking_alive = True
-            gevent.spawn(self._mark_down_unless_open, current)
-
-    def _mark_down_unless_open(self, opened: _Opened) -> None:
-        """A failed call may mean a closed connection whose close callback libvirt has not run
-        yet (it waits for the threads that use the connection): ask the connection itself."""
-        try:
-            outcome = self._runner.run(CallKey("connection", "alive"), opened.conn.isAlive, self._deadline)
-            if outcome.status is Status.OK and not outcome.value and opened is self._current:
-                self.mark_down("closed")
-        finally:
-            self._checking_alive = False
+            self._close_unless_probing(opened)
 
     def _open_new(self) -> _Opened | None:
         """Open the main connection in a pool thread: opening hangs on a frozen libvirtd like any
@@ -286,7 +229,10 @@ class Connection:
         self._generation += 1
         generation = self._generation
         outcome = self._runner.run(
-            CONNECT, partial(self._open, generation), self._deadline, on_late=self._close_late_opened
+            CONNECT,
+            lambda: partial(self._open, generation),
+            self.deadline,
+            on_late=self._close_late_opened,
         )
         if outcome.status is not Status.OK or outcome.value is None:
             reason = describe(outcome.error) if outcome.error else outcome.status.value
@@ -297,22 +243,16 @@ class Connection:
 
     def _close_late_opened(self, outcome: Outcome[Any]) -> None:
         if outcome.status is Status.OK and outcome.value is not None:
-            self._close_main_unless_probing(outcome.value)
+            self._close_unless_probing(outcome.value)
 
-    def _close_main_unless_probing(self, opened: _Opened) -> None:
+    def _close_unless_probing(self, opened: _Opened) -> None:
         """Closing a connection under a call that waits on it is unsafe: the probe's ends first."""
         if not opened.probing:
-            self._close(partial(_close_main, opened))
-
-    def _close(self, close: Callable[[], Any]) -> None:
-        """Close a connection in a pool thread: closing waits on libvirtd too."""
-        self._closes += 1
-        key = CallKey("connection", f"close-{self._closes}")
-        gevent.spawn(self._runner.run, key, close, self._deadline)
+            self._runner.run_detached(partial(_close_main, opened), self.deadline)
 
     def _open(self, generation: int) -> _Opened:
         """Runs in a pool thread."""
-        conn = self._opener(self.uri)
+        conn = self.opener(self.uri)
         conn.registerCloseCallback(self._close_callback, generation)
         event_callbacks = self._register_domain_events(conn)
         host = HostInfo(

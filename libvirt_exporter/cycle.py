@@ -1,39 +1,23 @@
-"""The loop that runs one sampler every interval, and what a sampler must offer to be run by it."""
+"""The loop that runs each sampler every interval, and renders once the cycles of a round are over."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import gevent
 
-from libvirt_exporter.config import SamplerConfig
+from libvirt_exporter.samplers import CycleFailed
+from libvirt_exporter.samplers.base import Sampler
 from libvirt_exporter.store import Store
 
 log = logging.getLogger(__name__)
 
 
-class CycleFailed(Exception):
-    """A cycle that produced nothing at all (no connection, or the host-wide call failed)."""
-
-
-class Sampler(Protocol):
-    config: SamplerConfig
-
-    def subjects(self) -> list[str]:
-        """The domains this sampler is expected to have fresh values for."""
-        ...
-
-    def run_cycle(self) -> None:
-        """Sample once; raise CycleFailed when nothing could be sampled."""
-        ...
-
-
 def run_cycle_and_record(sampler: Sampler, store: Store) -> None:
     """One cycle, with its duration and success recorded for the sampler-health metrics."""
-    name = sampler.config.name
+    name = sampler.name
     started = time.monotonic()
     try:
         sampler.run_cycle()

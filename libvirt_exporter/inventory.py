@@ -9,19 +9,17 @@ for domains that are new, restarted or reported changed by an event.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gevent.lock
 import libvirt
 
-from libvirt_exporter.calls import CallKey, Outcome, Status
-from libvirt_exporter.connection import Connection
-from libvirt_exporter.cycle import CycleFailed
+from libvirt_exporter.calls import CallKey, Domain, Outcome, Status
 from libvirt_exporter.domain_xml import DomainDescription, parse_domain_xml
-from libvirt_exporter.lanes import Lane
+from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe, is_missing_domain
+from libvirt_exporter.samplers import CycleFailed
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +42,10 @@ class DomainEntry:
     @property
     def active(self) -> bool:
         return self.id >= 0
+
+    @property
+    def subject(self) -> Domain:
+        return Domain(self.name)
 
 
 @dataclass
@@ -87,17 +89,10 @@ def _survey(lane: Lane, known_ids: dict[str, int]) -> list[_Surveyed]:
 class Inventory:
     """Which domains exist now; samplers read it, the bulk sampler refreshes it every cycle."""
 
-    def __init__(
-        self,
-        connection: Connection,
-        deadline: float,
-        on_forget: Callable[[set[str]], None],
-        include_inactive: bool = False,
-    ) -> None:
-        self._connection = connection
+    def __init__(self, dispatcher: Dispatcher, deadline: float, include_inactive: bool = False) -> None:
+        self._dispatcher = dispatcher
         self._deadline = deadline
         self._include_inactive = include_inactive
-        self._on_forget = on_forget
         self._entries: dict[str, DomainEntry] = {}
         self._surveying = gevent.lock.Semaphore()
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
@@ -119,27 +114,30 @@ class Inventory:
         for name in names:
             self._descriptions.pop(name, None)
 
-    def refresh(self) -> None:
-        """Survey the host; keep the previous inventory when the survey cannot be done.
+    def refresh(self) -> set[Domain]:
+        """Survey the host; keep the previous inventory when the survey cannot be done (raises
+        CycleFailed). Returns the domains no longer exported: undefined, or shut off and not
+        exported, whose series must go.
 
         A refresh asked for while another runs (after an event) waits for that one instead.
         """
         if self._surveying.locked():
             with self._surveying:
-                return
+                return set()
         with self._surveying:
-            self._survey()
+            return self._survey()
 
-    def _survey(self) -> None:
-        self._connection.require_up()
+    def _survey(self) -> set[Domain]:
+        if not self._dispatcher.up:
+            raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
-        outcome = self._connection.call(SURVEY, lambda lane: _survey(lane, known_ids), self._deadline)
+        outcome = self._dispatcher.call(SURVEY, lambda lane: _survey(lane, known_ids), self._deadline)
         if outcome.status is not Status.OK or outcome.value is None:
             raise CycleFailed(f"listing domains failed: {_why(outcome)}")
-        self._replace(outcome.value)
-        self._connection.keep_domains({seen.uuid for seen in outcome.value})
+        self._dispatcher.keep_handles({seen.uuid for seen in outcome.value})
+        return self._replace(outcome.value)
 
-    def _replace(self, surveyed: list[_Surveyed]) -> None:
+    def _replace(self, surveyed: list[_Surveyed]) -> set[Domain]:
         entries = {}
         for seen in surveyed:
             if seen.xml is not None:
@@ -155,11 +153,9 @@ class Inventory:
             )
         for name in self._entries.keys() - entries.keys():
             self._descriptions.pop(name, None)
-        exported_before = {entry.name for entry in self.domains()}
+        exported_before = {entry.subject for entry in self.domains()}
         self._entries = entries
-        gone = exported_before - {entry.name for entry in self.domains()}
-        if gone:
-            self._on_forget(gone)  # undefined, or shut off and not exported: their series go
+        return exported_before - {entry.subject for entry in self.domains()}
 
 
 def _why(outcome: Outcome[Any]) -> str:

@@ -1,4 +1,8 @@
-"""The values sampled so far and the bookkeeping of every call: what a snapshot is rendered from."""
+"""The values sampled so far and the bookkeeping of every call: what a snapshot is rendered from.
+
+Everything is kept per (sampler, subject), the subject being a domain or a storage pool, so that a
+pool whose call hangs is flagged exactly as a domain is.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from libvirt_exporter.calls import Status
+from libvirt_exporter.calls import Call, Status, Subject
+from libvirt_exporter.samplers import SamplerName
+
+Key = tuple[SamplerName, Subject]
 
 
 @dataclass(frozen=True)
 class Sample:
-    """The values one call returned for one domain, and the unix time the call was sent."""
+    """The values one call returned for one subject, and the unix time the call was sent."""
 
     values: Mapping[str, Any]
     taken_at: float
@@ -36,30 +43,33 @@ class SamplerStatus:
 
 @dataclass
 class Store:
-    """Per sampler, the latest sample of each domain; per (sampler, domain), the call counters.
+    """Per (sampler, subject), the latest sample and the call counters; per sampler, its cycles.
 
     Samples, counters and statuses are immutable and replaced as they change, so that `copy` is a
     copy of the dictionaries alone: cheap enough for the hub, and safe to read in another thread.
     """
 
-    samples: dict[str, dict[str, Sample]] = field(default_factory=lambda: defaultdict(dict))
-    counters: dict[tuple[str, str], CallCounters] = field(default_factory=lambda: defaultdict(CallCounters))
-    status: dict[str, SamplerStatus] = field(default_factory=lambda: defaultdict(SamplerStatus))
+    samples: dict[Key, Sample] = field(default_factory=dict)
+    counters: dict[Key, CallCounters] = field(default_factory=lambda: defaultdict(CallCounters))
+    status: dict[SamplerName, SamplerStatus] = field(default_factory=lambda: defaultdict(SamplerStatus))
+    blamed: dict[Key, Call] = field(default_factory=dict)
+    """A call about more than one subject (the host-wide stats call) that is stuck on this one."""
 
-    def offer(self, sampler: str, domain: str, sample: Sample) -> bool:
+    def offer(self, sampler: SamplerName, subject: Subject, sample: Sample) -> bool:
         """Keep `sample` unless a newer one is already held: a late result never hides a fresh one."""
-        held = self.samples[sampler].get(domain)
+        key = (sampler, subject)
+        held = self.samples.get(key)
         if held is not None and held.taken_at >= sample.taken_at:
             return False
-        self.samples[sampler][domain] = sample
-        key = (sampler, domain)
+        self.samples[key] = sample
+        self.blamed.pop(key, None)
         if self.counters[key].failing:
             self.counters[key] = replace(self.counters[key], failing=False)
         return True
 
-    def count_failure(self, sampler: str, domain: str, status: Status) -> None:
+    def count_failure(self, sampler: SamplerName, subject: Subject, status: Status) -> None:
         """A call that brought no values: count why, and mark the values served as not current."""
-        key = (sampler, domain)
+        key = (sampler, subject)
         counters = self.counters[key]
         if status is Status.TIMEOUT:
             counters = replace(counters, timeouts=counters.timeouts + 1)
@@ -69,32 +79,39 @@ class Store:
             counters = replace(counters, skipped=counters.skipped + 1)
         self.counters[key] = replace(counters, failing=True)
 
-    def sample(self, sampler: str, domain: str) -> Sample | None:
-        return self.samples[sampler].get(domain)
+    def blame(self, sampler: SamplerName, subject: Subject, call: Call) -> None:
+        self.blamed[(sampler, subject)] = call
 
-    def counters_of(self, sampler: str, domain: str) -> CallCounters:
-        return self.counters[(sampler, domain)]
+    def sample(self, sampler: SamplerName, subject: Subject) -> Sample | None:
+        return self.samples.get((sampler, subject))
+
+    def counters_of(self, sampler: SamplerName, subject: Subject) -> CallCounters:
+        return self.counters.get((sampler, subject), _NO_COUNTS)
 
     def copy(self) -> Store:
         """The state as it is now, which later samples and counts leave as it is."""
         return Store(
-            defaultdict(dict, {sampler: dict(samples) for sampler, samples in self.samples.items()}),
+            dict(self.samples),
             defaultdict(CallCounters, self.counters),
             defaultdict(SamplerStatus, self.status),
+            {key: call for key, call in self.blamed.items() if not call.ended.is_set()},
         )
 
-    def forget(self, domains: Iterable[str]) -> None:
-        """Drop everything about domains that no longer exist, so that their series disappear."""
-        gone = set(domains)
-        for per_domain in self.samples.values():
-            for name in gone & per_domain.keys():
-                del per_domain[name]
-        for key in [key for key in self.counters if key[1] in gone]:
-            del self.counters[key]
+    def forget(self, subjects: Iterable[Subject]) -> None:
+        """Drop everything about subjects that no longer exist, so that their series disappear."""
+        gone = set(subjects)
+        if not gone:
+            return
+        for table in (self.samples, self.counters, self.blamed):
+            for key in [key for key in table if key[1] in gone]:
+                del table[key]
 
-    def cycle_succeeded(self, sampler: str, duration: float, now: float) -> None:
+    def cycle_succeeded(self, sampler: SamplerName, duration: float, now: float) -> None:
         self.status[sampler] = replace(self.status[sampler], last_duration=duration, last_success=now)
 
-    def cycle_failed(self, sampler: str, duration: float) -> None:
+    def cycle_failed(self, sampler: SamplerName, duration: float) -> None:
         status = self.status[sampler]
         self.status[sampler] = replace(status, last_duration=duration, errors=status.errors + 1)
+
+
+_NO_COUNTS = CallCounters()

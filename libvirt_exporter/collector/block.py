@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from libvirt_exporter.collector.families import NANOSECONDS, Families, Kind, fields, gauge
 from libvirt_exporter.collector.view import State
-from libvirt_exporter.samplers.block import NAME as BLOCK
+from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.block import sampled_disks
+from libvirt_exporter.stat_keys import devices
 
 DD = ("domain", "device")
 
@@ -19,16 +20,16 @@ INFO = gauge(
 
 G, C = Kind.GAUGE, Kind.COUNTER
 # fmt: off
-FIELDS = fields("block", ("domain", "device"), [
-    ("rd_operations", C, "libvirt_domain_block_read_requests", "Read requests", 1),
-    ("rd_bytes", C, "libvirt_domain_block_read_bytes", "Bytes read", 1),
-    ("rd_total_times", C, "libvirt_domain_block_read_time_seconds", "Time spent reading", NANOSECONDS),
-    ("wr_operations", C, "libvirt_domain_block_write_requests", "Write requests", 1),
-    ("wr_bytes", C, "libvirt_domain_block_write_bytes", "Bytes written", 1),
-    ("wr_total_times", C, "libvirt_domain_block_write_time_seconds", "Time spent writing", NANOSECONDS),
-    ("flush_operations", C, "libvirt_domain_block_flush_requests", "Flush requests", 1),
-    ("flush_total_times", C, "libvirt_domain_block_flush_time_seconds", "Time spent flushing", NANOSECONDS),
-    ("errs", C, "libvirt_domain_block_errors", "I/O errors, where the hypervisor reports them", 1),
+FIELDS = fields("block", ("domain", "device"), [  # block.N.<field>
+    ("rd.reqs", C, "libvirt_domain_block_read_requests", "Read requests", 1),
+    ("rd.bytes", C, "libvirt_domain_block_read_bytes", "Bytes read", 1),
+    ("rd.times", C, "libvirt_domain_block_read_time_seconds", "Time spent reading", NANOSECONDS),
+    ("wr.reqs", C, "libvirt_domain_block_write_requests", "Write requests", 1),
+    ("wr.bytes", C, "libvirt_domain_block_write_bytes", "Bytes written", 1),
+    ("wr.times", C, "libvirt_domain_block_write_time_seconds", "Time spent writing", NANOSECONDS),
+    ("fl.reqs", C, "libvirt_domain_block_flush_requests", "Flush requests", 1),
+    ("fl.times", C, "libvirt_domain_block_flush_time_seconds", "Time spent flushing", NANOSECONDS),
+    ("errors", C, "libvirt_domain_block_errors", "I/O errors, where the hypervisor reports them", 1),
     ("capacity", G, "libvirt_domain_block_capacity_bytes", "Size of the disk as the guest sees it", 1),
     ("allocation", G, "libvirt_domain_block_allocation_bytes", "Host bytes the image of the disk uses", 1),
     ("physical", G, "libvirt_domain_block_physical_bytes", "Size of the disk's image on the host", 1),
@@ -43,10 +44,10 @@ def collect(state: State) -> Families:
     for entry in state.domains:
         for disk in sampled_disks(entry):
             families.add(INFO, (entry.name, disk.target, disk.path, disk.bus, disk.driver_type), 1)
-        sample = state.store.sample(BLOCK, entry.name)
+        sample = state.store.sample(SamplerName.BLOCK, entry.subject)
         if sample is None:
             continue
-        for device, stats in sample.values.items():
+        for device, stats in devices(sample.values).get("block", ()):
             for field, spec in FIELDS:
                 value = stats.get(field)
                 if value is not None and value >= 0:  # libvirt reports -1 for "not supported"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from libvirt_exporter.collector.families import KIBIBYTES, NANOSECONDS, Families, Kind, Spec, fields, gauge
 from libvirt_exporter.collector.view import State
 from libvirt_exporter.inventory import DomainEntry
-from libvirt_exporter.samplers.bulk import NAME as BULK
+from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.stat_keys import Device, devices, memory_bandwidth
 
 G, C = Kind.GAUGE, Kind.COUNTER
 KIB = KIBIBYTES
@@ -113,7 +113,7 @@ VCPU_FIELDS = fields("vcpu", ("domain", "vcpu"), [
      "Time the vCPU was runnable but waited for a host CPU: steal", NANOSECONDS),
 ])
 
-NET_FIELDS = fields("interface", ("domain", "device"), [
+NET_FIELDS = fields("interface", ("domain", "device"), [  # net.N.<field>
     (f"{short}.{stat}", C, f"libvirt_domain_interface_{direction}_{unit}", text.format(direction), 1)
     for short, direction in (("rx", "receive"), ("tx", "transmit"))
     for stat, unit, text in (
@@ -157,9 +157,6 @@ REASON_NAMES: dict[int, tuple[str, ...]] = {
     6: ("unknown", "panicked"),
 }  # fmt: skip
 
-_IOTHREAD_KEY = re.compile(r"^iothread\.(\d+)\.(.+)$")
-_BANDWIDTH_KEY = re.compile(r"^memory\.bandwidth\.monitor\.(\d+)\.node\.(\d+)\.(bytes\.\w+)$")
-_IOTHREAD_SPECS = dict(IOTHREAD_FIELDS)
 _BANDWIDTH_SPECS = dict(MEMORY_BANDWIDTH_FIELDS)
 
 
@@ -175,16 +172,13 @@ def reason_name(stats: Mapping[str, Any]) -> str:
     return _word(REASON_NAMES.get(int(stats["state.state"]), ("unknown",)), int(stats.get("state.reason", 0)))
 
 
-def _add_indexed(
-    families: Families,
-    fields: tuple[tuple[str, Spec], ...],
-    labels: tuple[str, ...],
-    prefix: str,
-    stats: Mapping[str, Any],
+def _add_devices(
+    families: Families, fields: tuple[tuple[str, Spec], ...], name: str, found: list[Device]
 ) -> None:
-    for field, spec in fields:
-        if (value := stats.get(f"{prefix}.{field}")) is not None:
-            families.add(spec, labels, value)
+    for device, values in found:
+        for field, spec in fields:
+            if (value := values.get(field)) is not None:
+                families.add(spec, (name, device), value)
 
 
 def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
@@ -193,26 +187,13 @@ def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
     for key, spec in SCALARS:
         if key in stats:
             families.add(spec, (name,), stats[key])
-    for vcpu in range(int(stats.get("vcpu.maximum", 0))):
-        _add_indexed(families, VCPU_FIELDS, (name, str(vcpu)), f"vcpu.{vcpu}", stats)
-    for index in range(int(stats.get("net.count", 0))):
-        device = str(stats.get(f"net.{index}.name", index))
-        _add_indexed(families, NET_FIELDS, (name, device), f"net.{index}", stats)
-    _add_keyed(families, name, stats)
-
-
-def _add_keyed(families: Families, name: str, stats: Mapping[str, Any]) -> None:
-    """Groups whose entries are named by ids rather than counted from 0: I/O threads, resctrl monitors.
-
-    Every key is looked at, so the cheap prefix test comes before the regular expression."""
-    for key, value in stats.items():
-        if not key.startswith(("iothread.", "memory.bandwidth.")):
-            continue
-        if (match := _IOTHREAD_KEY.match(key)) and match.group(2) in _IOTHREAD_SPECS:
-            families.add(_IOTHREAD_SPECS[match.group(2)], (name, match.group(1)), value)
-        elif (match := _BANDWIDTH_KEY.match(key)) and match.group(3) in _BANDWIDTH_SPECS:
-            monitor = str(stats.get(f"memory.bandwidth.monitor.{match.group(1)}.name", match.group(1)))
-            families.add(_BANDWIDTH_SPECS[match.group(3)], (name, monitor, match.group(2)), value)
+    by_group = devices(stats)
+    _add_devices(families, VCPU_FIELDS, name, by_group.get("vcpu", []))
+    _add_devices(families, NET_FIELDS, name, by_group.get("net", []))
+    _add_devices(families, IOTHREAD_FIELDS, name, by_group.get("iothread", []))
+    for monitor, node, field, value in memory_bandwidth(stats):
+        if field in _BANDWIDTH_SPECS:
+            families.add(_BANDWIDTH_SPECS[field], (name, monitor, node), value)
 
 
 def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -> None:
@@ -237,7 +218,7 @@ def collect(state: State) -> Families:
     interfaces = "interface" in state.collectors
     for entry in state.domains:
         _add_description(families, entry, interfaces)
-        sample = state.store.sample(BULK, entry.name)
+        sample = state.store.sample(SamplerName.BULK, entry.subject)
         if sample is not None:
             _add_stats(families, entry.name, sample.values)
     return families

@@ -9,7 +9,7 @@ from libvirt_exporter import __version__
 from libvirt_exporter.collector.domain import state_name
 from libvirt_exporter.collector.families import Families, counter, gauge
 from libvirt_exporter.collector.view import State
-from libvirt_exporter.samplers.bulk import NAME as BULK
+from libvirt_exporter.samplers import SamplerName
 
 UP = gauge("libvirt_up", "1 while the connection to libvirtd is alive, else 0.", source="liveness probe")
 RECONNECTS = counter(
@@ -61,7 +61,8 @@ def collect(state: State) -> Families:
     by_state = Counter(
         state_name(sample.values)
         for entry in state.domains
-        if (sample := state.store.sample(BULK, entry.name)) is not None and "state.state" in sample.values
+        if (sample := state.store.sample(SamplerName.BULK, entry.subject)) is not None
+        and "state.state" in sample.values
     )
     by_state["shutoff"] += state.inactive_left_out
     for name, count in sorted(by_state.items()):

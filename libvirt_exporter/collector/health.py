@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from libvirt_exporter.collector.families import Families, counter, gauge
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from libvirt_exporter.calls import Domain, Host, Pool
+from libvirt_exporter.collector.families import Families, Spec, counter, gauge
 from libvirt_exporter.collector.view import State
 
 S = ("sampler",)
-DS = ("domain", "sampler")
 
 DURATION = gauge("libvirt_sampler_duration_seconds", "Wall time of the sampler's last completed cycle.", S)
 LAST_SUCCESS = gauge(
@@ -15,31 +18,59 @@ LAST_SUCCESS = gauge(
     S,
 )
 ERRORS = counter("libvirt_sampler_errors", "Sampler cycles that failed as a whole.", S)
-SAMPLE_TIMESTAMP = gauge(
-    "libvirt_domain_sample_timestamp_seconds",
-    "Unix time when the values now served for the domain were taken.",
-    DS,
-)
-STALE = gauge(
-    "libvirt_domain_sample_stale",
-    "1 when the values served for the domain are not current: libvirtd is unreachable, the domain's "
-    "latest call brought none (timeout, error, skip), or they are older than interval plus three deadlines.",
-    DS,
-)
-TIMEOUTS = counter("libvirt_domain_sample_timeouts", "Calls for the domain that ran past their deadline.", DS)
-CALL_ERRORS = counter(
-    "libvirt_domain_sample_errors", "Calls for the domain that failed with a libvirt error.", DS
-)
-SKIPPED = counter(
-    "libvirt_domain_sample_skipped",
-    "Cycles that sent the domain no call because its previous call had not returned.",
-    DS,
-)
-IN_FLIGHT = gauge(
-    "libvirt_domain_call_in_flight_seconds",
-    "How long the domain's outstanding call has been running; 0 when none.",
-    DS,
-)
+
+
+@dataclass(frozen=True)
+class SubjectFamilies:
+    """The families that say how current the values of one kind of subject are."""
+
+    sample_timestamp: Spec
+    stale: Spec
+    timeouts: Spec
+    errors: Spec
+    skipped: Spec
+    in_flight: Spec
+
+    def __iter__(self) -> Iterator[Spec]:
+        return iter(
+            (self.sample_timestamp, self.stale, self.timeouts, self.errors, self.skipped, self.in_flight)
+        )
+
+
+def _subject_families(prefix: str, label: str, noun: str) -> SubjectFamilies:
+    labels = (label, "sampler")
+    return SubjectFamilies(
+        gauge(
+            f"{prefix}_sample_timestamp_seconds",
+            f"Unix time when the values now served for the {noun} were taken.",
+            labels,
+        ),
+        gauge(
+            f"{prefix}_sample_stale",
+            f"1 when the values served for the {noun} are not current: libvirtd is unreachable, the "
+            f"{noun}'s latest call brought none (timeout, error, skip), or they are older than interval "
+            "plus three deadlines.",
+            labels,
+        ),
+        counter(f"{prefix}_sample_timeouts", f"Calls for the {noun} that ran past their deadline.", labels),
+        counter(f"{prefix}_sample_errors", f"Calls for the {noun} that failed with a libvirt error.", labels),
+        counter(
+            f"{prefix}_sample_skipped",
+            f"Cycles that sent the {noun} no call because its previous call had not returned.",
+            labels,
+        ),
+        gauge(
+            f"{prefix}_call_in_flight_seconds",
+            f"How long the {noun}'s outstanding call has been running; 0 when none.",
+            labels,
+        ),
+    )
+
+
+DOMAIN = _subject_families("libvirt_domain", "domain", "domain")
+POOL = _subject_families("libvirt_storage_pool", "pool", "storage pool")
+FAMILIES_OF: dict[type, SubjectFamilies] = {Domain: DOMAIN, Pool: POOL}
+
 MONITOR_BUSY = gauge(
     "libvirt_domain_monitor_busy_seconds",
     "How long the domain's QEMU monitor has been occupied (virDomainGetControlInfo); 0 when free.",
@@ -51,19 +82,7 @@ THREADS = gauge(
     "OS threads running libvirt calls: busy ones, and stuck ones past their deadline.",
     ("state",),
 )
-SPECS = (
-    DURATION,
-    LAST_SUCCESS,
-    ERRORS,
-    SAMPLE_TIMESTAMP,
-    STALE,
-    TIMEOUTS,
-    CALL_ERRORS,
-    SKIPPED,
-    IN_FLIGHT,
-    MONITOR_BUSY,
-    THREADS,
-)
+SPECS = (DURATION, LAST_SUCCESS, ERRORS, *DOMAIN, *POOL, MONITOR_BUSY, THREADS)
 
 
 def _add_samplers(families: Families, state: State) -> None:
@@ -77,26 +96,29 @@ def _add_samplers(families: Families, state: State) -> None:
         families.add(ERRORS, (name,), status.errors)
 
 
-def _add_domains(families: Families, state: State) -> None:
+def _add_subjects(families: Families, state: State) -> None:
     for sampler in state.samplers:
         name = sampler.name
-        for domain in sampler.subjects:
-            labels = (domain, name)
-            sample = state.store.sample(name, domain)
+        for subject in sampler.subjects:
+            if isinstance(subject, Host):
+                continue
+            of = FAMILIES_OF[type(subject)]
+            labels = (subject.name, name)
+            sample = state.store.sample(name, subject)
             if sample is not None:
-                families.add(SAMPLE_TIMESTAMP, labels, sample.taken_at)
-            counters = state.store.counters_of(name, domain)
+                families.add(of.sample_timestamp, labels, sample.taken_at)
+            counters = state.store.counters_of(name, subject)
             stale = (
                 not state.up
                 or sample is None
                 or counters.failing
                 or state.taken_at - sample.taken_at > sampler.stale_after
             )
-            families.add(STALE, labels, 1 if stale else 0)
-            families.add(TIMEOUTS, labels, counters.timeouts)
-            families.add(CALL_ERRORS, labels, counters.errors)
-            families.add(SKIPPED, labels, counters.skipped)
-            families.add(IN_FLIGHT, labels, state.in_flight.get((domain, name), 0.0))
+            families.add(of.stale, labels, 1 if stale else 0)
+            families.add(of.timeouts, labels, counters.timeouts)
+            families.add(of.errors, labels, counters.errors)
+            families.add(of.skipped, labels, counters.skipped)
+            families.add(of.in_flight, labels, state.in_flight.get((name, subject), 0.0))
     for entry in state.domains:
         if entry.active:
             families.add(MONITOR_BUSY, (entry.name,), entry.monitor_busy_seconds)
@@ -105,7 +127,7 @@ def _add_domains(families: Families, state: State) -> None:
 def collect(state: State) -> Families:
     families = Families()
     _add_samplers(families, state)
-    _add_domains(families, state)
+    _add_subjects(families, state)
     families.add(THREADS, ("busy",), state.busy_threads)
     families.add(THREADS, ("stuck",), state.stuck_threads)
     return families

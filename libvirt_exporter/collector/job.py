@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from libvirt_exporter.collector.families import Families, Kind, fields, gauge
 from libvirt_exporter.collector.view import State
-from libvirt_exporter.samplers.job import NAME as JOB
+from libvirt_exporter.samplers import SamplerName
 
 G = Kind.GAUGE
 MILLISECONDS = 1e-3
@@ -51,7 +51,7 @@ def _word(names: tuple[str, ...], number: object) -> str:
 def collect(state: State) -> Families:
     families = Families()
     for entry in state.domains:
-        sample = state.store.sample(JOB, entry.name)
+        sample = state.store.sample(SamplerName.JOB, entry.subject)
         if not entry.job_running or sample is None:
             continue
         stats = sample.values

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from libvirt_exporter.calls import Pool
 from libvirt_exporter.collector.families import Families, Kind, fields
 from libvirt_exporter.collector.view import State
+from libvirt_exporter.samplers import SamplerName
 
 # fmt: off
 FIELDS = fields("storage_pool", ("pool",), [
@@ -19,8 +21,12 @@ SPECS = tuple(spec for _, spec in FIELDS)
 
 def collect(state: State) -> Families:
     families = Families()
-    if state.storage_pools is not None:
-        for name, sample in sorted(state.storage_pools.items()):
-            for field, spec in FIELDS:
-                families.add(spec, (name,), sample.values[field])
+    for sampler in state.samplers:
+        if sampler.name is not SamplerName.STORAGE_POOL:
+            continue
+        for pool in sorted((p for p in sampler.subjects if isinstance(p, Pool)), key=lambda p: p.name):
+            sample = state.store.sample(sampler.name, pool)
+            if sample is not None:
+                for field, spec in FIELDS:
+                    families.add(spec, (pool.name,), sample.values[field])
     return families

@@ -2,8 +2,7 @@
 
 The collectors run in a render thread while greenlets on the hub go on sampling, so they read a
 `State`: the live state as it was at one moment, taken on the hub by `View.state`. Taking it costs
-copies of dictionaries and lists (under a millisecond at 500 domains), where collecting the families
-in the hub held it for 25 to 45 ms, long enough to delay the scrapes that came meanwhile.
+copies of dictionaries and lists only, so that the hub is not held while families are collected.
 """
 
 from __future__ import annotations
@@ -12,20 +11,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from libvirt_exporter.calls import HOST, CallRunner
-from libvirt_exporter.connection import Connection, HostInfo
-from libvirt_exporter.cycle import Sampler
+from libvirt_exporter.calls import Call, CallRunner, Host, Subject
+from libvirt_exporter.connection import HostInfo, MainConnection
 from libvirt_exporter.inventory import DomainEntry, Inventory
-from libvirt_exporter.samplers.storage_pool import StoragePoolSampler
-from libvirt_exporter.store import Sample, Store
+from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.samplers.base import Sampler
+from libvirt_exporter.store import Key, Store
 
 
 @dataclass(frozen=True)
 class SamplerState:
-    name: str
+    name: SamplerName
     stale_after: float
-    subjects: list[str]
-    """The domains it is expected to have fresh values for."""
+    subjects: list[Subject]
+    """The domains or pools it is expected to have fresh values for."""
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,12 @@ class State:
     inactive_left_out: int
     store: Store
     samplers: tuple[SamplerState, ...]
-    in_flight: Mapping[tuple[str, str], float]
-    """Per (domain, sampler), how long its outstanding call has run."""
+    in_flight: Mapping[Key, float]
+    """Per (sampler, subject), how long its outstanding call has run."""
     busy_threads: int
     stuck_threads: int
     collectors: frozenset[str]
     """The enabled `--collector.<name>` switches."""
-    storage_pools: Mapping[str, Sample] | None
     taken_at: float
     """Unix time: what the age of a sample is measured against."""
 
@@ -56,17 +54,16 @@ class State:
 class View:
     """The live parts of the exporter that the state is taken from."""
 
-    connection: Connection
+    connection: MainConnection
     inventory: Inventory
     store: Store
     runner: CallRunner
     samplers: tuple[Sampler, ...]
     collectors: frozenset[str]
-    storage_pools: StoragePoolSampler | None
 
     def state(self) -> State:
         """The state as it is now; only on the hub, where no greenlet changes it meanwhile."""
-        pools = self.storage_pools
+        store = self.store.copy()
         return State(
             up=self.connection.up,
             reconnects=self.connection.reconnects,
@@ -74,26 +71,26 @@ class View:
             host=self.connection.host,
             domains=self.inventory.domains(),
             inactive_left_out=self.inventory.inactive_left_out(),
-            store=self.store.copy(),
-            samplers=tuple(
-                SamplerState(s.config.name, s.config.stale_after, s.subjects()) for s in self.samplers
-            ),
-            in_flight=self._in_flight_seconds(),
+            store=store,
+            samplers=tuple(SamplerState(s.name, s.config.stale_after, s.subjects()) for s in self.samplers),
+            in_flight=self._in_flight_seconds(store),
             busy_threads=self.runner.busy_count(),
             stuck_threads=self.runner.stuck_count(),
             collectors=self.collectors,
-            storage_pools=dict(pools.pools) if pools is not None else None,
             taken_at=time.time(),
         )
 
-    def _in_flight_seconds(self) -> dict[tuple[str, str], float]:
-        """Per (domain, sampler), how long its call has run; a stuck host-wide call counts for the
-        domains it is blamed on."""
+    def _in_flight_seconds(self, store: Store) -> dict[Key, float]:
+        """Per (sampler, subject), how long its call has run; a stuck host-wide call counts for
+        the domains it is blamed on."""
         now = time.monotonic()
-        seconds: dict[tuple[str, str], float] = {}
+        samplers = {sampler.name for sampler in self.samplers}
+        calls: list[tuple[Key, Call]] = list(store.blamed.items())
         for call in self.runner.in_flight():
-            domains = call.blamed if call.key.subject == HOST else (call.key.subject,)
-            for domain in domains:
-                key = (domain, call.key.sampler)
-                seconds[key] = max(seconds.get(key, 0.0), call.running_for(now))
+            sent = call.key
+            if sent is not None and sent.sender in samplers and not isinstance(sent.subject, Host):
+                calls.append(((SamplerName(sent.sender), sent.subject), call))
+        seconds: dict[Key, float] = {}
+        for key, call in calls:
+            seconds[key] = max(seconds.get(key, 0.0), call.running_for(now))
         return seconds

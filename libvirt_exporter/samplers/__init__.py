@@ -1,1 +1,20 @@
-"""Samplers: each refreshes part of the cached values on its own interval, under its own deadline."""
+"""Samplers: each refreshes part of the cached values on its own interval, under its own deadline.
+
+A sampler is named by a `SamplerName`, the one definition the flags, the store and the collectors
+use; a cycle that could sample nothing at all raises `CycleFailed`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SamplerName(StrEnum):
+    BULK = "bulk"
+    BLOCK = "block"
+    JOB = "job"
+    STORAGE_POOL = "storage_pool"
+
+
+class CycleFailed(Exception):
+    """A cycle that produced nothing at all (no connection, or the call every value needs failed)."""

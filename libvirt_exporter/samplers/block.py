@@ -1,15 +1,13 @@
-"""The `block` sampler: statistics and capacity / allocation / physical size of every disk.
+"""The `block` sampler: I/O counters and capacity / allocation / physical size of every disk.
 
 Sizes come from virDomainGetBlockInfo, disk by disk; the I/O counters of all the domain's disks from
-one virConnectGetAllDomainStats of its block group, which asks QEMU once: virDomainBlockStatsFlags,
-disk by disk, asks QEMU for every disk each time and cost libvirtd 2.7 times the CPU (measured: 12.5
-against 4.7 ms for 10 one-disk VMs). The group's own sizes are not used: its `allocation` is the
-highest offset written and its `physical` what blockInfo calls allocation (measured on a qcow2).
+one read of its block stats group, which asks QEMU once where virDomainBlockStatsFlags asks it once
+per disk (docs/benchmarks.md). The group's own `allocation` and `physical` mean other things than
+blockInfo's (the highest offset written; what blockInfo calls allocation), so blockInfo's replace them.
 
-Both calls need the domain's job and QEMU monitor, so on a frozen VM they hang: each domain gets
-one read under its own deadline, and none while the domain's monitor is stuck on another call.
-The "block-info calls stuck for N minutes" alert watches for a domain whose block values are stale
-while a call on it is outstanding (`libvirt_domain_call_in_flight_seconds`).
+Both calls need the domain's job and QEMU monitor, so on a hung VM they hang: each domain gets one
+read under its own deadline, and none while the domain's monitor is stuck on another call. The
+"block-info call stuck for N minutes" alert watches `libvirt_domain_call_in_flight_seconds`.
 """
 
 from __future__ import annotations
@@ -24,61 +22,60 @@ from libvirt_exporter.domain_xml import Disk
 from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import is_unsupported
-from libvirt_exporter.samplers.per_domain import DomainSampler, read_domain_stats
+from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.samplers.base import DomainSampler, read_domain_stats
 
-NAME = "block"
-
-
-_BLOCK_STATS_FIELDS = ("rd_operations", "rd_bytes", "wr_operations", "wr_bytes", "errs")
-_GROUP_FIELDS = {
-    "rd.reqs": "rd_operations",
-    "rd.bytes": "rd_bytes",
-    "rd.times": "rd_total_times",
-    "wr.reqs": "wr_operations",
-    "wr.bytes": "wr_bytes",
-    "wr.times": "wr_total_times",
-    "fl.reqs": "flush_operations",
-    "fl.times": "flush_total_times",
+_FLAGS_FIELDS = {
+    "rd_operations": "rd.reqs",
+    "rd_bytes": "rd.bytes",
+    "rd_total_times": "rd.times",
+    "wr_operations": "wr.reqs",
+    "wr_bytes": "wr.bytes",
+    "wr_total_times": "wr.times",
+    "flush_operations": "fl.reqs",
+    "flush_total_times": "fl.times",
+    "errs": "errors",
 }
-"""The block group's names of virDomainBlockStatsFlags' counters, which the collectors read."""
+"""virDomainBlockStatsFlags' names of the block group's fields."""
+_BLOCK_STATS_FIELDS = ("rd.reqs", "rd.bytes", "wr.reqs", "wr.bytes", "errors")
+"""The fields of the older virDomainBlockStats' tuple, in its order."""
 
 
-def _group_counters(lane: Lane, domain: Any) -> dict[str, dict[str, int]] | None:
-    """Per disk target, the I/O counters of the domain's block stats group; None from a driver whose
-    group lacks them (libvirt's test driver)."""
-    stats = read_domain_stats(domain, libvirt.VIR_DOMAIN_STATS_BLOCK, lane)
-    if "block.count" not in stats:
-        return None
-    by_target = {}
-    for index in range(stats["block.count"]):
-        prefix = f"block.{index}."
-        counters = {
-            ours: stats[prefix + theirs] for theirs, ours in _GROUP_FIELDS.items() if prefix + theirs in stats
-        }
-        by_target[stats[prefix + "name"]] = counters
-    return by_target
+def _disk_by_disk(domain: Any, targets: list[str]) -> dict[str, Any]:
+    """The block group's keys read disk by disk, for a driver whose group lacks the counters
+    (libvirt's test driver): virDomainBlockStatsFlags, or virDomainBlockStats where it lacks that."""
+    stats: dict[str, Any] = {"block.count": len(targets)}
+    for number, target in enumerate(targets):
+        try:
+            fields = {
+                _FLAGS_FIELDS[k]: v
+                for k, v in domain.blockStatsFlags(target, 0).items()
+                if k in _FLAGS_FIELDS
+            }
+        except libvirt.libvirtError as error:
+            if not is_unsupported(error):
+                raise
+            fields = dict(zip(_BLOCK_STATS_FIELDS, domain.blockStats(target), strict=True))
+        stats.update({f"block.{number}.{field}": value for field, value in fields.items()})
+        stats[f"block.{number}.name"] = target
+    return stats
 
 
-def _io_counters(domain: Any, target: str) -> dict[str, int]:
-    """virDomainBlockStatsFlags, or the older virDomainBlockStats where a driver lacks it."""
-    try:
-        return dict(domain.blockStatsFlags(target, 0))
-    except libvirt.libvirtError as error:
-        if not is_unsupported(error):
-            raise
-    return dict(zip(_BLOCK_STATS_FIELDS, domain.blockStats(target), strict=True))
-
-
-def read_disks(domain: Any, disks: tuple[Disk, ...], lane: Lane) -> dict[str, Mapping[str, int]]:
-    """Runs in a pool thread: per disk target, its I/O counters and its sizes in bytes."""
+def read_disks(domain: Any, disks: tuple[Disk, ...], lane: Lane) -> Mapping[str, Any]:
+    """Runs in a pool thread: the block group's keys of the domain's disks, with blockInfo's sizes."""
+    if not disks:
+        return {}
     domain = lane.domain(domain)
     sizes = {disk.target: domain.blockInfo(disk.target, 0) for disk in disks}
-    counters = _group_counters(lane, domain) if disks else {}
-    by_target: dict[str, Mapping[str, int]] = {}
-    for target, (capacity, allocation, physical) in sizes.items():
-        stats = counters.get(target, {}) if counters is not None else _io_counters(domain, target)
-        by_target[target] = {**stats, "capacity": capacity, "allocation": allocation, "physical": physical}
-    return by_target
+    stats = dict(read_domain_stats(domain, libvirt.VIR_DOMAIN_STATS_BLOCK, lane))
+    if not any(key.endswith(".rd.reqs") for key in stats):
+        stats = _disk_by_disk(domain, list(sizes))
+    for number in range(int(stats.get("block.count", 0))):
+        size = sizes.get(stats.get(f"block.{number}.name", ""))
+        if size is not None:
+            for field, value in zip(("capacity", "allocation", "physical"), size, strict=True):
+                stats[f"block.{number}.{field}"] = value
+    return stats
 
 
 def sampled_disks(entry: DomainEntry) -> tuple[Disk, ...]:
@@ -89,12 +86,13 @@ def sampled_disks(entry: DomainEntry) -> tuple[Disk, ...]:
 
 
 class BlockSampler(DomainSampler):
-    def subjects(self) -> list[str]:
-        return [entry.name for entry in self._inventory.domains() if entry.active]
+    name = SamplerName.BLOCK
 
-    def run_cycle(self) -> None:
-        self._connection.require_up()
-        active = self._callable(entry for entry in self._inventory.domains() if entry.active)
+    def entries(self) -> list[DomainEntry]:
+        return [entry for entry in self._inventory.domains() if entry.active]
+
+    def _sample(self) -> None:
+        ready = self._callable(self.entries())
         self._sample_each(
-            (entry.name, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in active
+            (entry.subject, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in ready
         )

@@ -23,16 +23,17 @@ from typing import Any
 
 import libvirt
 
-from libvirt_exporter.calls import CallKey, Outcome, Status
-from libvirt_exporter.inventory import DomainEntry
-from libvirt_exporter.lanes import Lane
+from libvirt_exporter.calls import Call, CallKey, Domain, Outcome, Status
+from libvirt_exporter.config import SamplerConfig
+from libvirt_exporter.inventory import DomainEntry, Inventory
+from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe
-from libvirt_exporter.samplers.per_domain import DomainSampler, read_domain_stats
-from libvirt_exporter.store import Sample
+from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.samplers.base import DomainSampler, read_domain_stats
+from libvirt_exporter.store import Sample, Store
 
 log = logging.getLogger(__name__)
 
-NAME = "bulk"
 STAT_GROUPS = {
     "cpu": libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
     "balloon": libvirt.VIR_DOMAIN_STATS_BALLOON,
@@ -44,7 +45,7 @@ STAT_GROUPS = {
     "dirtyrate": libvirt.VIR_DOMAIN_STATS_DIRTYRATE,
 }
 """The stat group each collector switch asks libvirt for; `state` is always asked for."""
-HOST_WIDE = CallKey(NAME)
+HOST_WIDE = CallKey(SamplerName.BULK)
 
 
 def stat_groups(collectors: frozenset[str]) -> int:
@@ -64,28 +65,31 @@ def read_stats(domains: list[Any], groups: int, lane: Lane) -> dict[str, Mapping
 
 
 class BulkSampler(DomainSampler):
-    groups: int = libvirt.VIR_DOMAIN_STATS_STATE
-    """Set from the enabled collectors by the exporter."""
+    name = SamplerName.BULK
 
-    def subjects(self) -> list[str]:
-        return [entry.name for entry in self._inventory.domains()]
+    def __init__(
+        self, config: SamplerConfig, dispatcher: Dispatcher, store: Store, inventory: Inventory, groups: int
+    ) -> None:
+        super().__init__(config, dispatcher, store, inventory)
+        self.groups = groups
+        """The stat groups asked for (`stat_groups` of the enabled collectors)."""
 
     def run_cycle(self) -> None:
-        self._inventory.refresh()
-        self._connection.require_up()
-        free, busy = self._partition()
-        if free and not self._runner.is_in_flight(HOST_WIDE):
-            free = self._sample_host_wide(free)
-        self._sample_each((e.name, partial(read_domain_stats, e.domain, self.groups)) for e in free + busy)
+        """The cycle starts with a survey, which fails the cycle as a whole when it cannot be done."""
+        self._store.forget(self._inventory.refresh())
+        super().run_cycle()
 
-    def _partition(self) -> tuple[list[DomainEntry], list[DomainEntry]]:
-        """Domains with a free monitor, and with one busy for a moment; stuck ones are skipped."""
-        ready = self._callable(self._inventory.domains())
-        return [e for e in ready if e.monitor_free], [e for e in ready if not e.monitor_free]
+    def _sample(self) -> None:
+        ready = self._callable(self.entries())
+        free = [e for e in ready if e.monitor_free]
+        busy = [e for e in ready if not e.monitor_free]
+        if free and not self._dispatcher.is_in_flight(HOST_WIDE):
+            free = self._sample_host_wide(free)
+        self._sample_each((e.subject, partial(read_domain_stats, e.domain, self.groups)) for e in free + busy)
 
     def _sample_host_wide(self, ready: list[DomainEntry]) -> list[DomainEntry]:
         """One call for all `ready` domains; returns the domains still to be sampled one by one."""
-        outcome = self._connection.call(
+        outcome = self._dispatcher.call(
             HOST_WIDE,
             partial(read_stats, [entry.domain for entry in ready], self.groups),
             self.config.deadline,
@@ -102,16 +106,17 @@ class BulkSampler(DomainSampler):
         )
         return ready
 
-    def _blame_stuck_monitors(self, call: Any, ready: list[DomainEntry]) -> list[DomainEntry]:
-        """Find the domains the stuck call waits on (their monitors are now busy)."""
-        self._inventory.refresh()
+    def _blame_stuck_monitors(self, call: Call, ready: list[DomainEntry]) -> list[DomainEntry]:
+        """Find the domains the stuck call waits on (their monitors are now busy): their values
+        count a timeout, and the call counts as theirs while it runs."""
+        self._store.forget(self._inventory.refresh())
         stuck_on = []
         for entry in ready:
             current = self._inventory.get(entry.name)
             if current is not None and not current.monitor_free:
                 stuck_on.append(entry.name)
-                self._store.count_failure(NAME, entry.name, Status.TIMEOUT)
-        call.blamed = tuple(stuck_on)
+                self._store.count_failure(self.name, Domain(entry.name), Status.TIMEOUT)
+                self._store.blame(self.name, Domain(entry.name), call)
         log.warning(
             "host-wide stats call ran past its deadline",
             extra={"fields": {"deadline": self.config.deadline, "stuck_on": ",".join(stuck_on)}},
@@ -132,7 +137,7 @@ class BulkSampler(DomainSampler):
             if self._lacks_job_stats(entry, stats):
                 without_job.add(name)
             else:
-                self._store.offer(NAME, name, Sample(stats, taken_at))
+                self._store.offer(self.name, Domain(name), Sample(stats, taken_at))
         return without_job
 
     def _lacks_job_stats(self, entry: DomainEntry, stats: Mapping[str, Any]) -> bool:

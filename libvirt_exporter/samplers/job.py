@@ -1,7 +1,7 @@
 """The `job` sampler: progress of a domain's background job, such as a migration.
 
 Only domains whose control info says a job runs get a call (virDomainGetJobStats), each under its
-own deadline: the call needs the QEMU monitor, which a frozen QEMU does not answer.
+own deadline: the call needs the QEMU monitor, which a hung QEMU does not answer.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.lanes import Lane
-from libvirt_exporter.samplers.per_domain import DomainSampler
-
-NAME = "job"
+from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.samplers.base import DomainSampler
 
 
 def read_job(domain: Any, lane: Lane) -> Mapping[str, Any]:
@@ -23,10 +23,11 @@ def read_job(domain: Any, lane: Lane) -> Mapping[str, Any]:
 
 
 class JobSampler(DomainSampler):
-    def subjects(self) -> list[str]:
-        return [entry.name for entry in self._inventory.domains() if entry.job_running]
+    name = SamplerName.JOB
 
-    def run_cycle(self) -> None:
-        self._connection.require_up()
-        running = self._callable(entry for entry in self._inventory.domains() if entry.job_running)
-        self._sample_each((entry.name, partial(read_job, entry.domain)) for entry in running)
+    def entries(self) -> list[DomainEntry]:
+        return [entry for entry in self._inventory.domains() if entry.job_running]
+
+    def _sample(self) -> None:
+        ready = self._callable(self.entries())
+        self._sample_each((entry.subject, partial(read_job, entry.domain)) for entry in ready)

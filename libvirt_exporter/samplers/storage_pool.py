@@ -1,26 +1,22 @@
 """The `storage_pool` sampler: state and sizes of each storage pool.
 
-Pool calls hang on dead storage (an NFS pool whose server is gone) as QEMU calls hang on frozen
-VMs, so each pool gets its own call under its own deadline, and a pool whose call is still stuck
-gets no new one.
+Pool calls hang on dead storage (an NFS pool whose server is gone) as QEMU calls hang on hung VMs,
+so each pool gets its own call under its own deadline, a pool whose call is still stuck gets no new
+one, and its values are flagged stale like a domain's.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
-import gevent
-
-from libvirt_exporter.calls import CallKey, Outcome, Status
+from libvirt_exporter.calls import CallKey, Pool, Status, Subject
 from libvirt_exporter.config import SamplerConfig
-from libvirt_exporter.connection import Connection
-from libvirt_exporter.cycle import CycleFailed
-from libvirt_exporter.lanes import Lane
-from libvirt_exporter.store import Sample, Store
+from libvirt_exporter.lanes import Dispatcher, Lane
+from libvirt_exporter.samplers import CycleFailed, SamplerName
+from libvirt_exporter.samplers.base import Sampler
+from libvirt_exporter.store import Store
 
-NAME = "storage_pool"
-LIST = CallKey(NAME)
+LIST = CallKey(SamplerName.STORAGE_POOL)
 
 
 def list_pools(lane: Lane) -> list[str]:
@@ -34,39 +30,24 @@ def read_pool(name: str, lane: Lane) -> dict[str, int]:
     return {"state": state, "capacity": capacity, "allocation": allocation, "available": available}
 
 
-class StoragePoolSampler:
-    """Keeps the last values of each pool that still exists; pools are sampled at once, so that
-    one hung pool delays none of the others."""
+class StoragePoolSampler(Sampler):
+    """Pools are listed each cycle, then sampled at once, so that one hung pool delays no other."""
 
-    def __init__(self, config: SamplerConfig, connection: Connection) -> None:
-        self.config = config
-        self._connection = connection
-        self._store = Store()  # its own: pool names are not domain names
-        self._listed: set[str] = set()
+    name = SamplerName.STORAGE_POOL
+    _listed: list[Pool]
 
-    @property
-    def pools(self) -> dict[str, Sample]:
-        return self._store.samples[NAME]
+    def __init__(self, config: SamplerConfig, dispatcher: Dispatcher, store: Store) -> None:
+        super().__init__(config, dispatcher, store)
+        self._listed = []
 
-    def subjects(self) -> list[str]:
-        return []  # pools are not domains: their health is the sampler's own
+    def subjects(self) -> list[Subject]:
+        return list(self._listed)
 
-    def run_cycle(self) -> None:
-        self._connection.require_up()
-        listed = self._connection.call(LIST, list_pools, self.config.deadline)
+    def _sample(self) -> None:
+        listed = self._dispatcher.call(LIST, list_pools, self.config.deadline)
         if listed.status is not Status.OK or listed.value is None:
             raise CycleFailed(f"listing storage pools failed: {listed.error or listed.status.value}")
-        self._listed = set(listed.value)
-        self._store.forget(self.pools.keys() - self._listed)
-        gevent.joinall([gevent.spawn(self._sample, name) for name in listed.value])
-
-    def _sample(self, name: str) -> None:
-        take = partial(self._take, name)
-        read = partial(read_pool, name)
-        take(self._connection.call(CallKey(NAME, name), read, self.config.deadline, on_late=take))
-
-    def _take(self, name: str, outcome: Outcome[Any]) -> None:
-        """Values of a pool still listed; a late result never replaces a newer one (Store.offer)."""
-        values, call = outcome.value, outcome.call
-        if outcome.status is Status.OK and values is not None and call is not None and name in self._listed:
-            self._store.offer(NAME, name, Sample(values, call.started_at))
+        pools = [Pool(name) for name in listed.value]
+        self._store.forget(set(self._listed) - set(pools))
+        self._listed = pools
+        self._sample_each((pool, partial(read_pool, pool.name)) for pool in pools)

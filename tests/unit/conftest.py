@@ -11,7 +11,8 @@ import pytest
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.cli import SAMPLER_DEFAULTS
 from libvirt_exporter.config import Config, SamplerConfig
-from libvirt_exporter.cycle import Sampler, run_cycle_and_record
+from libvirt_exporter.cycle import run_cycle_and_record
+from libvirt_exporter.samplers.base import Sampler
 from tests.exposition import Series, domains_in, parse, value
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 
@@ -40,8 +41,9 @@ class Harness:
     def __init__(self, host: FakeHost, config: Config) -> None:
         self.host = host
         self.exporter = Exporter(config, opener=host.open)
+        self.exporter.follow_changes()
         assert self.exporter.connection.connect_once()
-        self.exporter.inventory.refresh()  # as the exporter does before it starts its samplers
+        self.exporter.refresh_inventory()  # as the exporter does before it starts its samplers
 
     def cycle(self, sampler: Sampler) -> Series:
         run_cycle_and_record(sampler, self.exporter.store)

@@ -6,7 +6,8 @@ import threading
 
 import gevent
 
-from libvirt_exporter.calls import CallKey, CallRunner, Status
+from libvirt_exporter.calls import CallKey, CallRunner, Domain, Status
+from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.store import Sample, Store
 from tests.unit.conftest import wait_for
 
@@ -15,10 +16,14 @@ def test_stuck_threads_are_bounded_and_new_calls_are_skipped_when_all_are_taken(
     runner = CallRunner(max_concurrent=2, max_stuck=2)
     gate = threading.Event()
     try:
-        outcomes = [runner.run(CallKey("block", name), gate.wait, deadline=0.05) for name in "abc"]
+        outcomes = [
+            runner.run(CallKey("block", Domain(name)), lambda: gate.wait, deadline=0.05) for name in "abc"
+        ]
         assert [o.status for o in outcomes] == [Status.TIMEOUT, Status.TIMEOUT, Status.SKIPPED]
         assert runner.stuck_count() == 2
-        assert runner.run(CallKey("block", "a"), lambda: 1, deadline=1).status is Status.SKIPPED
+        assert (
+            runner.run(CallKey("block", Domain("a")), lambda: lambda: 1, deadline=1).status is Status.SKIPPED
+        )
     finally:
         gate.set()
 
@@ -28,12 +33,14 @@ def test_late_result_is_handed_over_once_the_call_returns() -> None:
     gate = threading.Event()
     late: list[Status] = []
     key = CallKey("bulk")
-    outcome = runner.run(key, lambda: gate.wait() and "values", 0.05, on_late=lambda o: late.append(o.status))
+    outcome = runner.run(
+        key, lambda: lambda: gate.wait() and "values", 0.05, on_late=lambda o: late.append(o.status)
+    )
     assert outcome.status is Status.TIMEOUT and runner.is_in_flight(key)
     gate.set()
     wait_for(lambda: not runner.is_in_flight(key))
     assert late == [Status.OK]
-    assert runner.run(key, lambda: "again", 1).value == "again"
+    assert runner.run(key, lambda: lambda: "again", 1).value == "again"
 
 
 def test_errors_are_outcomes_not_exceptions() -> None:
@@ -42,15 +49,16 @@ def test_errors_are_outcomes_not_exceptions() -> None:
     def fail() -> None:
         raise RuntimeError("libvirt said no")
 
-    outcome = runner.run(CallKey("block", "a"), fail, 1)
+    outcome = runner.run(CallKey("block", Domain("a")), lambda: fail, 1)
     assert outcome.status is Status.ERROR and str(outcome.error) == "libvirt said no"
 
 
 def test_a_late_sample_never_replaces_a_newer_one() -> None:
     store = Store()
-    assert store.offer("bulk", "a", Sample({"cpu.time": 2}, taken_at=200.0))
-    assert not store.offer("bulk", "a", Sample({"cpu.time": 1}, taken_at=100.0))
-    assert store.sample("bulk", "a") == Sample({"cpu.time": 2}, taken_at=200.0)
+    bulk, a = SamplerName.BULK, Domain("a")
+    assert store.offer(bulk, a, Sample({"cpu.time": 2}, taken_at=200.0))
+    assert not store.offer(bulk, a, Sample({"cpu.time": 1}, taken_at=100.0))
+    assert store.sample(bulk, a) == Sample({"cpu.time": 2}, taken_at=200.0)
 
 
 def test_calls_that_waited_for_a_slot_while_others_got_stuck_are_skipped_not_wedged() -> None:
@@ -60,7 +68,8 @@ def test_calls_that_waited_for_a_slot_while_others_got_stuck_are_skipped_not_wed
     gate = threading.Event()
     try:
         calls = [
-            gevent.spawn(runner.run, CallKey("block", str(index)), gate.wait, 0.05) for index in range(6)
+            gevent.spawn(runner.run, CallKey("block", Domain(str(index))), lambda: gate.wait, 0.05)
+            for index in range(6)
         ]
         wait_for(lambda: all(call.ready() for call in calls))
         statuses = [call.value.status for call in calls]
@@ -85,10 +94,10 @@ def test_one_call_per_domain_at_a_time_whichever_sampler_sends_it() -> None:
         order.append("block")
         return "block"
 
-    bulk = gevent.spawn(runner.run_bound, CallKey("bulk", "a"), lambda: first, 5.0, one_per_domain=True)
+    bulk = gevent.spawn(runner.run, CallKey("bulk", Domain("a")), lambda: first, 5.0)
     gevent.sleep(0)  # the bulk call is dispatched
-    block = gevent.spawn(runner.run_bound, CallKey("block", "a"), lambda: second, 5.0, one_per_domain=True)
-    other = runner.run_bound(CallKey("block", "b"), lambda: lambda: "b", 5.0, one_per_domain=True)
+    block = gevent.spawn(runner.run, CallKey("block", Domain("a")), lambda: second, 5.0)
+    other = runner.run(CallKey("block", Domain("b")), lambda: lambda: "b", 5.0)
     assert other.status is Status.OK, "a call on another domain does not wait"
     assert not block.dead, "the block call on the same domain waits for the bulk call"
     gate.set()
@@ -103,15 +112,41 @@ def test_a_domain_whose_call_is_stuck_gets_no_call_from_another_sampler() -> Non
     gate = threading.Event()
     sent: list[str] = []
     try:
-        stuck = runner.run_bound(CallKey("bulk", "a"), lambda: gate.wait, 0.05, one_per_domain=True)
+        stuck = runner.run(CallKey("bulk", Domain("a")), lambda: gate.wait, 0.05)
         assert stuck.status is Status.TIMEOUT
-        second = runner.run_bound(
-            CallKey("block", "a"), lambda: lambda: sent.append("block"), 5.0, one_per_domain=True
-        )
+        second = runner.run(CallKey("block", Domain("a")), lambda: lambda: sent.append("block"), 5.0)
         assert second.status is Status.SKIPPED and second.call is stuck.call
         assert sent == [] and runner.stuck_count() == 1
     finally:
         gate.set()
     wait_for(lambda: not runner.in_flight())
-    again = runner.run_bound(CallKey("block", "a"), lambda: lambda: "values", 1.0, one_per_domain=True)
+    again = runner.run(CallKey("block", Domain("a")), lambda: lambda: "values", 1.0)
     assert again.value == "values"
+
+
+def test_a_greenlet_killed_while_it_waits_leaks_no_slot_and_leaves_no_key_in_flight() -> None:
+    """A sampler greenlet killed (the exporter stopping, a cycle cancelled) while its call waits
+    for a slot, or for its thread: the slot is given back, and the key is in flight only for as
+    long as a thread runs the call."""
+    runner = CallRunner(max_concurrent=1, max_stuck=4)
+    gate = threading.Event()
+    holder = gevent.spawn(runner.run, CallKey("bulk", Domain("a")), lambda: gate.wait, 5.0)
+    wait_for(lambda: runner.busy_count() == 1)  # it holds the only slot
+    waiting_key = CallKey("block", Domain("b"))
+    waiting = gevent.spawn(runner.run, waiting_key, lambda: lambda: "never sent", 5.0)
+    wait_for(lambda: runner.is_in_flight(waiting_key))  # it waits for the slot
+    waiting.kill()
+    assert not runner.is_in_flight(waiting_key)
+    gate.set()
+    holder.join()
+
+    running_key = CallKey("block", Domain("c"))
+    gate.clear()
+    running = gevent.spawn(runner.run, running_key, lambda: gate.wait, 5.0)
+    wait_for(lambda: runner.busy_count() == 1)  # its thread runs
+    running.kill()
+    assert runner.is_in_flight(running_key), "its thread still runs the call"
+    gate.set()
+    wait_for(lambda: not runner.in_flight())
+    outcome = runner.run(CallKey("block", Domain("d")), lambda: lambda: "values", 1.0)
+    assert outcome.value == "values", "the slots were given back"

@@ -15,12 +15,13 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from libvirt_exporter.calls import Status
+from libvirt_exporter.calls import Domain, Status
 from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.families import Families
 from libvirt_exporter.config import COLLECTOR_DEFAULTS, SamplerConfig
 from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Exposition, Renderer
+from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.store import Sample, Store
 from tests.unit.conftest import Harness, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -84,10 +85,11 @@ def test_the_state_a_render_reads_stays_as_it_was_taken_while_sampling_goes_on()
         return Renderer().render(groups, CollectorRegistry(auto_describe=False)).text
 
     before = rendered()
-    exporter.store.count_failure("bulk", "a", Status.ERROR)  # what the hub may do meanwhile
-    exporter.store.offer("bulk", "a", Sample({"state.state": 1, "cpu.time": 5}, taken_at=state.taken_at + 1))
-    exporter.store.cycle_failed("bulk", 1.0)
-    exporter.store.forget(["a"])
+    bulk, a = SamplerName.BULK, Domain("a")
+    exporter.store.count_failure(bulk, a, Status.ERROR)  # what the hub may do meanwhile
+    exporter.store.offer(bulk, a, Sample({"state.state": 1, "cpu.time": 5}, taken_at=state.taken_at + 1))
+    exporter.store.cycle_failed(bulk, 1.0)
+    exporter.store.forget([a])
     assert rendered() == before
     assert value(parse(before), "libvirt_domain_sample_errors_total", domain="a", sampler="bulk") == 0
 
@@ -122,11 +124,12 @@ def test_scrapes_are_served_while_a_render_runs_and_publishes_meanwhile_join_it(
 class _Sampler:
     """A sampler whose cycle lasts until its gate opens."""
 
-    def __init__(self, name: str, gate: Event | None = None) -> None:
+    def __init__(self, name: SamplerName, gate: Event | None = None) -> None:
+        self.name = name
         self.config = SamplerConfig(name, interval=10, deadline=1)
         self._gate = gate
 
-    def subjects(self) -> list[str]:
+    def subjects(self) -> list[Domain]:
         return []
 
     def run_cycle(self) -> None:
@@ -139,8 +142,8 @@ def _overlapping_cycles(longest_wait: float) -> tuple[list[str], Event, gevent.G
     published: list[str] = []
     rounds = Rounds(Store(), lambda: published.append("render"), longest_wait)
     gate = Event()
-    slow = gevent.spawn(rounds.run_cycle, _Sampler("bulk", gate))
-    gevent.spawn(rounds.run_cycle, _Sampler("job")).join()
+    slow = gevent.spawn(rounds.run_cycle, _Sampler(SamplerName.BULK, gate))
+    gevent.spawn(rounds.run_cycle, _Sampler(SamplerName.JOB)).join()
     return published, gate, slow
 
 
@@ -162,14 +165,15 @@ def test_overlapping_cycles_put_a_render_off_no_longer_than_the_longest_wait() -
 class _TimedSampler:
     """Records when its cycles start; its first cycle lasts `first_cycle` seconds."""
 
-    def __init__(self, name: str, interval: float, first_cycle: float, starts_wanted: int) -> None:
+    def __init__(self, name: SamplerName, interval: float, first_cycle: float, starts_wanted: int) -> None:
+        self.name = name
         self.config = SamplerConfig(name, interval=interval, deadline=interval / 2)
         self.starts: list[float] = []
         self.enough = Event()
         self._first_cycle = first_cycle
         self._starts_wanted = starts_wanted
 
-    def subjects(self) -> list[str]:
+    def subjects(self) -> list[Domain]:
         return []
 
     def run_cycle(self) -> None:
@@ -185,8 +189,8 @@ def test_a_cycle_longer_than_its_interval_leaves_its_sampler_in_step_with_the_ot
     block sampler, so that their rounds are still rendered once each."""
     interval = 0.5
     rounds = Rounds(Store(), lambda: None, longest_wait=interval)
-    bulk = _TimedSampler("bulk", interval, first_cycle=1.5 * interval, starts_wanted=4)
-    block = _TimedSampler("block", interval, first_cycle=0, starts_wanted=1)
+    bulk = _TimedSampler(SamplerName.BULK, interval, first_cycle=1.5 * interval, starts_wanted=4)
+    block = _TimedSampler(SamplerName.BLOCK, interval, first_cycle=0, starts_wanted=1)
     loops = [gevent.spawn(run_forever, sampler, rounds) for sampler in (bulk, block)]
     bulk.enough.wait(timeout=10 * interval)
     gevent.killall(loops)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_exporter import metrics_doc, migration
 from libvirt_exporter.collector import SPECS
+from tools import metrics_doc, migration
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 

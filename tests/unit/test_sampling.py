@@ -8,8 +8,8 @@ from typing import Any
 import gevent
 import pytest
 
-from libvirt_exporter.calls import CallKey, CallRunner
-from libvirt_exporter.connection import Connection
+from libvirt_exporter.calls import CallKey, CallRunner, Domain, Pool
+from libvirt_exporter.connection import MainConnection
 from tests.unit.conftest import DEADLINE, Harness, Series, domains_in, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError, FakeStoragePool
 
@@ -54,7 +54,7 @@ def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harnes
     assert value(third, "libvirt_domain_block_read_requests_total", domain="a", device="vda") == 3
 
     host.thaw("b")
-    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("block", "b")))
+    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("block", Domain("b"))))
     harness.cycle(exporter.bulk)  # its survey sees b's monitor free again
     recovered = harness.cycle(exporter.block)
     assert value(recovered, "libvirt_domain_sample_stale", domain="b", sampler="block") == 0
@@ -278,12 +278,10 @@ def test_a_connection_closed_without_its_close_callback_is_noticed_by_the_next_f
 
 
 def test_an_unresponsive_libvirtd_is_noticed_by_the_liveness_probe(fake_host: FakeHost) -> None:
-    connection = Connection(
+    connection = MainConnection(
         "qemu:///system",
         CallRunner(max_concurrent=2, max_stuck=4),
         connect_deadline=1.0,
-        on_change=lambda: None,
-        on_domain_events=lambda _: None,
         opener=fake_host.open,
         unresponsive_after=0.3,
     )
@@ -336,8 +334,41 @@ def test_a_hung_storage_pool_keeps_its_last_values_and_the_others_stay_current(h
     assert value(series, "libvirt_storage_pool_allocation_bytes", pool="default") == 41 * 2**30
     assert value(series, "libvirt_storage_pool_allocation_bytes", pool="nfs") == 2**30
     host.pools.remove(nfs)
-    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("storage_pool", "nfs")))
+    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("storage_pool", Pool("nfs"))))
     assert value(harness.cycle(exporter.storage_pools), "libvirt_storage_pool_state", pool="nfs") is None
+
+
+def test_a_storage_pool_whose_call_hangs_is_flagged_stale_with_its_timeout_counted(
+    harness: Harness,
+) -> None:
+    """A pool on a dead NFS server is flagged as a hung VM is: stale, its timeout counted, its
+    stuck call shown in flight (the stuck-call alert), and no second call while it hangs."""
+    exporter, host = harness.exporter, harness.host
+    nfs = FakeStoragePool("nfs", [2, 10 * 2**30, 2**30, 9 * 2**30])
+    host.pools.append(nfs)
+    fresh = harness.cycle(exporter.storage_pools)
+    assert value(fresh, "libvirt_storage_pool_sample_stale", pool="nfs", sampler="storage_pool") == 0
+    nfs.reachable.clear()
+    try:
+        hung = harness.cycle(exporter.storage_pools)
+        again = harness.cycle(exporter.storage_pools)
+        labels = {"pool": "nfs", "sampler": "storage_pool"}
+        assert value(hung, "libvirt_storage_pool_sample_stale", **labels) == 1
+        assert value(hung, "libvirt_storage_pool_sample_timeouts_total", **labels) == 1
+        assert value(again, "libvirt_storage_pool_sample_skipped_total", **labels) == 1
+        in_flight = [value(s, "libvirt_storage_pool_call_in_flight_seconds", **labels) for s in (hung, again)]
+        assert 0 < in_flight[0] < in_flight[1]  # type: ignore[operator]
+        assert value(again, "libvirt_storage_pool_sample_stale", pool="default", sampler="storage_pool") == 0
+        assert value(again, "libvirt_storage_pool_allocation_bytes", pool="nfs") == 2**30, "last values kept"
+    finally:
+        nfs.reachable.set()
+    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("storage_pool", Pool("nfs"))))
+    recovered = harness.cycle(exporter.storage_pools)
+    assert value(recovered, "libvirt_storage_pool_sample_stale", pool="nfs", sampler="storage_pool") == 0
+    assert (
+        value(recovered, "libvirt_storage_pool_call_in_flight_seconds", pool="nfs", sampler="storage_pool")
+        == 0
+    )
 
 
 def test_a_connection_lost_while_a_cycle_starts_its_calls_kills_no_greenlet(

@@ -3,18 +3,18 @@
 The families are documented from `libvirt_exporter.collector.SPECS`, the same `Spec` objects the
 collectors build their families from, so the reference cannot drift from the code: a unit test
 compares the committed file with `render()`. Regenerate it with `make docs`, or
-`python -m libvirt_exporter.metrics_doc > docs/metrics.md`.
+`python -m tools.metrics_doc > docs/metrics.md`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from libvirt_exporter import migration
 from libvirt_exporter.collector import SPECS
 from libvirt_exporter.collector.families import Spec
 from libvirt_exporter.config import COLLECTOR_DEFAULTS
-from libvirt_exporter.migration import Rename
+from tools import migration
+from tools.migration import Rename
 
 NONE = "—"
 
@@ -192,7 +192,7 @@ def render(specs: Sequence[Spec] = SPECS) -> str:
 
 
 def main() -> None:
-    """Print the Markdown, for `python -m libvirt_exporter.metrics_doc > docs/metrics.md`."""
+    """Print the Markdown, for `python -m tools.metrics_doc > docs/metrics.md`."""
     print(render(), end="")
 
 

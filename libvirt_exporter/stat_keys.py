@@ -1,0 +1,43 @@
+"""libvirt's statistics come as flat keys (`block.0.name`, `block.0.rd.reqs`, `net.1.tx.bytes`,
+`vcpu.2.time`, `iothread.7.poll-grow`, `memory.bandwidth.monitor.0.node.1.bytes.total`); here, and
+only here, they become values per device. Samplers store the flat keys as libvirt gives them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+DEVICE_GROUPS = ("vcpu", "net", "block", "iothread")
+"""Groups whose keys are `group.N.field`: N counts devices, or is an I/O thread's id."""
+_BANDWIDTH_KEY = re.compile(r"^memory\.bandwidth\.monitor\.(\d+)\.node\.(\d+)\.(bytes\.\w+)$")
+
+Device = tuple[str, dict[str, Any]]
+"""A device's name (`name` where libvirt gives one, else its number) and its fields."""
+
+
+def devices(stats: Mapping[str, Any]) -> dict[str, list[Device]]:
+    """Per group of DEVICE_GROUPS, its devices in libvirt's order; one pass over the keys."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for key, value in stats.items():
+        group, dot, rest = key.partition(".")
+        if not dot or group not in DEVICE_GROUPS:
+            continue
+        number, dot, field = rest.partition(".")
+        if dot and number.isdigit():
+            found.setdefault(group, {}).setdefault(int(number), {})[field] = value
+    return {
+        group: [(str(fields.get("name", number)), fields) for number, fields in sorted(by_number.items())]
+        for group, by_number in found.items()
+    }
+
+
+def memory_bandwidth(stats: Mapping[str, Any]) -> list[tuple[str, str, str, Any]]:
+    """(monitor name, node, field, value) of each resctrl memory-bandwidth counter."""
+    counters = []
+    for key, value in stats.items():
+        if key.startswith("memory.bandwidth.") and (match := _BANDWIDTH_KEY.match(key)):
+            monitor, node, field = match.groups()
+            name = str(stats.get(f"memory.bandwidth.monitor.{monitor}.name", monitor))
+            counters.append((name, node, field, value))
+    return counters
