@@ -4,7 +4,6 @@ the snapshot, HTTP."""
 from __future__ import annotations
 
 import gc
-import logging
 import signal
 
 import gevent
@@ -21,6 +20,7 @@ from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.lanes import Dispatcher
 from libvirt_exporter.libvirt_client import open_read_only
+from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import Sampler
 from libvirt_exporter.samplers.block import BlockSampler
@@ -30,7 +30,7 @@ from libvirt_exporter.samplers.storage_pool import StoragePoolSampler
 from libvirt_exporter.store import Store
 from libvirt_exporter.web_config import load_web_config
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Exporter:
@@ -98,7 +98,7 @@ class Exporter:
         self.start()
         log.info(
             "listening",
-            extra={"fields": {"address": f"{self.config.listen_host}:{server.server_port}"}},
+            address=f"{self.config.listen_host}:{server.server_port}",
         )
         gevent.signal_handler(signal.SIGTERM, server.stop)  # exit cleanly when systemd stops us
         gevent.signal_handler(signal.SIGUSR1, log_greenlets)
@@ -127,7 +127,7 @@ class Exporter:
         try:
             self.store.forget(self.inventory.refresh())
         except Exception as error:
-            log.debug("inventory refresh after an event failed", extra={"fields": {"err": str(error)}})
+            log.debug("inventory refresh after an event failed", err=str(error))
         self.publish()
 
 
@@ -136,4 +136,4 @@ def log_greenlets() -> None:
     that they stay bounded. gevent keeps no registry of them, so they are counted among the garbage
     collector's objects: a few milliseconds, paid only when asked."""
     greenlets = sum(1 for obj in gc.get_objects() if isinstance(obj, gevent.Greenlet) and not obj.dead)
-    log.info("greenlets", extra={"fields": {"greenlets": greenlets}})
+    log.info("greenlets", greenlets=greenlets)

@@ -10,7 +10,6 @@ threads therefore never outnumber the stuck keys, and no frozen VM drains the po
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from gevent.event import AsyncResult
 from gevent.lock import BoundedSemaphore
 from gevent.threadpool import ThreadPool
 
-log = logging.getLogger(__name__)
+from libvirt_exporter.logs import get_logger
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -42,12 +43,18 @@ class Domain:
 
     name: str
 
+    def __str__(self) -> str:
+        return f"domain {self.name}"
+
 
 @dataclass(frozen=True)
 class Pool:
     """The subject of a call about one storage pool."""
 
     name: str
+
+    def __str__(self) -> str:
+        return f"pool {self.name}"
 
 
 Subject = Host | Domain | Pool
@@ -71,6 +78,8 @@ class Call:
     started_at: float
     """Unix time at dispatch: the time the values it returns stand for."""
     started_monotonic: float
+    holds_thread: bool = False
+    """It took one of the threads that `max_stuck` bounds, and keeps it until it returns."""
     timed_out: bool = False
     ended: gevent.event.Event = field(default_factory=gevent.event.Event)
 
@@ -126,6 +135,8 @@ class _NoSlot:
 
 
 _NO_SLOT = _NoSlot()
+_RECHECK_SECONDS = 0.05
+"""How often a call that waits for a thread looks whether the calls that hold them got stuck."""
 
 
 @dataclass
@@ -133,22 +144,26 @@ class CallRunner:
     """Dispatches calls to a bounded pool of OS threads and tracks the ones that have not returned.
 
     `max_concurrent` bounds the calls still within their deadline (and so the load put on
-    libvirtd); `max_stuck` bounds the threads held by calls past their deadline. When that many
-    are stuck, new calls are refused (skipped) instead of waiting for a thread.
+    libvirtd); `max_stuck` bounds the threads that calls hold at all, so that however many of them
+    get stuck, no more than `max_stuck` are: each one stuck on a hung QEMU holds one of libvirtd's
+    worker threads too. A call that would go past it is refused (skipped) instead of sent.
     """
 
     max_concurrent: int
     max_stuck: int
     _pool: ThreadPool = field(init=False)
     _slots: BoundedSemaphore = field(init=False)
+    _threads: BoundedSemaphore = field(init=False)
+    """Held by each call in a thread, until its thread returns: stuck calls keep theirs."""
     _in_flight: set[Call] = field(init=False, default_factory=set)
     _by_key: dict[CallKey, Call] = field(init=False, default_factory=dict)
     _by_domain: dict[Domain, Call] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         # A thread for the one call that needs no slot too: the liveness probe.
-        self._pool = ThreadPool(self.max_concurrent + self.max_stuck + 1)
+        self._pool = ThreadPool(self.max_stuck + 1)
         self._slots = BoundedSemaphore(self.max_concurrent)
+        self._threads = BoundedSemaphore(self.max_stuck)
 
     def in_flight(self) -> list[Call]:
         """Calls sent and not yet returned, stuck ones included."""
@@ -190,33 +205,35 @@ class CallRunner:
         domain = key.subject if key is not None and isinstance(key.subject, Domain) else None
         if domain is not None and (busy := self._wait_for_domain(domain, deadline)) is not None:
             return Outcome(Status.SKIPPED, call=busy)
-        if self._no_thread_left(key):
+        if needs_slot and self._all_threads_stuck(key):
             return Outcome(Status.SKIPPED)
         call = self._register(key, domain)
-        in_thread = False
+        give_up_at = time.monotonic() + deadline
+        handed_to_thread = False
         try:
             with self._slots if needs_slot else _NO_SLOT:  # waits while max_concurrent calls run
-                if self._no_thread_left(key):  # the calls that held the slots meanwhile got stuck
+                if needs_slot and not self._take_thread(key, give_up_at):
                     return Outcome(Status.SKIPPED)
+                call.holds_thread = needs_slot
                 try:
                     fn = bind()
                 except Exception as error:
                     return Outcome(Status.ERROR, call=call, error=error)
                 call.started_at, call.started_monotonic = time.time(), time.monotonic()
                 result: AsyncResult = self._pool.spawn(_capture, fn)
-                in_thread = True
+                handed_to_thread = True
                 try:
                     captured: _Captured = result.get(timeout=deadline)
                 except BaseException:  # the deadline, or the waiting greenlet killed
                     call.timed_out = True
                     result.rawlink(lambda done: self._finish_late(call, done, on_late))
                     raise
-                in_thread = False
+                handed_to_thread = False
                 return _outcome(call, captured)
         except gevent.Timeout:
             return Outcome(Status.TIMEOUT, call=call)
         finally:
-            if not in_thread:
+            if not handed_to_thread:
                 self._forget(call)
 
     def run_detached(self, fn: Callable[[], Any], deadline: float) -> None:
@@ -247,6 +264,8 @@ class CallRunner:
     def _forget(self, call: Call) -> None:
         """The call has returned, or was never sent."""
         self._in_flight.discard(call)
+        if call.holds_thread:
+            self._threads.release()
         if call.key is not None:
             if self._by_key.get(call.key) is call:
                 del self._by_key[call.key]
@@ -255,12 +274,18 @@ class CallRunner:
                 del self._by_domain[subject]
         call.ended.set()
 
-    def _no_thread_left(self, key: CallKey | None) -> bool:
-        """Checked again once a slot is ours: dispatching past the cap would take the pool's last
-        thread, and a later call would then wait for a thread forever."""
+    def _all_threads_stuck(self, key: CallKey | None) -> bool:
         if self.stuck_count() < self.max_stuck:
             return False
-        log.warning("no thread left for a libvirt call", extra={"fields": {"call": key}})
+        log.warning("no thread left for a libvirt call", call=key)
+        return True
+
+    def _take_thread(self, key: CallKey | None, give_up_at: float) -> bool:
+        """Wait for a thread, while some are held by calls still within their deadline: they may
+        return. Once every thread is held by a stuck call, or at the call's own deadline, give up."""
+        while not self._threads.acquire(timeout=_RECHECK_SECONDS):
+            if self._all_threads_stuck(key) or time.monotonic() >= give_up_at:
+                return False
         return True
 
     def _finish_late(self, call: Call, done: AsyncResult, on_late: LateHandler | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -17,11 +16,11 @@ from libvirt_exporter.config import (
     parse_duration,
     parse_listen_address,
 )
-from libvirt_exporter.logs import FORMATS, LEVELS, setup_logging
+from libvirt_exporter.logs import FORMATS, LEVELS, get_logger, setup_logging
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.web_config import load_web_config
 
-log = logging.getLogger("libvirt_exporter")
+log = get_logger("libvirt_exporter")
 
 SAMPLER_DEFAULTS = {
     SamplerName.BULK: ("15s", "5s"),
@@ -156,19 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     from libvirt_exporter.app import Exporter  # imports gevent and libvirt only once flags are good
 
-    note = ""
+    log.info("starting libvirt-exporter", version=__version__, uri=config.libvirt_uri)
     if config.libvirt_uri.startswith("test://"):
-        note = "libvirt's built-in test driver: demo domains, not this host's VMs"
-    log.info(
-        "starting libvirt-exporter",
-        extra={
-            "fields": {
-                "version": __version__,
-                "uri": config.libvirt_uri,
-                **({"note": note} if note else {}),
-            }
-        },
-    )
+        log.info("libvirt's built-in test driver: demo domains, not this host's VMs")
     try:
         Exporter(config).serve_forever()
     except OSError as error:

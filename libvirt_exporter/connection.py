@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ import libvirt
 
 from libvirt_exporter.calls import CallKey, CallRunner, Outcome, Status
 from libvirt_exporter.libvirt_client import describe, open_read_only
+from libvirt_exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MIN_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
@@ -170,7 +170,7 @@ class MainConnection:
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
-        log.info("connected to libvirt", extra={"fields": {"uri": self.uri}})
+        log.info("connected to libvirt", uri=self.uri)
         self.changes.put(ConnectionChanged())
         return True
 
@@ -178,7 +178,7 @@ class MainConnection:
         """libvirtd is unreachable: calls stop, and `run` opens a new connection."""
         if self._current is None:
             return
-        log.warning("libvirt connection lost", extra={"fields": {"uri": self.uri, "reason": reason}})
+        log.warning("libvirt connection lost", uri=self.uri, reason=reason)
         lost, self._current = self._current, None
         self._close_unless_probing(lost)
         self.changes.put(ConnectionChanged())
@@ -236,7 +236,7 @@ class MainConnection:
         )
         if outcome.status is not Status.OK or outcome.value is None:
             reason = describe(outcome.error) if outcome.error else outcome.status.value
-            log.warning("cannot connect to libvirt", extra={"fields": {"uri": self.uri, "err": reason}})
+            log.warning("cannot connect to libvirt", uri=self.uri, err=reason)
             return None
         opened: _Opened = outcome.value
         return opened
@@ -278,7 +278,7 @@ class MainConnection:
         except libvirt.libvirtError as error:
             log.warning(
                 "no domain events: the domain list is refreshed every bulk cycle only",
-                extra={"fields": {"err": describe(error)}},
+                err=describe(error),
             )
         return tuple(callback_ids)
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 import gevent
 
+from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import CycleFailed
 from libvirt_exporter.samplers.base import Sampler
 from libvirt_exporter.store import Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def run_cycle_and_record(sampler: Sampler, store: Store) -> None:
@@ -23,10 +23,10 @@ def run_cycle_and_record(sampler: Sampler, store: Store) -> None:
         sampler.run_cycle()
     except CycleFailed as error:
         store.cycle_failed(name, time.monotonic() - started)
-        log.warning("sampling cycle failed", extra={"fields": {"sampler": name, "err": str(error)}})
+        log.warning("sampling cycle failed", sampler=name, err=str(error))
     except Exception:
         store.cycle_failed(name, time.monotonic() - started)
-        log.exception("sampling cycle failed", extra={"fields": {"sampler": name}})
+        log.exception("sampling cycle failed", sampler=name)
     else:
         store.cycle_succeeded(name, time.monotonic() - started, time.time())
 

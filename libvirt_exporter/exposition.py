@@ -66,14 +66,6 @@ class Exposition:
     openmetrics_size: int
     _plain: dict[bool, bytes] = field(default_factory=dict)
 
-    @property
-    def text(self) -> bytes:
-        return self.body(openmetrics=False, gzipped=False)
-
-    @property
-    def openmetrics(self) -> bytes:
-        return self.body(openmetrics=True, gzipped=False)
-
     def body(self, openmetrics: bool, gzipped: bool) -> bytes:
         zipped = self.openmetrics_gzipped if openmetrics else self.text_gzipped
         if gzipped:

@@ -8,7 +8,6 @@ for domains that are new, restarted or reported changed by an event.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +18,10 @@ from libvirt_exporter.calls import CallKey, Domain, Outcome, Status
 from libvirt_exporter.domain_xml import DomainDescription, parse_domain_xml
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe, is_missing_domain
+from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import CycleFailed
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SURVEY = CallKey("inventory")
 _MONITOR_FREE_STATES = (libvirt.VIR_DOMAIN_CONTROL_OK, libvirt.VIR_DOMAIN_CONTROL_JOB)
@@ -80,7 +80,7 @@ def _survey(lane: Lane, known_ids: dict[str, int]) -> list[_Surveyed]:
             xml = dom.XMLDesc(0) if known_ids.get(name) != dom_id else None
         except libvirt.libvirtError as error:
             if not is_missing_domain(error):
-                log.warning("cannot survey domain", extra={"fields": {"err": describe(error)}})
+                log.warning("cannot survey domain", err=describe(error))
             continue
         surveyed.append(_Surveyed(name, dom, dom_id, dom.UUID(), control, xml))
     return surveyed
@@ -176,5 +176,5 @@ def _parse(name: str, xml: str) -> DomainDescription | None:
     try:
         return parse_domain_xml(xml)
     except Exception as error:
-        log.warning("cannot parse domain XML", extra={"fields": {"domain": name, "err": str(error)}})
+        log.warning("cannot parse domain XML", domain=name, err=str(error))
         return None

@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
+from typing import Any
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -53,6 +55,23 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps(_fields(record), ensure_ascii=False, default=str)
+
+
+class FieldsLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose calls take the line's fields as keywords: `log.warning("lost", uri=uri)`."""
+
+    _OWN = frozenset({"exc_info", "stack_info", "stacklevel", "extra"})
+
+    def process(
+        self, msg: object, kwargs: MutableMapping[str, Any]
+    ) -> tuple[object, MutableMapping[str, Any]]:
+        fields = {key: kwargs.pop(key) for key in list(kwargs) if key not in self._OWN}
+        kwargs["extra"] = {"fields": fields}
+        return msg, kwargs
+
+
+def get_logger(name: str) -> FieldsLogger:
+    return FieldsLogger(logging.getLogger(name), {})
 
 
 def setup_logging(level: str, fmt: str) -> None:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+from libvirt_exporter.collector.families import Families, Kind
+from libvirt_exporter.exposition import Exposition
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -23,3 +29,22 @@ def value(series: Series, name: str, **labels: str) -> float | None:
 
 def domains_in(series: Series) -> set[str]:
     return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
+
+
+def plain_text(exposition: Exposition) -> bytes:
+    """The plain text format of a rendered snapshot."""
+    return exposition.body(openmetrics=False, gzipped=False)
+
+
+def plain_openmetrics(exposition: Exposition) -> bytes:
+    return exposition.body(openmetrics=True, gzipped=False)
+
+
+def as_prometheus_client_metrics(families: Families) -> Iterator[Metric]:
+    """The same families as prometheus_client's objects, for a registry of its own."""
+    for spec, samples in families.rows():
+        family_type = GaugeMetricFamily if spec.kind is Kind.GAUGE else CounterMetricFamily
+        family = family_type(spec.name, spec.help, labels=list(spec.labels))
+        for label_values, value in samples:
+            family.add_metric(list(label_values), value)
+        yield family

@@ -6,8 +6,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 NANOSECONDS = 1e-9
 KIBIBYTES = 1024.0
 
@@ -87,12 +85,3 @@ class Families:
     def rows(self) -> Iterator[tuple[Spec, list[tuple[Sequence[str], float]]]]:
         """Each family's spec and its samples: (label values in the spec's order, value)."""
         return iter(self._rows.values())
-
-    def __iter__(self) -> Iterator[Metric]:
-        """The same families as prometheus_client's objects, for a registry of its own."""
-        for spec, samples in self._rows.values():
-            family_type = GaugeMetricFamily if spec.kind is Kind.GAUGE else CounterMetricFamily
-            family = family_type(spec.name, spec.help, labels=list(spec.labels))
-            for label_values, value in samples:
-                family.add_metric(list(label_values), value)
-            yield family

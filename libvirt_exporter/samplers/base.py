@@ -3,7 +3,6 @@ each under its own deadline, which is how a sampler isolates a hung VM or pool f
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -14,10 +13,11 @@ from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.inventory import DomainEntry, Inventory
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe
+from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import CycleFailed, SamplerName
 from libvirt_exporter.store import Sample, Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Read = Callable[[Lane], Mapping[str, Any]]
 """Reads one subject's values on the lane it is given (see Dispatcher.call)."""
@@ -74,14 +74,13 @@ class Sampler:
             self._store.offer(self.name, subject, Sample(outcome.value or {}, outcome.call.started_at))
             return
         self._store.count_failure(self.name, subject, outcome.status)
-        fields = {"sampler": self.name, "subject": subject}
         if outcome.status is Status.ERROR:
             err = describe(outcome.error or Exception())
-            log.info("libvirt call failed", extra={"fields": {**fields, "err": err}})
+            log.info("libvirt call failed", sampler=self.name, subject=subject, err=err)
         elif outcome.status is Status.TIMEOUT:
             deadline = self.config.deadline
             log.warning(
-                "libvirt call ran past its deadline", extra={"fields": {**fields, "deadline": deadline}}
+                "libvirt call ran past its deadline", sampler=self.name, subject=subject, deadline=deadline
             )
 
     def _record_late(self, subject: Subject, outcome: Outcome[Any]) -> None:

@@ -16,7 +16,6 @@ info of the survey just before:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -28,11 +27,12 @@ from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.inventory import DomainEntry, Inventory
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe
+from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import DomainSampler, read_domain_stats
 from libvirt_exporter.store import Sample, Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STAT_GROUPS = {
     "cpu": libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
@@ -102,7 +102,7 @@ class BulkSampler(DomainSampler):
             return self._blame_stuck_monitors(outcome.call, ready)
         log.info(
             "host-wide stats call failed, sampling domain by domain",
-            extra={"fields": {"err": describe(outcome.error or Exception(outcome.status.value))}},
+            err=describe(outcome.error or Exception(outcome.status.value)),
         )
         return ready
 
@@ -119,7 +119,8 @@ class BulkSampler(DomainSampler):
                 self._store.blame(self.name, Domain(entry.name), call)
         log.warning(
             "host-wide stats call ran past its deadline",
-            extra={"fields": {"deadline": self.config.deadline, "stuck_on": ",".join(stuck_on)}},
+            deadline=self.config.deadline,
+            stuck_on=",".join(stuck_on),
         )
         return [e for e in self._inventory.domains() if e.monitor_free and e.name not in stuck_on]
 

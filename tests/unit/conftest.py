@@ -13,7 +13,7 @@ from libvirt_exporter.cli import SAMPLER_DEFAULTS
 from libvirt_exporter.config import Config, SamplerConfig
 from libvirt_exporter.cycle import run_cycle_and_record
 from libvirt_exporter.samplers.base import Sampler
-from tests.exposition import Series, domains_in, parse, value
+from tests.exposition import Series, domains_in, parse, plain_text, value
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 
 __all__ = ["Series", "domains_in", "parse", "value"]  # unit tests import them from here
@@ -51,7 +51,7 @@ class Harness:
 
     def scrape(self) -> Series:
         self.exporter.publish()
-        return parse(self.exporter.snapshot.current.text)
+        return parse(plain_text(self.exporter.snapshot.current))
 
 
 @pytest.fixture

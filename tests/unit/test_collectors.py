@@ -17,6 +17,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from libvirt_exporter.collector import block, domain, job, storage_pool
 from libvirt_exporter.config import COLLECTOR_DEFAULTS
+from tests.exposition import as_prometheus_client_metrics, plain_text
 from tests.unit.conftest import Harness, domains_in, make_config, parse, value
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 
@@ -79,7 +80,7 @@ class _DomainFamilies:
     def collect(self) -> Iterator[Metric]:
         state = self._view.state()
         for collect in (domain.collect, block.collect, job.collect, storage_pool.collect):
-            yield from collect(state)
+            yield from as_prometheus_client_metrics(collect(state))
 
 
 def test_a_realistic_domain_renders_exactly_the_expected_exposition() -> None:
@@ -166,7 +167,7 @@ def test_label_values_are_escaped_whatever_the_domain_name_holds() -> None:
     odd = 'we"ird\\name\nwith ünïcødé'
     harness = Harness(FakeHost([FakeDomain(odd, 1)]), make_config())
     harness.cycle(harness.exporter.bulk)
-    text = harness.exporter.snapshot.current.text
+    text = plain_text(harness.exporter.snapshot.current)
     assert 'domain="we\\"ird\\\\name\\nwith ünïcødé"' in text.decode()
     assert odd in domains_in(parse(text))
 
@@ -176,6 +177,6 @@ def test_promtool_accepts_the_exposition_of_the_fake_host() -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
     harness = sampled(FakeHost([realistic_domain(), FakeDomain('q"uote', 2)]), frozenset(COLLECTOR_DEFAULTS))
-    body = harness.exporter.snapshot.current.text
+    body = plain_text(harness.exporter.snapshot.current)
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert check.returncode == 0, (check.stdout + check.stderr).decode()

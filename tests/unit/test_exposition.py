@@ -23,6 +23,7 @@ from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Exposition, Renderer
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.store import Sample, Store
+from tests.exposition import as_prometheus_client_metrics, plain_openmetrics, plain_text
 from tests.unit.conftest import Harness, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 from tests.unit.test_collectors import realistic_domain, sampled
@@ -36,7 +37,7 @@ class _Registered:
 
     def collect(self) -> Iterator[Metric]:
         for families in self._groups:
-            yield from families
+            yield from as_prometheus_client_metrics(families)
 
 
 def _prometheus_client_rendering(groups: list[Families]) -> tuple[bytes, bytes]:
@@ -54,8 +55,8 @@ def test_both_formats_are_byte_for_byte_what_prometheus_client_renders() -> None
         groups = list(SnapshotCollector(view).collect(view.state()))
         text, openmetrics = _prometheus_client_rendering(groups)
         ours = renderer.render(groups, CollectorRegistry(auto_describe=False))
-        assert ours.text == text
-        assert ours.openmetrics == openmetrics
+        assert plain_text(ours) == text
+        assert plain_openmetrics(ours) == openmetrics
         assert gzip.decompress(ours.text_gzipped) == text
         assert gzip.decompress(ours.openmetrics_gzipped) == openmetrics
         harness.cycle(harness.exporter.bulk)  # new values for the next render
@@ -82,7 +83,7 @@ def test_the_state_a_render_reads_stays_as_it_was_taken_while_sampling_goes_on()
 
     def rendered() -> bytes:
         groups = SnapshotCollector(exporter.view).collect(state)
-        return Renderer().render(groups, CollectorRegistry(auto_describe=False)).text
+        return plain_text(Renderer().render(groups, CollectorRegistry(auto_describe=False)))
 
     before = rendered()
     bulk, a = SamplerName.BULK, Domain("a")
@@ -118,7 +119,10 @@ def test_scrapes_are_served_while_a_render_runs_and_publishes_meanwhile_join_it(
     release.set()
     wait_for(lambda: all(publish.ready() for publish in publishes))
     assert len(renders) == 2  # the first, and one more for the two that came while it ran
-    assert value(parse(snapshot.current.text), "libvirt_domain_sample_stale", domain="a", sampler="bulk") == 0
+    assert (
+        value(parse(plain_text(snapshot.current)), "libvirt_domain_sample_stale", domain="a", sampler="bulk")
+        == 0
+    )
 
 
 class _Sampler:

@@ -10,6 +10,7 @@ import pytest
 
 from libvirt_exporter.calls import CallKey, CallRunner, Domain, Pool
 from libvirt_exporter.connection import MainConnection
+from tests.exposition import plain_text
 from tests.unit.conftest import DEADLINE, Harness, Series, domains_in, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError, FakeStoragePool
 
@@ -155,7 +156,7 @@ def test_lifecycle_events_update_the_domain_set_between_cycles(harness: Harness)
 
 def harness_parse(harness: Harness) -> Series:
     """What a scrape would get now, without rendering a new snapshot first."""
-    return parse(harness.exporter.snapshot.current.text)
+    return parse(plain_text(harness.exporter.snapshot.current))
 
 
 def test_closed_connection_sets_up_to_zero_and_reconnect_restores_it(harness: Harness) -> None:
