@@ -64,8 +64,7 @@ def run_forever(sampler: Sampler, rounds: Rounds) -> None:
     so that samplers on one interval keep starting together, and a round is rendered once. A cycle
     that runs longer than its interval (a call that hit a newly hung VM) skips the ticks it overran:
     starting again at once would put its sampler out of step with the others for good, and each
-    round would be rendered once per sampler (measured: 2.4 times the rendering with 10 of 100
-    simulated domains hung)."""
+    round would be rendered once per sampler."""
     interval = sampler.config.interval
     while True:
         rounds.run_cycle(sampler)

@@ -6,9 +6,9 @@ wait on libvirt. The state is taken in the hub, where no greenlet changes it mea
 references (collector/view.py); collecting, formatting and compressing the families, the costly
 part, runs in a thread so that the hub answers scrapes meanwhile.
 
-The formatting is done here rather than by prometheus_client, which is several times slower (at 500
-domains, 0.8 s per render for both formats): a sample's line is the same in both formats, so it is
-formatted once, and each label set is kept for the next render.
+The formatting is done here rather than by prometheus_client, which costs several times the CPU
+(docs/benchmarks.md): a sample's line is the same in both formats, so it is formatted once, and each
+label set is kept for the next render.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 
 GZIP_LEVEL = 1
-"""Exposition text repeats itself: level 1 is twice as fast as 6 and its output 15 % larger."""
+"""Exposition text repeats itself: the fastest level compresses it well enough (docs/benchmarks.md)."""
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 """zlib's window size, with gzip's framing."""
 
@@ -54,10 +54,10 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS
 class Exposition:
     """One rendered snapshot, in both formats, gzipped: what Prometheus asks for.
 
-    A plain body is unzipped when first asked for (in a thread: at thousands of domains that takes
-    tens of milliseconds), so that a snapshot does not hold every format twice: at 2,000 domains
-    each plain format is 16 MB, gzipped 0.7 MB. Its size is known, so it is unzipped into one buffer
-    of that size: unzipping into growing blocks joined at the end held it twice at its peak.
+    A plain body is unzipped when first asked for, in a thread (at thousands of domains that takes
+    long enough to delay other scrapes), so that a snapshot does not hold every format in full: the
+    plain text is about twenty times its gzipped size. Its size is known, so it is unzipped into one
+    buffer of that size, never held twice while growing blocks are joined.
     """
 
     text_gzipped: bytes
@@ -105,8 +105,8 @@ class Renderer:
     From one render to the next the label sets (domain, device, vCPU) stay, and the families of one
     group share them (every per-disk family has the same `{device=..,domain=..}`): each label set is
     formatted once and kept for the next render, for all the families with those label names. Only
-    that is kept, not whole lines: at 2,000 domains there are 200,000 lines but 30,000 label sets,
-    and kept lines took 50 MB. What a render does not see again is dropped.
+    that is kept, not whole lines, of which there are several times more than label sets
+    (docs/benchmarks.md). What a render does not see again is dropped.
     """
 
     def __init__(self) -> None:
@@ -216,7 +216,7 @@ class Snapshot:
 
 RENDER_SWITCH_INTERVAL = 0.001
 """Seconds a thread that wants the GIL waits before asking its holder to let it go, while a render
-runs; Python's default is 5 ms, which a scrape answered during a render could wait several times."""
+runs: well below Python's default, so that a scrape answered during a render hardly waits."""
 
 
 @contextmanager
@@ -226,8 +226,8 @@ def _render_mode() -> Iterator[None]:
 
     A render's rows (two objects per sample) live until it ends: collections triggered by them would
     scan them again and again and move them to older generations, which brings on full collections
-    that hold the GIL, and so the hub, for about 10 ms at 500 domains. The rows hold no reference
-    cycle; they are freed as the render ends. At 500 domains this saves a quarter of a render's CPU.
+    that hold the GIL, and so the hub. The rows hold no reference cycle; they are freed as the
+    render ends (what this saves: docs/benchmarks.md).
     """
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(RENDER_SWITCH_INTERVAL)

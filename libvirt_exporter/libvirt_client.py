@@ -46,8 +46,9 @@ def _run_event_loop() -> None:
 def open_read_only(uri: str) -> Any:
     """A read-only connection: it can read every statistic and change nothing.
 
-    Client-side keepalive stays off: on libvirt 9.0 a keepalive timeout that closes a connection
-    while several threads wait on it crashes the process (measured). Connection probes liveness.
+    Client-side keepalive stays off: a keepalive timeout that closes a connection while several
+    threads wait on it can crash the process (docs/libvirt-behaviour.md). MainConnection probes
+    liveness instead.
     """
     start_event_loop()
     return libvirt.openReadOnly(uri)
