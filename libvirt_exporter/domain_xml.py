@@ -17,7 +17,6 @@ import defusedxml.ElementTree as SafeET
 class Disk:
     target: str
     path: str
-    device: str
     bus: str
     driver_type: str
 
@@ -75,7 +74,6 @@ def _disk(disk: Element) -> Disk:
     return Disk(
         target=_attr(target, "dev"),
         path=_disk_source(disk),
-        device=disk.get("device", "disk"),
         bus=_attr(target, "bus"),
         driver_type=_attr(disk.find("driver"), "type"),
     )

@@ -15,7 +15,7 @@ import gevent.lock
 import libvirt
 
 from libvirt_exporter.calls import CallKey, Domain, Outcome, Status
-from libvirt_exporter.domain_xml import DomainDescription, parse_domain_xml
+from libvirt_exporter.domain_xml import Disk, DomainDescription, parse_domain_xml
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe, is_missing_domain
 from libvirt_exporter.logs import get_logger
@@ -46,6 +46,13 @@ class DomainEntry:
     @property
     def subject(self) -> Domain:
         return Domain(self.name)
+
+    @property
+    def disks_with_media(self) -> tuple[Disk, ...]:
+        """An empty CD-ROM drive has no statistics to read."""
+        if self.description is None:
+            return ()
+        return tuple(disk for disk in self.description.disks if disk.target and disk.path)
 
 
 @dataclass

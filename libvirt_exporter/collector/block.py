@@ -5,7 +5,6 @@ from __future__ import annotations
 from libvirt_exporter.collector.families import NANOSECONDS, Families, Kind, fields, gauge
 from libvirt_exporter.collector.view import State
 from libvirt_exporter.samplers import SamplerName
-from libvirt_exporter.samplers.block import sampled_disks
 from libvirt_exporter.stat_keys import devices
 
 DD = ("domain", "device")
@@ -42,7 +41,7 @@ SPECS = (INFO, *(spec for _, spec in FIELDS))
 def collect(state: State) -> Families:
     families = Families()
     for entry in state.domains:
-        for disk in sampled_disks(entry):
+        for disk in entry.disks_with_media:
             families.add(INFO, (entry.name, disk.target, disk.path, disk.bus, disk.driver_type), 1)
         sample = state.store.sample(SamplerName.BLOCK, entry.subject)
         if sample is None:

@@ -78,13 +78,6 @@ def read_disks(domain: Any, disks: tuple[Disk, ...], lane: Lane) -> Mapping[str,
     return stats
 
 
-def sampled_disks(entry: DomainEntry) -> tuple[Disk, ...]:
-    """Disks with a medium: an empty CD-ROM drive has no statistics to read."""
-    if entry.description is None:
-        return ()
-    return tuple(disk for disk in entry.description.disks if disk.target and disk.path)
-
-
 class BlockSampler(DomainSampler):
     name = SamplerName.BLOCK
 
@@ -94,5 +87,5 @@ class BlockSampler(DomainSampler):
     def _sample(self) -> None:
         ready = self._callable(self.entries())
         self._sample_each(
-            (entry.subject, partial(read_disks, entry.domain, sampled_disks(entry))) for entry in ready
+            (entry.subject, partial(read_disks, entry.domain, entry.disks_with_media)) for entry in ready
         )

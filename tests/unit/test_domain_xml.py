@@ -41,9 +41,9 @@ def test_identity_disks_and_interfaces() -> None:
         "pc-q35-7.2",
     )
     assert description.disks == (
-        Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "disk", "virtio", "qcow2"),
-        Disk("vdb", "pool/web1-data", "disk", "virtio", "raw"),
-        Disk("sda", "", "cdrom", "sata", ""),
+        Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "virtio", "qcow2"),
+        Disk("vdb", "pool/web1-data", "virtio", "raw"),
+        Disk("sda", "", "sata", ""),
     )
     assert description.interfaces == (Interface("vnet3", "52:54:00:6b:3c:58", "br0", "virtio"),)
 
