@@ -57,10 +57,10 @@ docs: deps
 	$(VENV)/bin/python -m tools.metrics_doc > docs/metrics.md.new
 	mv docs/metrics.md.new docs/metrics.md
 
-# rules: validate the alerting rules and run their unit tests (the suite does this too).
+# rules: validate the alerting and compatibility rules and run their unit tests (the suite does too).
 rules:
-	promtool check rules dashboards/alerts.yml
-	promtool test rules dashboards/tests/alerts_test.yml
+	promtool check rules dashboards/alerts.yml dashboards/compat-*.yml
+	promtool test rules dashboards/tests/*_test.yml
 
 # dashboards: validate the dashboards' JSON and queries, and the alerting rules with promtool.
 dashboards: deps

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from libvirt_exporter import migration
 from libvirt_exporter.collector import SPECS
+from tools import migration
 
 RULES = Path(__file__).parents[2] / "dashboards" / "alerts.yml"
 RULE_TESTS = RULES.parent / "tests" / "alerts_test.yml"
