@@ -23,9 +23,11 @@ readonly LIBVIRT_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-cli
 #   python3-venv python3-dev libvirt-dev gcc pkg-config
 #                                scripts/build-deb.sh builds the .deb on Debian's python3
 #   prometheus-libvirt-exporter  the peer that `make bench-real` compares against
+#   bindfs fuse3                 storage that stops answering: disk images on a FUSE mount whose
+#                                daemon is stopped, as on a dead NFS server
 readonly TEST_PACKAGES=(prometheus systemd systemd-container linux-image-amd64 busybox-static cpio
                         python3-venv python3-dev libvirt-dev gcc pkg-config
-                        prometheus-libvirt-exporter)
+                        prometheus-libvirt-exporter bindfs fuse3)
 
 log() { echo "ensure-libvirtd: $*" >&2; }
 
