@@ -98,9 +98,10 @@ def _counter(series: Series, name: str, **labels: str) -> float:
 
 
 def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
-    """SIGSTOP a VM's QEMU: a call on it times out and stays in flight, its block values go stale.
-    The stuck call is the block sampler's or the bulk sampler's, whichever touched QEMU first (the
-    other then sends none), as the stuck-call alert reads it."""
+    """SIGSTOP a VM's QEMU: the round's survey sees it stopped and no call goes to it, or a call sent
+    just before the freeze times out and stays in flight (the block sampler's or the bulk
+    sampler's, whichever touched QEMU first; the other then sends none); its block values go stale,
+    as the stuck-call alert reads it."""
     chaos_vm = ctx.host.claim()
     if chaos_vm is None:
         return None
@@ -116,7 +117,8 @@ def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
         # After a libvirtd restart, libvirtd's own reconnect to the frozen QEMU holds the monitor
         # and no call of ours gets stuck: the busy monitor shows it (as the stuck-call alert reads).
         busy = value(s, "libvirt_domain_monitor_busy_seconds", domain=name) or 0
-        return stale and (timed_out > before or stuck >= DEADLINE or busy >= DEADLINE)
+        stopped = value(s, "libvirt_domain_hang_signal", domain=name, signal="qemu_stopped") == 1
+        return stale and (stopped or timed_out > before or stuck >= DEADLINE or busy >= DEADLINE)
 
     try:
         seen = ctx.watcher.expect(flagged)
