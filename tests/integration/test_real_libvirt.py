@@ -115,7 +115,8 @@ def test_a_frozen_vm_is_flagged_while_the_others_stay_fresh(
     assert (
         value(series, "libvirt_domain_sample_skipped_total", domain=frozen.name, sampler="block") or 0
     ) >= 1
-    assert value(series, "libvirt_sampler_threads", state="stuck") <= 1, "at most the call sent before"
+    # At most the calls sent before the survey saw the freeze: the block sampler's and the host-wide one.
+    assert value(series, "libvirt_sampler_threads", state="stuck") <= 2  # type: ignore[operator]
     assert value(series, "libvirt_domain_cpu_time_seconds_total", domain=frozen.name) is not None, (
         "the frozen VM's last values must still be served"
     )
