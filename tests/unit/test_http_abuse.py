@@ -13,6 +13,7 @@ import gevent
 import pytest
 
 from libvirt_exporter.app import Exporter
+from libvirt_exporter.config import WebLimits
 from libvirt_exporter.http import make_server
 from tests.unit.conftest import make_config
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -29,7 +30,9 @@ HEAD_TIMEOUT = 1.0  # seconds, instead of the default minute, so that tests see 
 @pytest.fixture
 def port() -> Iterator[int]:
     exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
-    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics", head_timeout=HEAD_TIMEOUT)
+    server = make_server(
+        "127.0.0.1", 0, exporter.snapshot, "/metrics", limits=WebLimits(read_timeout=HEAD_TIMEOUT)
+    )
     server.start()
     yield server.server_port
     server.stop()

@@ -19,8 +19,8 @@ import gevent
 import pytest
 
 from libvirt_exporter.app import Exporter
-from libvirt_exporter.config import ConfigError
-from libvirt_exporter.http import REQUEST_HEAD_TIMEOUT, make_server
+from libvirt_exporter.config import ConfigError, WebLimits
+from libvirt_exporter.http import make_server
 from libvirt_exporter.web_config import load_web_config
 from tests.unit.conftest import make_config
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -105,7 +105,7 @@ Serve = Callable[..., Served]
 def serve(pki: Path) -> Iterator[Serve]:
     servers = []
 
-    def start(config_body: str, head_timeout: float = REQUEST_HEAD_TIMEOUT) -> Served:
+    def start(config_body: str, limits: WebLimits | None = None) -> Served:
         exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
         server = make_server(
             "127.0.0.1",
@@ -113,7 +113,7 @@ def serve(pki: Path) -> Iterator[Serve]:
             exporter.snapshot,
             "/metrics",
             load_web_config(str(write_config(pki, config_body))),
-            head_timeout,
+            limits,
         )
         server.start()
         servers.append(server)
@@ -151,7 +151,7 @@ def test_plain_http_to_the_tls_port_is_refused(serve: Serve) -> None:
 
 
 def test_a_client_that_never_starts_the_tls_handshake_delays_no_one_and_is_let_go(serve: Serve) -> None:
-    served = serve(TLS, head_timeout=3.0)
+    served = serve(TLS, WebLimits(read_timeout=3.0))
     in_thread = gevent.get_hub().threadpool.spawn
     silent = in_thread(socket.create_connection, ("127.0.0.1", served.port), 10).get()
     with silent:
