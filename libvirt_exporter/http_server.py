@@ -86,7 +86,7 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
     def drop(self) -> None:
         """Close this connection, which waits for a request, to make room for a new one."""
         self._stop_waiting()
-        gevent.kill(self.greenlet, _Dropped("closed to make room for a new connection"), block=False)
+        gevent.kill(self.greenlet, _Dropped("closed to make room for a new connection"))
 
     def get_environ(self) -> dict[str, Any]:
         """A request that announces a body gets an empty input and its connection is closed after

@@ -184,12 +184,41 @@ def test_configured_headers_are_sent(serve: Serve) -> None:
         ("tls_server_config: [1, 2]\n", "must be a mapping"),
         (TLS + "  client_auth_type: RequireAnyClientCert\n", "'RequireAnyClientCert' is not one of"),
         (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "unsupported field 'cipher_suites'"),
+        (TLS + "  min_version: [TLS12]\n", "min_version: ['TLS12'] is not one of"),
+        (
+            TLS + "  min_version: TLS13\n  max_version: TLS12\n",
+            "max_version TLS12 is below min_version TLS13",
+        ),
+        (
+            "tls_server_config:\n  cert_file: 123\n  key_file: server.key\n",
+            "cert_file must be a non-empty string",
+        ),
+        (
+            TLS + "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: [ca.crt]\n",
+            "client_ca_file must be",
+        ),
+        (f"basic_auth_users:\n  alice: {HASH[:-1]}\n", "is not a bcrypt hash"),
+        (f"basic_auth_users:\n  alice: {HASH[:7]}{'/' * 53}\n", "is not a valid bcrypt hash"),
+        (f"basic_auth_users:\n  alice: {HASH[:4]}03{HASH[6:]}\n", "is not a bcrypt hash"),
+        (
+            'http_server_config:\n  headers:\n    X-Frame-Options: "deny\\r\\nSet-Cookie: a=b"\n',
+            "no CR or LF",
+        ),
+        ("http_server_config:\n  headers:\n    X-Frame-Options: [deny]\n", "no CR or LF"),
     ],
 )
 def test_a_file_that_cannot_work_is_one_clear_error(pki: Path, body: str, says: str) -> None:
     with pytest.raises(ConfigError, match=None) as raised:
         load_web_config(str(write_config(pki, body)))
     assert says in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(pki: Path) -> None:
+    path = pki / "latin1.yml"
+    path.write_bytes("basic_auth_users:\n  jos\xe9: x\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as raised:
+        load_web_config(str(path))
+    assert "not UTF-8" in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_the_exporter_refuses_to_start_with_a_bad_file(pki: Path) -> None:
