@@ -37,7 +37,11 @@ _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length
 class _Dropped(OSError, ValueError):
     """Raised in a connection's greenlet to let it go. An OSError so that gevent closes a connection
     quietly while it waits for a request line, and a ValueError so that it answers 400 once headers
-    have begun, as for any bad request."""
+    have begun, as for any bad request. Its errno is among the handler's `ignored_socket_errors`, so
+    that one that lands as the answer begins closes the connection quietly too."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.ETIMEDOUT, reason)
 
 
 class _AnswerTimeout(OSError):
@@ -52,6 +56,7 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
     """gevent's handler, under the server's limits, and without Nagle's algorithm (see `handle`)."""
 
     server: LimitedServer
+    _has_body = False
     ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)
 
     def handle(self) -> Any:

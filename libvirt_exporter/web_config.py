@@ -164,8 +164,8 @@ def _headers(section: dict[str, Any]) -> tuple[tuple[str, str], ...]:
             )
         if not isinstance(value, str) or not HEADER_VALUE.match(value):
             raise ConfigError(
-                f"http_server_config.headers: the value of {name} must be text without control "
-                "characters (no CR or LF)"
+                f"http_server_config.headers: the value of {name} must be Latin-1 text without "
+                "control characters (no CR or LF)"
             )
     return tuple((str(name), value) for name, value in headers.items())
 

@@ -104,6 +104,8 @@ def test_slow_idle_and_malformed_clients_do_not_delay_a_scrape(port: int) -> Non
         huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
         assert _in_thread(_answer_to, port, huge) == b"HTTP/1.1 400 Bad Request"
         assert _in_thread(_answer_to, port, b"GET /nope HTTP/1.0\r\n\r\n") == b"HTTP/1.1 404 Not Found"
+        long_line = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"
+        assert _in_thread(_answer_to, port, long_line) == b"HTTP/1.1 414 Request URI Too Long"
         slowest = max(_in_thread(_scrape, port) for _ in range(20))
         assert slowest < SCRAPE_BOUND, f"a scrape took {slowest:.3f} s beside abusive clients"
     finally:
