@@ -92,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="web_max_connections",
         type=int,
         default=256,
-        help="open connections at once; past it the one that has waited longest for its request "
-        "is closed (keep it below the file descriptor limit, LimitNOFILE)",
+        help="open connections at once; at the cap, the one that has waited longest for its request "
+        "is closed to make room for a new one (keep it below the file descriptor limit, LimitNOFILE)",
     )
     parser.add_argument(
         "--libvirt.uri",

@@ -10,9 +10,10 @@ The rules, each a gap of gevent's own server closed here:
   connection is closed: a client that never reads would otherwise hold it for ever;
 - a request body is never read (no route takes one): a request that announces one is answered and
   its connection closed, where gevent would wait for the body, for ever if it never comes;
-- past `max_connections`, the connection that has waited longest for its next request is closed to
-  make room (it is idle or slow to send); when every connection is busy answering, the new one is
-  closed at once. So open descriptors stay bounded while a real scrape still gets in;
+- at `max_connections`, new connections wait in the kernel's listen queue, and for each one that
+  waits there the connection that has waited longest for its next request (idle, or slow to send
+  it) is closed to make room; when every connection is busy answering, new ones wait for an answer
+  to end. So open descriptors stay bounded while a real scrape still gets in;
 - a malformed request is logged at debug, in one line: clients, not the exporter, are at fault.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import select
 import socket
 import ssl
 from typing import Any
@@ -77,7 +79,7 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
         self._head_deadline = gevent.Timeout.start_new(
             seconds, _Dropped(f"no complete request within {seconds:g} s")
         )
-        self.server.waiting[self] = None
+        self.server.waits_for_request(self)
         try:
             return super().handle_one_request()
         finally:
@@ -132,6 +134,13 @@ def _client(address: Any) -> str:
 class LimitedServer(WSGIServer):  # type: ignore[misc]
     """gevent's WSGI server with `limits`, logging no access lines (scrapes would flood the log).
 
+    Connections are counted as they are accepted, not when their greenlet starts: gevent accepts up
+    to 100 in a row before any of them runs. At `max_connections` the server stops accepting when a
+    connection waits in the kernel's listen queue (where it holds no descriptor of ours), drops the
+    connection that has waited longest for its request, and accepts again as soon as a connection
+    has closed. A connection that arrives between the check and the accept is one over the cap, for
+    as long as the next arrival takes to drop one.
+
     The TLS handshake is left to the handler's first read so that it falls under the read timeout
     too; done on accept, a client that never finishes it would hold its connection for ever.
     """
@@ -147,26 +156,50 @@ class LimitedServer(WSGIServer):  # type: ignore[misc]
         self.open_connections = 0
         self.waiting: dict[_Handler, None] = {}
         """Connections waiting for a request head, the longest waiting first."""
+        self._paused = False
 
-    def handle(self, sock: Any, address: Any) -> None:
-        self.open_connections += 1
-        try:
-            if self.open_connections > self.limits.max_connections and not self._make_room():
-                log.debug(
-                    "connection refused: all busy answering", extra={"fields": {"client": _client(address)}}
-                )
-                return  # the server closes the socket
-            super().handle(sock, address)
-        finally:
-            self.open_connections -= 1
-
-    def _make_room(self) -> bool:
-        """Drop the connection that has waited longest for its request; False if none waits."""
-        if not self.waiting:
+    def full(self) -> bool:
+        """Called by gevent before each accept. At the cap, with a connection in the listen queue,
+        it drops the longest waiting and stops accepting until `do_close` resumes; with none queued
+        it lets gevent try (it finds nothing), so that the listener stays watched for the next."""
+        if self.open_connections < self.limits.max_connections or not _has_pending_connection(self.socket):
             return False
+        if self.waiting:
+            self._make_room()
+        self._paused = True
+        return True
+
+    def waits_for_request(self, handler: _Handler) -> None:
+        """A connection now waits for a request, so it may be dropped to make room: if accepting
+        stopped for want of one to drop, try again."""
+        self.waiting[handler] = None
+        self._resume()
+
+    def do_handle(self, *args: Any) -> None:
+        self.open_connections += 1
+        super().do_handle(*args)
+
+    def do_close(self, *args: Any) -> None:
+        """Called once for each accepted connection, when it is over."""
+        super().do_close(*args)
+        self.open_connections -= 1
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._start_accepting_if_started()  # gevent asks `full` before each accept
+
+    def _make_room(self) -> None:
         oldest = next(iter(self.waiting))
         log.debug(
             "connection dropped to make room", extra={"fields": {"client": _client(oldest.client_address)}}
         )
         oldest.drop()
-        return True
+
+
+def _has_pending_connection(listener: socket.socket) -> bool:
+    """Whether a connection waits in the listen queue: the listening socket polls readable."""
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    return bool(poller.poll(0))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import socket
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -196,8 +199,9 @@ def _timed_scrape(port: int) -> float:
 def test_past_max_connections_the_longest_waiting_is_dropped_and_scrapes_get_in(
     exporter: Exporter, serve: Callable[..., LimitedServer]
 ) -> None:
-    """Silent connections past the cap cost a descriptor only until the next one comes, and a
-    real scrape is answered at once rather than after the read timeout."""
+    """Connections past the cap wait in the listen queue, and each that gets in drops the one that
+    has waited longest for a request: the exporter's descriptors stay bounded and a real scrape is
+    answered at once rather than after the read timeout."""
     server = serve(exporter.snapshot, WebLimits(read_timeout=60, max_connections=8))
     port = server.server_port
     fds = _open_fds()
@@ -235,3 +239,46 @@ def test_head_gets_the_headers_of_get_and_no_body(
     assert get.status == 200 and b"# TYPE libvirt_up gauge" in get_body
     assert head.getheader("Content-Length") == str(len(get_body))
     assert head.getheader("Content-Type") == get.getheader("Content-Type")
+
+
+def _hold(port: int, request: bytes, count: int) -> list[socket.socket]:
+    """Runs in a real OS thread: `count` connections that send `request` and then nothing."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(request)
+        held.append(sock)
+    return held
+
+
+def test_an_exporter_with_64_descriptors_serves_scrapes_beside_140_held_connections() -> None:
+    """The issue's case: under `ulimit -n 64`, 70 requests whose body never comes made every real
+    scrape fail with EMFILE. Now bodies are not waited for and silent connections past the cap make
+    room, so the exporter never runs out of descriptors."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "libvirt_exporter", f"--web.listen-address=127.0.0.1:{port}",
+         "--libvirt.uri=test:///default", "--web.max-connections=32"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
+    )  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        assert exporter.stderr is not None
+        while "msg=listening" not in exporter.stderr.readline():
+            assert exporter.poll() is None, "the exporter exited"
+        unfinished = b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+        held += _in_thread(_hold, port, unfinished, 70)
+        held += _in_thread(_hold, port, b"", 70)
+        slowest = max(_in_thread(_timed_scrape, port) for _ in range(5))
+        assert slowest < 2.0, f"a scrape took {slowest:.2f} s"
+        assert exporter.poll() is None
+    finally:
+        for sock in held:
+            sock.close()
+        exporter.terminate()
+        _, errors = exporter.communicate(timeout=20)
+    assert "Too many open files" not in errors
