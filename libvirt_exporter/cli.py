@@ -210,7 +210,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
     return config, args
 
 
-def _sampler(args: argparse.Namespace, name: str) -> SamplerConfig:
+def _sampler(args: argparse.Namespace, name: SamplerName) -> SamplerConfig:
     interval = getattr(args, f"{name}_interval")
     deadline = getattr(args, f"{name}_deadline")
     return SamplerConfig(

@@ -20,7 +20,6 @@ The rules, each a gap of gevent's own server closed here:
 from __future__ import annotations
 
 import errno
-import logging
 import select
 import socket
 import ssl
@@ -30,8 +29,9 @@ import gevent
 from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from libvirt_exporter.config import WebLimits
+from libvirt_exporter.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
@@ -120,10 +120,7 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
             return super().handle_one_response()
 
     def _handle_client_error(self, error: BaseException) -> tuple[str, bytes]:
-        log.debug(
-            "bad request",
-            extra={"fields": {"client": _client(self.client_address), "err": str(error) or type(error)}},
-        )
+        log.debug("bad request", client=_client(self.client_address), err=str(error) or type(error).__name__)
         return ("400", _BAD_REQUEST)
 
 
@@ -151,7 +148,7 @@ class LimitedServer(WSGIServer):  # type: ignore[misc]
         tls: dict[str, Any] = {}
         if ssl_context is not None:
             tls = {"ssl_context": ssl_context, "do_handshake_on_connect": False}
-        super().__init__(address, app, log=None, error_log=log, handler_class=_Handler, **tls)
+        super().__init__(address, app, log=None, error_log=log.logger, handler_class=_Handler, **tls)
         self.limits = limits
         self.open_connections = 0
         self.waiting: dict[_Handler, None] = {}
@@ -192,9 +189,7 @@ class LimitedServer(WSGIServer):  # type: ignore[misc]
 
     def _make_room(self) -> None:
         oldest = next(iter(self.waiting))
-        log.debug(
-            "connection dropped to make room", extra={"fields": {"client": _client(oldest.client_address)}}
-        )
+        log.debug("connection dropped to make room", client=_client(oldest.client_address))
         oldest.drop()
 
 

@@ -56,6 +56,7 @@ def test_flags_are_read() -> None:
         (["--log.level=loud"], "invalid choice: 'loud'"),
         (["--sampler.bulk.interval=0.001ms"], "--sampler.bulk.interval=0.001ms: must be between 1s and 1d"),
         (["--sampler.block.deadline=10ms"], "--sampler.block.deadline=10ms: must be between 100ms and 1d"),
+        (["--sampler.storage.deadline=1ms"], "--sampler.storage.deadline=1ms: must be between 100ms and 1d"),
         (["--sampler.job.interval=1y"], "must be between 1s and 1d"),
         (["--sampler.bulk.interval=30m1h"], "is not a duration"),
         (["--web.read-timeout=500ms"], "--web.read-timeout=500ms: must be between 1s and 1h"),

@@ -23,6 +23,7 @@ import pytest
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.http import make_server
 from libvirt_exporter.web_config import load_web_config
+from tests.exposition import plain_text
 from tests.unit.conftest import make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 
@@ -132,7 +133,7 @@ def test_a_flood_of_wrong_passwords_leaves_scrapes_fast_and_the_snapshot_fresh(p
     wait_for(
         lambda: (
             value(
-                parse(protected.exporter.snapshot.current.text),
+                parse(plain_text(protected.exporter.snapshot.current)),
                 "libvirt_sampler_last_success_timestamp_seconds",
                 sampler="bulk",
             )
