@@ -62,9 +62,10 @@ class _Handler(WSGIHandler):  # type: ignore[misc]
     ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, errno.ETIMEDOUT)
 
     def handle(self) -> Any:
-        """Without Nagle's algorithm: gevent sends an answer's head and body in two writes, and on a
-        kept-alive connection (Prometheus keeps its connections) the body would wait for the client's
-        delayed ACK of the head, 40 ms on Linux, in every scrape but the first."""
+        """Serve the connection in this greenlet (which `drop` interrupts), without Nagle's algorithm:
+        gevent sends an answer's head and body in two writes, and on a kept-alive connection
+        (Prometheus keeps its connections) the body would wait for the client's delayed ACK of the
+        head, 40 ms on Linux, in every scrape but the first."""
         self.greenlet = gevent.getcurrent()
         self._head_deadline: gevent.Timeout | None = None
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

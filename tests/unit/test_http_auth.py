@@ -171,10 +171,10 @@ def test_a_401_takes_as_long_for_an_unknown_user_as_for_a_wrong_password(protect
     """Rounds of one of each, back to back and in turns first, so that a slow moment of the machine
     hits both alike; the median of the rounds' ratios is what a prober comparing them would see.
     Rounds go on until that median is known to within 5 % (a dozen on a quiet machine, more when
-    other work shares the CPU), 120 at most."""
+    other work shares the CPU), 60 at most."""
     ratios: list[float] = []
     known: list[float] = []
-    while len(ratios) < 12 or (len(ratios) < 120 and _spread(ratios) > 0.1):
+    while len(ratios) < 12 or (len(ratios) < 60 and _spread(ratios) > 0.1):
         round_ = len(ratios)
         users = [USER, f"nobody{round_}"]
         seconds = {}
