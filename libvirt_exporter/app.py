@@ -119,6 +119,7 @@ class Exporter:
             self.snapshot,
             self.config.telemetry_path,
             web_config,
+            self.config.web,
         )
         server.start()  # bind first: a port in use fails before any sampling starts
         self.start()

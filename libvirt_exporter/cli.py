@@ -234,10 +234,7 @@ def _web_limits(args: argparse.Namespace) -> WebLimits:
 def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(argv)
     setup_logging(args.log_level, args.log_format)
-    from libvirt_exporter import http  # imports gevent and libvirt only once flags are good
-    from libvirt_exporter.app import Exporter
-
-    http.use_limits(config.web)  # app.py makes the server without limits of its own
+    from libvirt_exporter.app import Exporter  # imports gevent and libvirt only once flags are good
 
     log.info("starting libvirt-exporter", version=__version__, uri=config.libvirt_uri)
     if config.libvirt_uri.startswith("test://"):

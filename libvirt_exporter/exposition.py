@@ -18,7 +18,7 @@ import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
@@ -69,31 +69,16 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS
 """zlib's window size, with gzip's framing."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Exposition:
-    """One rendered snapshot, in both formats, gzipped: what Prometheus asks for.
-
-    A plain body is unzipped when first asked for, in a thread (at thousands of domains that takes
-    long enough to delay other scrapes), so that a snapshot does not hold every format in full: the
-    plain text is about twenty times its gzipped size. Its size is known, so it is unzipped into one
-    buffer of that size, never held twice while growing blocks are joined.
-    """
+    """One rendered snapshot, in both formats, gzipped: what Prometheus asks for. The plain text is
+    about twenty times its gzipped size, so a snapshot holds only the gzipped bodies; a plain answer
+    is unzipped part by part as the client reads it (http.py)."""
 
     text_gzipped: bytes
     openmetrics_gzipped: bytes
     text_size: int
     openmetrics_size: int
-    _plain: dict[bool, bytes] = field(default_factory=dict)
-
-    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
-        zipped = self.openmetrics_gzipped if openmetrics else self.text_gzipped
-        if gzipped:
-            return zipped
-        if openmetrics not in self._plain:
-            size = self.openmetrics_size if openmetrics else self.text_size
-            unzip = gevent.get_hub().threadpool.apply
-            self._plain[openmetrics] = unzip(zlib.decompress, (zipped, GZIP_WBITS, size))
-        return self._plain[openmetrics]
 
 
 class _Gzip:

@@ -34,9 +34,6 @@ from libvirt_exporter.web_config import WebConfig
 StartResponse = Callable[..., Any]
 App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-DEFAULT_LIMITS = WebLimits()
-"""The limits of a server made without any; the command line sets them from its flags."""
-
 PLAIN_CHUNK = 64 * 1024
 """Bytes of an unzipped body produced at a time: what a plain answer holds in memory per client."""
 ZIPPED_SLICE = 4 * 1024
@@ -54,12 +51,6 @@ waits for libvirt or QEMU.</p>
 </html>
 """
 _PLAIN = "text/plain; charset=utf-8"
-
-
-def use_limits(limits: WebLimits) -> None:
-    """Make `limits` the default of `make_server`, as set by the command line's flags."""
-    global DEFAULT_LIMITS
-    DEFAULT_LIMITS = limits
 
 
 @dataclass(frozen=True)
@@ -175,4 +166,4 @@ def make_server(
     """The server of the app, with TLS when the web config has it, under `limits` (the flags')."""
     app = make_app(snapshot, telemetry_path, web_config)
     ssl_context = web_config.ssl_context if web_config else None
-    return LimitedServer((host, port), app, limits or DEFAULT_LIMITS, ssl_context)
+    return LimitedServer((host, port), app, limits or WebLimits(), ssl_context)
