@@ -4,6 +4,7 @@ each under its own deadline, which is how a sampler isolates a hung VM or storag
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import gevent
@@ -110,22 +111,25 @@ class Surveyor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class DomainParts:
+    """What every domain sampler works with: where its calls go, where its values go, and the
+    domains as of the round's survey."""
+
+    dispatcher: Dispatcher
+    store: Store
+    inventory: Inventory
+
+
 class DomainSampler(LibvirtSampler):
     """A sampler of domains, which it takes from the round's survey of the host."""
 
     needs_storage: ClassVar[bool] = False
     """Its calls make QEMU touch the domain's disks: none goes to a domain on unresponsive storage."""
 
-    def __init__(
-        self,
-        config: SamplerConfig,
-        dispatcher: Dispatcher,
-        store: Store,
-        inventory: Inventory,
-        survey: Surveyor | None = None,
-    ) -> None:
-        super().__init__(config, dispatcher, store)
-        self._inventory = inventory
+    def __init__(self, config: SamplerConfig, parts: DomainParts, survey: Surveyor | None = None) -> None:
+        super().__init__(config, parts.dispatcher, parts.store)
+        self._inventory = parts.inventory
         self._surveyor = survey
 
     def entries(self) -> list[DomainEntry]:

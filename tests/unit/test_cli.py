@@ -74,19 +74,19 @@ def test_a_wrong_flag_exits_2_with_one_line(flags: list[str], says: str) -> None
     assert len(lines) == 1 and says in lines[0], result.stderr
 
 
+def exporter_command(port: int, *flags: str) -> list[str]:
+    """The exporter on libvirt's test driver, listening on `port`."""
+    address = f"--web.listen-address=127.0.0.1:{port}"
+    return [sys.executable, "-m", "libvirt_exporter", address, "--libvirt.uri=test:///default", *flags]
+
+
 def test_port_in_use_is_one_clear_line() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "libvirt_exporter",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--libvirt.uri=test:///default",
-            ],
+            exporter_command(port),
             capture_output=True,
             text=True,
             timeout=30,
@@ -155,14 +155,7 @@ def test_the_exporter_serves_under_the_web_flags() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     exporter = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "libvirt_exporter",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--libvirt.uri=test:///default",
-            "--web.read-timeout=1s",
-        ],
+        exporter_command(port, "--web.read-timeout=1s"),
         stderr=subprocess.PIPE,
         text=True,
     )
