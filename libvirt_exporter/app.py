@@ -52,7 +52,7 @@ class Exporter:
         self.storage = StorageSampler(
             config.sampler(SamplerName.STORAGE), self.store, self.inventory, self.host
         )
-        parts = DomainParts(self.dispatcher, self.store, self.inventory)
+        parts = DomainParts(self.dispatcher, self.store, self.inventory, self.storage)
         self.basic = BasicSampler(config.sampler(SamplerName.BASIC), parts, self.storage, config.collectors)
         groups = stat_groups(config.collectors)
         self.bulk = BulkSampler(config.sampler(SamplerName.BULK), parts, self.basic, groups)

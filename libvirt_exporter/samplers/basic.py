@@ -39,7 +39,7 @@ class BasicSampler(DomainSampler):
         self, config: SamplerConfig, parts: DomainParts, storage: StorageSampler, collectors: frozenset[str]
     ) -> None:
         super().__init__(config, parts)
-        self._storage = storage
+        self._prober = storage
         self._groups = stat_groups(collectors)
         self._cpu = "cpu" in collectors
         self._surveying = gevent.lock.Semaphore()
@@ -70,4 +70,4 @@ class BasicSampler(DomainSampler):
         for name, values in survey.values.items():
             if self._inventory.get(name) is not None:
                 self._store.offer(self.name, Domain(name), Sample(values, survey.taken_at))
-        run_cycle_and_record(self._storage, self._store)
+        run_cycle_and_record(self._prober, self._store)
