@@ -66,8 +66,9 @@ rules:
 dashboards: deps
 	$(VENV)/bin/pytest -q tests/unit/test_dashboards.py tests/unit/test_rules.py
 
-# bench: the exporter on a simulated hypervisor at 100, 500 and 2,000 domains, healthy and with
-# every tenth domain hung; prints one table of figures (docs/benchmarks.md), in under five minutes.
+# bench: the exporter on a simulated hypervisor at 100, 500 and 2,000 domains, healthy, with every
+# tenth domain frozen, and half of them hung (dead storage, stopped and frozen QEMUs); prints one
+# table of figures (docs/benchmarks.md), in about five minutes.
 bench: deps
 	$(VENV)/bin/python -m benchmarks.simulated
 
