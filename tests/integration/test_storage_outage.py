@@ -81,8 +81,9 @@ MAX_AGE = INTERVAL + 3 * DEADLINE + INTERVAL + SCHEDULING_SLACK
 deadline), plus the interval for which one snapshot is served, plus slack."""
 
 SAMPLERS = ("basic", "bulk", "block")
-ROUND_SAMPLERS = ("basic", "storage", "bulk", "block")
-"""The samplers whose cycles run together in each round (the job sampler's are empty here)."""
+ROUND_SAMPLERS = ("basic", "bulk", "block")
+"""The samplers whose cycles run together in each round and call libvirt (the job sampler's are empty
+here; the storage probe runs within the basic sampler's survey)."""
 QUIET_MARGIN = 0.5
 """The faults begin at least this long before the next round starts."""
 QUIET_TIMEOUT = 30.0
