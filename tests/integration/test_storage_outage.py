@@ -87,6 +87,7 @@ here; the storage probe runs within the basic sampler's survey)."""
 QUIET_MARGIN = 0.5
 """The faults begin at least this long before the next round starts."""
 QUIET_TIMEOUT = 30.0
+THREADS = ("busy", "stuck")
 HANG_SIGNALS = ("qemu_stopped", "storage_unresponsive", "monitor_busy")
 BASIC_FAMILIES = (
     "libvirt_domain_state_code",
@@ -471,31 +472,31 @@ def hold(
     return count
 
 
-def between_rounds(exporter: Exporter, vms: list[TinyVM]) -> None:
-    """Return at a moment when the exporter has no call in flight: the samplers' cycles of its latest
-    round are all over, every one of `vms` had its block values read in it, and the next round is
-    at least QUIET_MARGIN away. A round's start is its cycles' end minus their duration; the next one
-    starts an interval later. On a loaded machine a round can take most of its interval: wait for a
-    round that leaves time."""
+def between_rounds(exporter: Exporter) -> None:
+    """Return at a moment when the exporter has no call in flight: the cycles of its latest round
+    are all over, no thread runs a libvirt call, and the next round is at least QUIET_MARGIN away.
+    A round's start is its cycles' end minus their duration; the next one starts an interval later.
+    On a loaded machine a round can take most of its interval: wait for one that leaves time."""
 
-    def quiet(got: Scrape) -> bool:
+    def not_quiet(got: Scrape) -> str | None:
         starts = []
         for sampler in ROUND_SAMPLERS:
             ended = value(got.series, "libvirt_sampler_last_success_timestamp_seconds", sampler=sampler)
             took = value(got.series, "libvirt_sampler_duration_seconds", sampler=sampler)
             if ended is None or took is None:
-                return False
+                return f"no cycle of {sampler} yet"
             starts.append(ended - took)
-        round_start = max(starts)
-        if round_start - min(starts) > DEADLINE:  # not all of one round: one is still running
-            return False
-        name = "libvirt_domain_sample_timestamp_seconds"
-        read = [value(got.series, name, domain=vm.name, sampler="block") or 0.0 for vm in vms]
-        return min(read) >= round_start and time.time() < round_start + INTERVAL - QUIET_MARGIN
+        if max(starts) - min(starts) > DEADLINE:
+            return f"the latest cycles are not of one round: they started at {starts}"
+        threads = {state: value(got.series, "libvirt_sampler_threads", state=state) for state in THREADS}
+        if any(count != 0 for count in threads.values()):
+            return f"calls in flight: {threads}"
+        left = max(starts) + INTERVAL - time.time()
+        return None if left > QUIET_MARGIN else f"the next round starts in {left:.2f} s"
 
     deadline = time.monotonic() + QUIET_TIMEOUT
-    while not quiet(scrape(exporter)):
-        assert time.monotonic() < deadline, f"no moment between two rounds within {QUIET_TIMEOUT:g} s"
+    while (why := not_quiet(scrape(exporter))) is not None:
+        assert time.monotonic() < deadline, f"no moment between two rounds within {QUIET_TIMEOUT:g} s: {why}"
         time.sleep(0.05)
 
 
@@ -548,7 +549,7 @@ def test_a_storage_outage_with_frozen_qemus_loses_no_value_that_could_still_be_r
     # waits on it, and QEMU's main loop with it: from then on that VM's balloon and vCPU values
     # cannot be read either, by anyone (docs/storage-outage-measurements.md); and a round decides
     # whom to call from the survey at its start. What the exporter must do is what follows.
-    between_rounds(exporter, vms.on_storage)
+    between_rounds(exporter)
     faults_began = time.monotonic()
     begin_outage(storage, vms.frozen)
     print(f"faults injected in {time.monotonic() - faults_began:.2f} s")
