@@ -81,12 +81,12 @@ MAX_AGE = INTERVAL + 3 * DEADLINE + INTERVAL + SCHEDULING_SLACK
 deadline), plus the interval for which one snapshot is served, plus slack."""
 
 SAMPLERS = ("basic", "bulk", "block")
-ROUND_SAMPLERS = ("basic", "bulk", "block")
-"""The samplers whose cycles run together in each round and call libvirt (the job sampler's are empty
-here; the storage probe runs within the basic sampler's survey)."""
+ROUND_SAMPLERS = ("bulk", "block")
+"""The samplers whose calls can hang, which start together each round after its survey (the job
+sampler's cycles are empty here; the basic sampler's survey also runs on domain events)."""
 QUIET_MARGIN = 0.5
 """The faults begin at least this long before the next round starts."""
-QUIET_TIMEOUT = 30.0
+QUIET_TIMEOUT = 60.0
 THREADS = ("busy", "stuck")
 HANG_SIGNALS = ("qemu_stopped", "storage_unresponsive", "monitor_busy")
 BASIC_FAMILIES = (
