@@ -231,6 +231,7 @@ def outage_vms(libvirt_uri: str, storage: FuseStorage, tmp_path: Path) -> Iterat
     and every VM is destroyed afterwards."""
     local = tmp_path / "local"
     local.mkdir()
+    starting = time.monotonic()
     groups = start_vms(
         libvirt_uri,
         {
@@ -240,6 +241,7 @@ def outage_vms(libvirt_uri: str, storage: FuseStorage, tmp_path: Path) -> Iterat
         },
     )
     vms = OutageVMs(frozen=groups["f"], on_storage=groups["s"], healthy=groups["h"])
+    print(f"{len(vms.all)} VMs started in {time.monotonic() - starting:.1f} s")
     try:
         yield vms
     finally:
@@ -533,7 +535,7 @@ def test_a_storage_outage_with_frozen_qemus_loses_no_value_that_could_still_be_r
     figures = Figures()
     exporter = run_exporter(*ARGS)
     warm_up = time.monotonic()
-    wait_until(
+    warmed = wait_until(
         exporter,
         lambda got: expect.healthy(got, vms.all) + expect.storage_state(got, stale=0),
         lambda got: [],
@@ -543,6 +545,7 @@ def test_a_storage_outage_with_frozen_qemus_loses_no_value_that_could_still_be_r
         figures,
         every=1.0,  # parsing 22 VMs' series costs CPU that a loaded machine lacks
     )
+    print(f"every VM fresh {warmed:.1f} s after the exporter answered")
 
     neighbour.start()
     # The faults begin while no call is in flight. A block call already sent when the storage dies
