@@ -128,6 +128,11 @@ class Watcher:
         with self._lock:
             self._listeners.append(listener)
 
+    def off_series(self, listener: Callable[[Series, float], None]) -> None:
+        """Stop calling `listener`."""
+        with self._lock:
+            self._listeners.remove(listener)
+
     def latest(self) -> Series:
         with self._lock:
             return self._series
