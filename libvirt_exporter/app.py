@@ -16,6 +16,7 @@ from libvirt_exporter.config import Config
 from libvirt_exporter.connection import DomainsChanged, MainConnection, Opener
 from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Snapshot
+from libvirt_exporter.host import HostAccess, LocalHost
 from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.lanes import Dispatcher
@@ -23,9 +24,11 @@ from libvirt_exporter.libvirt_client import open_read_only
 from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import Sampler
+from libvirt_exporter.samplers.basic import BasicSampler
 from libvirt_exporter.samplers.block import BlockSampler
 from libvirt_exporter.samplers.bulk import BulkSampler, stat_groups
 from libvirt_exporter.samplers.job import JobSampler
+from libvirt_exporter.samplers.storage import StorageSampler
 from libvirt_exporter.samplers.storage_pool import StoragePoolSampler
 from libvirt_exporter.store import Store
 from libvirt_exporter.web_config import load_web_config
@@ -36,28 +39,51 @@ log = get_logger(__name__)
 class Exporter:
     """The running exporter. `start` spawns its greenlets; nothing here blocks the hub."""
 
-    def __init__(self, config: Config, opener: Opener = open_read_only) -> None:
+    def __init__(
+        self, config: Config, opener: Opener = open_read_only, host: HostAccess | None = None
+    ) -> None:
         self.config = config
         self.store = Store()
         self.runner = CallRunner(config.max_concurrent_calls, config.max_stuck_calls)
         self.connection = MainConnection(config.libvirt_uri, self.runner, config.connect_deadline, opener)
         self.dispatcher = Dispatcher(self.runner, self.connection)
-        bulk_config = config.sampler(SamplerName.BULK)
-        self.inventory = Inventory(self.dispatcher, bulk_config.deadline, config.include_inactive)
-        for_domains = (self.dispatcher, self.store, self.inventory)
-        self.bulk = BulkSampler(bulk_config, *for_domains, groups=stat_groups(config.collectors))
+        self.host = host if host is not None else LocalHost()
+        self.inventory = Inventory(self.dispatcher, self.host, config.include_inactive)
+        self.storage = StorageSampler(
+            config.sampler(SamplerName.STORAGE), self.store, self.inventory, self.host
+        )
+        self.basic = BasicSampler(
+            config.sampler(SamplerName.BASIC),
+            self.dispatcher,
+            self.store,
+            self.inventory,
+            self.storage,
+            config.collectors,
+        )
+        for_domains = (self.dispatcher, self.store, self.inventory, self.basic)
+        groups = stat_groups(config.collectors)
+        self.bulk = BulkSampler(config.sampler(SamplerName.BULK), *for_domains, groups=groups)
         self.block = BlockSampler(config.sampler(SamplerName.BLOCK), *for_domains)
         self.job = JobSampler(config.sampler(SamplerName.JOB), *for_domains)
         self.storage_pools = StoragePoolSampler(
             config.sampler(SamplerName.STORAGE_POOL), self.dispatcher, self.store
         )
-        self.samplers: tuple[Sampler, ...] = tuple(
+        self.looped: tuple[Sampler, ...] = tuple(
             sampler
             for sampler in (self.bulk, self.block, self.job, self.storage_pools)
             if sampler is self.bulk or config.enabled(sampler.name)
         )
+        """The samplers that run on their interval; the round's first runs the survey (`basic`)."""
+        self.samplers: tuple[Sampler, ...] = (self.basic, self.storage, *self.looped)
         self.view = View(
-            self.connection, self.inventory, self.store, self.runner, self.samplers, config.collectors
+            self.connection,
+            self.inventory,
+            self.store,
+            self.runner,
+            self.storage.runner,
+            self.samplers,
+            config.collectors,
+            busy_for=self.bulk.config.deadline,
         )
         process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=process)
@@ -77,9 +103,9 @@ class Exporter:
     def _start_samplers(self) -> None:
         """Once the first connection attempt is over, so that start-up is not counted as failing."""
         self.connection.first_attempt_done.wait()
-        self.refresh_inventory()  # so that the block sampler's first cycle knows the domains too
-        rounds = Rounds(self.store, self.publish, min(s.config.interval for s in self.samplers))
-        for sampler in self.samplers:
+        self.refresh_inventory()  # at once, not at the first tick
+        rounds = Rounds(self.store, self.publish, min(s.config.interval for s in self.looped))
+        for sampler in self.looped:
             self._greenlets.append(gevent.spawn(run_forever, sampler, rounds))
 
     def stop(self) -> None:
@@ -123,11 +149,8 @@ class Exporter:
                 gevent.spawn(self.refresh_inventory)
 
     def refresh_inventory(self) -> None:
-        """A survey outside the bulk sampler's cycles; its failure is the next cycle's to report."""
-        try:
-            self.store.forget(self.inventory.refresh())
-        except Exception as error:
-            log.debug("inventory refresh after an event failed", err=str(error))
+        """A survey outside the rounds (after an event, a reconnect, at start-up)."""
+        self.basic.refresh()
         self.publish()
 
 

@@ -57,7 +57,17 @@ class Pool:
         return f"pool {self.name}"
 
 
-Subject = Host | Domain | Pool
+@dataclass(frozen=True)
+class Storage:
+    """The subject of a probe of one storage: the mount point disk images live on."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"storage {self.name}"
+
+
+Subject = Host | Domain | Pool | Storage
 HOST = Host()
 
 

@@ -22,6 +22,10 @@ from libvirt_exporter.web_config import load_web_config
 
 log = get_logger("libvirt_exporter")
 
+SURVEY_DEADLINES = {SamplerName.BASIC: None, SamplerName.STORAGE: 1.0}
+"""The samplers that survey the host at the start of each round (samplers/basic.py), which run as
+often as the most frequent of the others: their deadline when no flag gives one, in seconds, at most
+the bulk sampler's (None: the bulk sampler's)."""
 SAMPLER_DEFAULTS = {
     SamplerName.BULK: ("15s", "5s"),
     SamplerName.BLOCK: ("15s", "5s"),
@@ -83,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
             help=f"how long a {name} call may run before it counts as a timeout; it never delays a scrape",
         )
     parser.add_argument(
+        "--sampler.basic.deadline",
+        dest="basic_deadline",
+        default="",
+        help="how long the survey of the host (domains, their state, CPU time and network counters, "
+        "all read without QEMU) may run before it counts as a timeout (default: the bulk sampler's)",
+    )
+    parser.add_argument(
+        "--sampler.storage.deadline",
+        dest="storage_deadline",
+        default="",
+        help="how long a storage may take to answer its probe before its VMs get no call that "
+        "touches their disks (default: 1s, or the bulk sampler's deadline if shorter)",
+    )
+    parser.add_argument(
         "--sampler.max-concurrent-calls",
         dest="max_concurrent",
         type=int,
@@ -116,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _survey_samplers(
+    samplers: tuple[SamplerConfig, ...], args: argparse.Namespace
+) -> tuple[SamplerConfig, ...]:
+    """The survey's samplers: as often as the most frequent sampler, deadlines no longer than bulk's."""
+    round_interval = min(sampler.interval for sampler in samplers)
+    bulk_deadline = next(s.deadline for s in samplers if s.name is SamplerName.BULK)
+    survey = []
+    for name, default in SURVEY_DEADLINES.items():
+        given = getattr(args, f"{name}_deadline")
+        deadline = parse_duration(given) if given else min(default or bulk_deadline, bulk_deadline)
+        survey.append(SamplerConfig(name, round_interval, deadline))
+    return tuple(survey)
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
     """Flags to a validated Config; any mistake exits 2 with one line."""
     parser = _parser()
@@ -130,6 +162,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
             )
             for name in SAMPLER_DEFAULTS
         )
+        samplers += _survey_samplers(samplers, args)
         collectors = frozenset(name for name in COLLECTOR_DEFAULTS if getattr(args, f"collector_{name}"))
         config = Config(
             host,

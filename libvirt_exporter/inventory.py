@@ -1,30 +1,36 @@
-"""The domains of the host, as of the last survey, with each one's parsed XML.
+"""The domains of the host, as of the last survey, with what the host shows of each without QEMU.
 
-A survey lists the domains and asks each running one for its control info, which libvirt answers
-without the QEMU monitor even when QEMU is frozen: it tells which domains' monitors are busy, so
-that the samplers do not send them calls that would only get stuck too. Domain XML is read only
-for domains that are new, restarted or reported changed by an event.
+A survey is one call, which asks libvirtd only what it answers without any domain's job or QEMU
+monitor, even for a hung QEMU (docs/libvirt-behaviour.md): the domain list, each running domain's
+control info (whether its monitor is busy, and for how long), XML (only for domains that are new,
+restarted or reported changed by an event), state and network counters (the `state` and `interface`
+stat groups, which need no job) and CPU time (virDomainGetCPUStats, from the domain's cgroup); and
+from the host itself, whether each QEMU process is stopped and on which mount point each disk lives.
+The samplers then send no call that would only get stuck.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import gevent.lock
 import libvirt
 
 from libvirt_exporter.calls import CallKey, Domain, Outcome, Status
 from libvirt_exporter.domain_xml import Disk, DomainDescription, parse_domain_xml
+from libvirt_exporter.host import HostAccess, storage_of
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe, is_missing_domain
 from libvirt_exporter.logs import get_logger
-from libvirt_exporter.samplers import CycleFailed
+from libvirt_exporter.samplers import CycleFailed, SamplerName
 
 log = get_logger(__name__)
 
-SURVEY = CallKey("inventory")
+SURVEY = CallKey(SamplerName.BASIC)
 _MONITOR_FREE_STATES = (libvirt.VIR_DOMAIN_CONTROL_OK, libvirt.VIR_DOMAIN_CONTROL_JOB)
+_CPU_FIELDS = {"cpu_time": "cpu.time", "user_time": "cpu.user", "system_time": "cpu.system"}
+"""virDomainGetCPUStats' names of the `cpu-total` stat group's fields."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,10 @@ class DomainEntry:
     job_running: bool
     """A background job (a migration, a backup, a dump) runs: its progress can be read."""
     description: DomainDescription | None
+    qemu_stopped: bool = False
+    """Its QEMU process is stopped: nothing it is asked will be answered until it runs again."""
+    storages: tuple[str, ...] = ()
+    """The mount points its disks with a medium live on (local paths only)."""
 
     @property
     def active(self) -> bool:
@@ -65,6 +75,26 @@ class _Surveyed:
     uuid: bytes
     control: list[int] | None
     xml: str | None
+    qemu_stopped: bool
+    values: dict[str, Any] = field(default_factory=dict)
+    """Its state, network counters and CPU time."""
+
+
+@dataclass
+class _SurveyRead:
+    """What the survey thread read."""
+
+    domains: list[_Surveyed]
+    mount_points: list[str]
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a survey found: the values read for each domain, and the domains gone since the last."""
+
+    values: Mapping[str, Mapping[str, Any]]
+    taken_at: float
+    gone: set[Domain]
 
 
 def _control_info(dom: Any) -> list[int] | None:
@@ -77,32 +107,61 @@ def _control_info(dom: Any) -> list[int] | None:
         return None  # unsupported by the driver, or unknown: treat the monitor as free
 
 
-def _survey(lane: Lane, known_ids: dict[str, int]) -> list[_Surveyed]:
+def _cpu_times(dom: Any) -> dict[str, int]:
+    """virDomainGetCPUStats of the whole domain, in the `cpu-total` group's names; none from a
+    driver that lacks it."""
+    try:
+        totals = dom.getCPUStats(True)[0]
+    except libvirt.libvirtError as error:
+        if is_missing_domain(error):
+            raise
+        return {}
+    return {ours: totals[theirs] for theirs, ours in _CPU_FIELDS.items() if theirs in totals}
+
+
+def _survey(lane: Lane, known_ids: dict[str, int], groups: int, cpu: bool, host: HostAccess) -> _SurveyRead:
     """Runs in a pool thread. `known_ids` maps names to the domain id their XML was read at."""
     surveyed = []
     for dom in lane.conn.listAllDomains(0):
         try:
             name, dom_id = dom.name(), dom.ID()
-            control = _control_info(dom) if dom_id >= 0 else None
+            active = dom_id >= 0
+            control = _control_info(dom) if active else None
             xml = dom.XMLDesc(0) if known_ids.get(name) != dom_id else None
+            values = _cpu_times(dom) if cpu and active else {}
         except libvirt.libvirtError as error:
             if not is_missing_domain(error):
                 log.warning("cannot survey domain", err=describe(error))
             continue
-        surveyed.append(_Surveyed(name, dom, dom_id, dom.UUID(), control, xml))
-    return surveyed
+        stopped = bool(active and host.qemu_stopped(name))
+        surveyed.append(_Surveyed(name, dom, dom_id, dom.UUID(), control, xml, stopped, values))
+    by_name = {seen.name: seen for seen in surveyed}
+    for dom, stats in lane.conn.domainListGetStats([seen.domain for seen in surveyed], groups, 0):
+        if (seen := by_name.get(dom.name())) is not None:
+            seen.values.update(stats)
+    return _SurveyRead(surveyed, host.mount_points())
+
+
+class HangSignal:
+    """What tells, without a call to the domain, that its QEMU is hung or that a call would hang."""
+
+    QEMU_STOPPED = "qemu_stopped"
+    MONITOR_BUSY = "monitor_busy"
+    STORAGE_UNRESPONSIVE = "storage_unresponsive"
+    ALL = (QEMU_STOPPED, MONITOR_BUSY, STORAGE_UNRESPONSIVE)
 
 
 class Inventory:
-    """Which domains exist now; samplers read it, the bulk sampler refreshes it every cycle."""
+    """Which domains exist now, and what the host shows of each; the `basic` sampler surveys."""
 
-    def __init__(self, dispatcher: Dispatcher, deadline: float, include_inactive: bool = False) -> None:
+    def __init__(self, dispatcher: Dispatcher, host: HostAccess, include_inactive: bool = False) -> None:
         self._dispatcher = dispatcher
-        self._deadline = deadline
+        self._host = host
         self._include_inactive = include_inactive
         self._entries: dict[str, DomainEntry] = {}
-        self._surveying = gevent.lock.Semaphore()
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
+        self.unresponsive_storages: frozenset[str] = frozenset()
+        """The mount points whose storage did not answer its latest probe (set by the survey)."""
 
     def domains(self) -> list[DomainEntry]:
         """The domains to export: the running ones, and shut-off ones with --libvirt.include-inactive."""
@@ -116,48 +175,67 @@ class Inventory:
         entry = self._entries.get(name)
         return entry if entry is not None and (entry.active or self._include_inactive) else None
 
+    def storages(self) -> dict[str, int]:
+        """Each mount point that running domains' disks live on, with how many domains use it."""
+        counts: dict[str, int] = {}
+        for entry in self._entries.values():
+            for storage in entry.storages if entry.active else ():
+                counts[storage] = counts.get(storage, 0) + 1
+        return counts
+
+    def hang_signals(self, entry: DomainEntry, busy_for: float) -> set[str]:
+        """The signals that hold for the domain: its QEMU stopped, its monitor busy for `busy_for`
+        seconds or more (stuck on a call already), a storage of its disks unresponsive."""
+        signals = set()
+        if entry.qemu_stopped:
+            signals.add(HangSignal.QEMU_STOPPED)
+        if not entry.monitor_free and entry.monitor_busy_seconds >= busy_for:
+            signals.add(HangSignal.MONITOR_BUSY)
+        if self.unresponsive_storages.intersection(entry.storages):
+            signals.add(HangSignal.STORAGE_UNRESPONSIVE)
+        return signals
+
     def mark_changed(self, names: set[str]) -> None:
         """A lifecycle or device event: read these domains' XML again at the next survey."""
         for name in names:
             self._descriptions.pop(name, None)
 
-    def refresh(self) -> set[Domain]:
-        """Survey the host; keep the previous inventory when the survey cannot be done (raises
-        CycleFailed). Returns the domains no longer exported: undefined, or shut off and not
-        exported, whose series must go.
-
-        A refresh asked for while another runs (after an event) waits for that one instead.
-        """
-        if self._surveying.locked():
-            with self._surveying:
-                return set()
-        with self._surveying:
-            return self._survey()
-
-    def _survey(self) -> set[Domain]:
+    def refresh(self, deadline: float, groups: int, cpu: bool) -> Survey:
+        """Survey the host, reading the stat `groups` (which must need no job) and, with `cpu`, the
+        CPU times of each domain. Keeps the previous inventory when the survey cannot be done
+        (raises CycleFailed)."""
         if not self._dispatcher.up:
             raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
-        outcome = self._dispatcher.call(SURVEY, lambda lane: _survey(lane, known_ids), self._deadline)
-        if outcome.status is not Status.OK or outcome.value is None:
-            raise CycleFailed(f"listing domains failed: {_why(outcome)}")
-        self._dispatcher.keep_handles({seen.uuid for seen in outcome.value})
-        return self._replace(outcome.value)
+        outcome = self._dispatcher.call(
+            SURVEY, lambda lane: _survey(lane, known_ids, groups, cpu, self._host), deadline
+        )
+        if outcome.status is not Status.OK or outcome.value is None or outcome.call is None:
+            raise CycleFailed(f"surveying the domains failed: {_why(outcome)}")
+        read: _SurveyRead = outcome.value
+        self._dispatcher.keep_handles({seen.uuid for seen in read.domains})
+        gone = self._replace(read)
+        values = {seen.name: seen.values for seen in read.domains}
+        return Survey(values, outcome.call.started_at, gone)
 
-    def _replace(self, surveyed: list[_Surveyed]) -> set[Domain]:
+    def _replace(self, read: _SurveyRead) -> set[Domain]:
         entries = {}
-        for seen in surveyed:
+        for seen in read.domains:
             if seen.xml is not None:
                 self._descriptions[seen.name] = (seen.id, _parse(seen.name, seen.xml))
-            entries[seen.name] = DomainEntry(
+            description = self._descriptions.get(seen.name, (0, None))[1]
+            entry = DomainEntry(
                 name=seen.name,
                 domain=seen.domain,
                 id=seen.id,
                 monitor_free=seen.control is None or seen.control[0] in _MONITOR_FREE_STATES,
                 monitor_busy_seconds=_busy_seconds(seen.control),
                 job_running=seen.control is not None and seen.control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB,
-                description=self._descriptions.get(seen.name, (0, None))[1],
+                description=description,
+                qemu_stopped=seen.qemu_stopped,
             )
+            storages = {storage_of(disk.path, read.mount_points) for disk in entry.disks_with_media}
+            entries[seen.name] = replace(entry, storages=tuple(sorted(s for s in storages if s)))
         for name in self._entries.keys() - entries.keys():
             self._descriptions.pop(name, None)
         exported_before = {entry.subject for entry in self.domains()}

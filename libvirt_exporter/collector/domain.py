@@ -218,7 +218,12 @@ def collect(state: State) -> Families:
     interfaces = "interface" in state.collectors
     for entry in state.domains:
         _add_description(families, entry, interfaces)
-        sample = state.store.sample(SamplerName.BULK, entry.subject)
-        if sample is not None:
-            _add_stats(families, entry.name, sample.values)
+        values = {
+            key: value
+            for sampler in (SamplerName.BULK, SamplerName.BASIC)  # the survey's values are the fresher
+            if (sample := state.store.sample(sampler, entry.subject)) is not None
+            for key, value in sample.values.items()
+        }
+        if values:
+            _add_stats(families, entry.name, values)
     return families

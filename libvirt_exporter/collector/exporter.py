@@ -61,7 +61,7 @@ def collect(state: State) -> Families:
     by_state = Counter(
         state_name(sample.values)
         for entry in state.domains
-        if (sample := state.store.sample(SamplerName.BULK, entry.subject)) is not None
+        if (sample := state.store.sample(SamplerName.BASIC, entry.subject)) is not None
         and "state.state" in sample.values
     )
     by_state["shutoff"] += state.inactive_left_out

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from libvirt_exporter.calls import Domain, Host, Pool
+from libvirt_exporter.calls import Domain, Host, Pool, Storage
 from libvirt_exporter.collector.families import Families, Spec, counter, gauge
 from libvirt_exporter.collector.view import State
+from libvirt_exporter.inventory import HangSignal
 
 S = ("sampler",)
 
@@ -69,8 +70,23 @@ def _subject_families(prefix: str, label: str, noun: str) -> SubjectFamilies:
 
 DOMAIN = _subject_families("libvirt_domain", "domain", "domain")
 POOL = _subject_families("libvirt_storage_pool", "pool", "storage pool")
-FAMILIES_OF: dict[type, SubjectFamilies] = {Domain: DOMAIN, Pool: POOL}
+STORAGE = _subject_families("libvirt_storage", "storage", "storage")
+FAMILIES_OF: dict[type, SubjectFamilies] = {Domain: DOMAIN, Pool: POOL, Storage: STORAGE}
 
+HANG_SIGNAL = gauge(
+    "libvirt_domain_hang_signal",
+    "1 while the signal holds for the domain, read without a call to it: its QEMU process stopped "
+    "(qemu_stopped), its monitor busy for longer than a deadline (monitor_busy), a storage of its "
+    "disks unresponsive to its probe (storage_unresponsive); 0 otherwise.",
+    ("domain", "signal"),
+    source="/proc, virDomainGetControlInfo, the storage probe",
+)
+STORAGE_DOMAINS = gauge(
+    "libvirt_storage_domains",
+    "Running domains with a disk on the storage (the mount point its images live on).",
+    ("storage",),
+    source="domain XML, mount table",
+)
 MONITOR_BUSY = gauge(
     "libvirt_domain_monitor_busy_seconds",
     "How long the domain's QEMU monitor has been occupied (virDomainGetControlInfo); 0 when free.",
@@ -82,7 +98,18 @@ THREADS = gauge(
     "OS threads running libvirt calls: busy ones, and stuck ones past their deadline.",
     ("state",),
 )
-SPECS = (DURATION, LAST_SUCCESS, ERRORS, *DOMAIN, *POOL, MONITOR_BUSY, THREADS)
+SPECS = (
+    DURATION,
+    LAST_SUCCESS,
+    ERRORS,
+    *DOMAIN,
+    *POOL,
+    *STORAGE,
+    MONITOR_BUSY,
+    HANG_SIGNAL,
+    STORAGE_DOMAINS,
+    THREADS,
+)
 
 
 def _add_samplers(families: Families, state: State) -> None:
@@ -124,10 +151,19 @@ def _add_subjects(families: Families, state: State) -> None:
             families.add(MONITOR_BUSY, (entry.name,), entry.monitor_busy_seconds)
 
 
+def _add_hang_signals(families: Families, state: State) -> None:
+    for domain, signals in state.hang_signals.items():
+        for signal in HangSignal.ALL:
+            families.add(HANG_SIGNAL, (domain, signal), 1 if signal in signals else 0)
+    for storage, domains in sorted(state.storages.items()):
+        families.add(STORAGE_DOMAINS, (storage,), domains)
+
+
 def collect(state: State) -> Families:
     families = Families()
     _add_samplers(families, state)
     _add_subjects(families, state)
+    _add_hang_signals(families, state)
     families.add(THREADS, ("busy",), state.busy_threads)
     families.add(THREADS, ("stuck",), state.stuck_threads)
     return families

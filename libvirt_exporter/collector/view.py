@@ -42,6 +42,10 @@ class State:
     samplers: tuple[SamplerState, ...]
     in_flight: Mapping[Key, float]
     """Per (sampler, subject), how long its outstanding call has run."""
+    hang_signals: Mapping[str, set[str]]
+    """Per domain, the signals that hold for it (inventory.HangSignal)."""
+    storages: Mapping[str, int]
+    """Each storage (mount point) running domains' disks live on, with how many domains use it."""
     busy_threads: int
     stuck_threads: int
     collectors: frozenset[str]
@@ -58,8 +62,13 @@ class View:
     inventory: Inventory
     store: Store
     runner: CallRunner
+    """The libvirt calls' runner, whose threads `libvirt_sampler_threads` counts."""
+    probes: CallRunner
+    """The storage probes' runner."""
     samplers: tuple[Sampler, ...]
     collectors: frozenset[str]
+    busy_for: float
+    """Seconds a domain's monitor must have been busy to count as a hang signal (a deadline)."""
 
     def state(self) -> State:
         """The state as it is now; only on the hub, where no greenlet changes it meanwhile."""
@@ -74,6 +83,12 @@ class View:
             store=store,
             samplers=tuple(SamplerState(s.name, s.config.stale_after, s.subjects()) for s in self.samplers),
             in_flight=self._in_flight_seconds(store),
+            hang_signals={
+                entry.name: self.inventory.hang_signals(entry, busy_for=self.busy_for)
+                for entry in self.inventory.domains()
+                if entry.active
+            },
+            storages=self.inventory.storages(),
             busy_threads=self.runner.busy_count(),
             stuck_threads=self.runner.stuck_count(),
             collectors=self.collectors,
@@ -86,7 +101,7 @@ class View:
         now = time.monotonic()
         samplers = {sampler.name for sampler in self.samplers}
         calls: list[tuple[Key, Call]] = list(store.blamed.items())
-        for call in self.runner.in_flight():
+        for call in self.runner.in_flight() + self.probes.in_flight():
             sent = call.key
             if sent is not None and sent.sender in samplers and not isinstance(sent.subject, Host):
                 calls.append(((SamplerName(sent.sender), sent.subject), call))

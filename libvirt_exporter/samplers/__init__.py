@@ -10,6 +10,8 @@ from enum import StrEnum
 
 
 class SamplerName(StrEnum):
+    BASIC = "basic"
+    STORAGE = "storage"
     BULK = "bulk"
     BLOCK = "block"
     JOB = "job"

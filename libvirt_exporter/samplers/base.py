@@ -1,16 +1,16 @@
 """The sampler contract, and what every sampler shares: one call per subject, all sent at once,
-each under its own deadline, which is how a sampler isolates a hung VM or pool from the rest."""
+each under its own deadline, which is how a sampler isolates a hung VM or storage from the rest."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import gevent
 
-from libvirt_exporter.calls import CallKey, Domain, Outcome, Status, Subject
+from libvirt_exporter.calls import CallKey, Domain, LateHandler, Outcome, Status, Subject
 from libvirt_exporter.config import SamplerConfig
-from libvirt_exporter.inventory import DomainEntry, Inventory
+from libvirt_exporter.inventory import DomainEntry, HangSignal, Inventory
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.logs import get_logger
@@ -37,9 +37,8 @@ class Sampler:
 
     name: ClassVar[SamplerName]
 
-    def __init__(self, config: SamplerConfig, dispatcher: Dispatcher, store: Store) -> None:
+    def __init__(self, config: SamplerConfig, store: Store) -> None:
         self.config = config
-        self._dispatcher = dispatcher
         self._store = store
 
     def subjects(self) -> list[Subject]:
@@ -47,25 +46,18 @@ class Sampler:
 
     def run_cycle(self) -> None:
         """Sample once; raise CycleFailed when nothing could be sampled."""
-        if not self._dispatcher.up:
-            raise CycleFailed("not connected to libvirt")
-        self._sample()
-
-    def _sample(self) -> None:
         raise NotImplementedError
 
-    def _sample_each(self, reads: Iterable[tuple[Subject, Read]]) -> None:
-        """Sample each (subject, read) at once, and return when each returned or timed out. A
-        connection lost meanwhile fails the calls not yet dispatched, as libvirt errors do."""
+    def _call(self, key: CallKey, read: Any, on_late: LateHandler) -> Outcome[Any]:
+        """Send one call under the sampler's deadline."""
+        raise NotImplementedError
+
+    def _sample_each(self, reads: Iterable[tuple[Subject, Any]]) -> None:
+        """Sample each (subject, read) at once, and return when each returned or timed out."""
         gevent.joinall([gevent.spawn(self._sample_one, subject, read) for subject, read in reads])
 
-    def _sample_one(self, subject: Subject, read: Read) -> None:
-        outcome = self._dispatcher.call(
-            CallKey(self.name, subject),
-            read,
-            self.config.deadline,
-            on_late=lambda late: self._record_late(subject, late),
-        )
+    def _sample_one(self, subject: Subject, read: Any) -> None:
+        outcome = self._call(CallKey(self.name, subject), read, lambda late: self._record_late(subject, late))
         self._record(subject, outcome)
 
     def _record(self, subject: Subject, outcome: Outcome[Any]) -> None:
@@ -76,12 +68,10 @@ class Sampler:
         self._store.count_failure(self.name, subject, outcome.status)
         if outcome.status is Status.ERROR:
             err = describe(outcome.error or Exception())
-            log.info("libvirt call failed", sampler=self.name, subject=subject, err=err)
+            log.info("call failed", sampler=self.name, subject=subject, err=err)
         elif outcome.status is Status.TIMEOUT:
             deadline = self.config.deadline
-            log.warning(
-                "libvirt call ran past its deadline", sampler=self.name, subject=subject, deadline=deadline
-            )
+            log.warning("call ran past its deadline", sampler=self.name, subject=subject, deadline=deadline)
 
     def _record_late(self, subject: Subject, outcome: Outcome[Any]) -> None:
         """A late result counts only for a subject that is still sampled."""
@@ -89,32 +79,83 @@ class Sampler:
             self._record(subject, outcome)
 
 
-class DomainSampler(Sampler):
-    """A sampler of domains, which it takes from the inventory's latest survey."""
+class LibvirtSampler(Sampler):
+    """A sampler whose calls go to libvirtd, each on a lane of its own (lanes.py)."""
+
+    def __init__(self, config: SamplerConfig, dispatcher: Dispatcher, store: Store) -> None:
+        super().__init__(config, store)
+        self._dispatcher = dispatcher
+
+    def run_cycle(self) -> None:
+        if not self._dispatcher.up:
+            raise CycleFailed("not connected to libvirt")
+        self._sample()
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def _call(self, key: CallKey, read: Read, on_late: LateHandler) -> Outcome[Any]:
+        return self._dispatcher.call(key, read, self.config.deadline, on_late=on_late)
+
+
+class Surveyor(Protocol):
+    """The round's survey of the host (samplers/basic.py), which the other domain samplers read."""
+
+    def ensure_recent(self) -> None:
+        """Survey now, unless this round's survey ran already; wait for one that runs."""
+        ...
+
+    def refresh(self) -> None:
+        """Survey now (or wait for the survey that runs)."""
+        ...
+
+
+class DomainSampler(LibvirtSampler):
+    """A sampler of domains, which it takes from the round's survey of the host."""
+
+    needs_storage: ClassVar[bool] = False
+    """Its calls make QEMU touch the domain's disks: none goes to a domain on unresponsive storage."""
 
     def __init__(
-        self, config: SamplerConfig, dispatcher: Dispatcher, store: Store, inventory: Inventory
+        self,
+        config: SamplerConfig,
+        dispatcher: Dispatcher,
+        store: Store,
+        inventory: Inventory,
+        survey: Surveyor | None = None,
     ) -> None:
         super().__init__(config, dispatcher, store)
         self._inventory = inventory
+        self._surveyor = survey
 
     def entries(self) -> list[DomainEntry]:
         """The domains this sampler samples: its one filter of the inventory."""
         return self._inventory.domains()
 
     def subjects(self) -> list[Subject]:
-        return [Domain(entry.name) for entry in self.entries()]
+        return [entry.subject for entry in self.entries()]
+
+    def run_cycle(self) -> None:
+        if self._surveyor is not None:
+            self._surveyor.ensure_recent()
+        super().run_cycle()
 
     def _callable(self, entries: Iterable[DomainEntry]) -> list[DomainEntry]:
-        """The entries whose QEMU monitor is free, or busy for a moment only. A monitor busy for
-        longer than the deadline is stuck on a call already (this sampler's or another's): a new
-        call would only wait for the domain's job, 30 s in libvirt, holding a thread and one of
-        libvirtd's workers meanwhile. So each hung VM holds one stuck call, not one per sampler;
-        the skip is counted and flags the values stale."""
+        """The entries no hang signal holds for: a call to a domain whose QEMU is stopped, whose
+        monitor is busy for longer than the deadline (stuck on a call already, this sampler's or
+        another's: a new call would wait 30 s for the job in one of libvirtd's workers) or, for a
+        call that touches the disks, with a disk on storage that does not answer, would only get
+        stuck too. The skip is counted and flags the values stale."""
         ready = []
         for entry in entries:
-            if entry.monitor_free or entry.monitor_busy_seconds < self.config.deadline:
-                ready.append(entry)
-            else:
+            if self._hung(entry):
                 self._store.count_failure(self.name, Domain(entry.name), Status.SKIPPED)
+            else:
+                ready.append(entry)
         return ready
+
+    def _hung(self, entry: DomainEntry) -> bool:
+        signals = self._inventory.hang_signals(entry, busy_for=self.config.deadline)
+        if not self.needs_storage:
+            signals.discard(HangSignal.STORAGE_UNRESPONSIVE)
+        return bool(signals)

@@ -80,6 +80,7 @@ def read_disks(domain: Any, disks: tuple[Disk, ...], lane: Lane) -> Mapping[str,
 
 class BlockSampler(DomainSampler):
     name = SamplerName.BLOCK
+    needs_storage = True
 
     def entries(self) -> list[DomainEntry]:
         return [entry for entry in self._inventory.domains() if entry.active]

@@ -1,11 +1,12 @@
-"""The `bulk` sampler: the cheap stat groups of every domain, in one call when the host is healthy.
+"""The `bulk` sampler: the stat groups that need QEMU's monitor (balloon, vCPU, I/O threads, ...) of
+every domain, in one call when the host is healthy.
 
 `virConnectGetAllDomainStats` with NOWAIT answers at once for a domain whose job another call
 holds, but leaves out what needs the job (the balloon driver's statistics, for one), and
-whoever first touches a frozen QEMU's monitor blocks until QEMU resumes. So, by the control
-info of the survey just before:
-- a domain whose monitor has been busy for longer than the deadline is stuck: it gets no call
-  and is counted as skipped;
+whoever first touches a hung QEMU's monitor blocks until QEMU resumes. So, by the round's survey:
+- a domain a hang signal holds for (its QEMU stopped, its monitor busy for longer than the
+  deadline) gets no call and is counted as skipped; one on unresponsive storage is asked all the
+  same, since its QEMU answers what does not touch the disks;
 - a domain whose monitor is busy for a moment (another call, often the block sampler's) gets a
   call of its own that waits for the job, so that its values are complete;
 - the others are asked in one host-wide NOWAIT call. When that call runs past its deadline, the
@@ -29,27 +30,26 @@ from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
-from libvirt_exporter.samplers.base import DomainSampler, read_domain_stats
+from libvirt_exporter.samplers.base import DomainSampler, Surveyor, read_domain_stats
 from libvirt_exporter.store import Sample, Store
 
 log = get_logger(__name__)
 
 STAT_GROUPS = {
-    "cpu": libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
     "balloon": libvirt.VIR_DOMAIN_STATS_BALLOON,
     "vcpu": libvirt.VIR_DOMAIN_STATS_VCPU,
-    "interface": libvirt.VIR_DOMAIN_STATS_INTERFACE,
     "perf": libvirt.VIR_DOMAIN_STATS_PERF,
     "iothread": libvirt.VIR_DOMAIN_STATS_IOTHREAD,
     "memory": libvirt.VIR_DOMAIN_STATS_MEMORY,
     "dirtyrate": libvirt.VIR_DOMAIN_STATS_DIRTYRATE,
 }
-"""The stat group each collector switch asks libvirt for; `state` is always asked for."""
+"""The stat group each collector switch asks libvirt for. State, CPU time and interfaces, which need
+no QEMU, come from the `basic` sampler's survey instead."""
 HOST_WIDE = CallKey(SamplerName.BULK)
 
 
 def stat_groups(collectors: frozenset[str]) -> int:
-    groups = libvirt.VIR_DOMAIN_STATS_STATE
+    groups = 0
     for collector, group in STAT_GROUPS.items():
         if collector in collectors:
             groups |= group
@@ -68,19 +68,25 @@ class BulkSampler(DomainSampler):
     name = SamplerName.BULK
 
     def __init__(
-        self, config: SamplerConfig, dispatcher: Dispatcher, store: Store, inventory: Inventory, groups: int
+        self,
+        config: SamplerConfig,
+        dispatcher: Dispatcher,
+        store: Store,
+        inventory: Inventory,
+        survey: Surveyor,
+        groups: int,
     ) -> None:
-        super().__init__(config, dispatcher, store, inventory)
+        super().__init__(config, dispatcher, store, inventory, survey)
         self.groups = groups
-        """The stat groups asked for (`stat_groups` of the enabled collectors)."""
+        """The stat groups asked for (`stat_groups` of the enabled collectors); none: no calls."""
 
-    def run_cycle(self) -> None:
-        """The cycle starts with a survey, which fails the cycle as a whole when it cannot be done."""
-        self._store.forget(self._inventory.refresh())
-        super().run_cycle()
+    def entries(self) -> list[DomainEntry]:
+        return super().entries() if self.groups else []
 
     def _sample(self) -> None:
         ready = self._callable(self.entries())
+        if not ready:
+            return
         free = [e for e in ready if e.monitor_free]
         busy = [e for e in ready if not e.monitor_free]
         if free and not self._dispatcher.is_in_flight(HOST_WIDE):
@@ -109,7 +115,8 @@ class BulkSampler(DomainSampler):
     def _blame_stuck_monitors(self, call: Call, ready: list[DomainEntry]) -> list[DomainEntry]:
         """Find the domains the stuck call waits on (their monitors are now busy): their values
         count a timeout, and the call counts as theirs while it runs."""
-        self._store.forget(self._inventory.refresh())
+        if self._surveyor is not None:
+            self._surveyor.refresh()
         stuck_on = []
         for entry in ready:
             current = self._inventory.get(entry.name)
@@ -122,7 +129,7 @@ class BulkSampler(DomainSampler):
             deadline=self.config.deadline,
             stuck_on=",".join(stuck_on),
         )
-        return [e for e in self._inventory.domains() if e.monitor_free and e.name not in stuck_on]
+        return [e for e in self.entries() if e.monitor_free and e.name not in stuck_on and not self._hung(e)]
 
     def _take_late_host_wide(self, outcome: Outcome[Any]) -> None:
         if outcome.status is Status.OK and outcome.call is not None:

@@ -13,7 +13,7 @@ from libvirt_exporter.calls import CallKey, Pool, Status, Subject
 from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.samplers import CycleFailed, SamplerName
-from libvirt_exporter.samplers.base import Sampler
+from libvirt_exporter.samplers.base import LibvirtSampler
 from libvirt_exporter.store import Store
 
 LIST = CallKey(SamplerName.STORAGE_POOL)
@@ -30,7 +30,7 @@ def read_pool(name: str, lane: Lane) -> dict[str, int]:
     return {"state": state, "capacity": capacity, "allocation": allocation, "available": available}
 
 
-class StoragePoolSampler(Sampler):
+class StoragePoolSampler(LibvirtSampler):
     """Pools are listed each cycle, then sampled at once, so that one hung pool delays no other."""
 
     name = SamplerName.STORAGE_POOL

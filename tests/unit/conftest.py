@@ -9,9 +9,9 @@ import gevent
 import pytest
 
 from libvirt_exporter.app import Exporter
-from libvirt_exporter.cli import SAMPLER_DEFAULTS
 from libvirt_exporter.config import Config, SamplerConfig
 from libvirt_exporter.cycle import run_cycle_and_record
+from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import Sampler
 from tests.exposition import Series, domains_in, parse, plain_text, value
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -23,7 +23,7 @@ INTERVAL = 1.0
 
 
 def make_config(deadline: float = DEADLINE, interval: float = INTERVAL, max_stuck: int = 16) -> Config:
-    samplers = tuple(SamplerConfig(name, interval, deadline) for name in SAMPLER_DEFAULTS)
+    samplers = tuple(SamplerConfig(name, interval, deadline) for name in SamplerName)
     return Config("127.0.0.1", 0, "/metrics", "qemu:///system", samplers, 4, max_stuck)
 
 
@@ -40,12 +40,15 @@ class Harness:
 
     def __init__(self, host: FakeHost, config: Config) -> None:
         self.host = host
-        self.exporter = Exporter(config, opener=host.open)
+        self.exporter = Exporter(config, opener=host.open, host=host)
         self.exporter.follow_changes()
         assert self.exporter.connection.connect_once()
         self.exporter.refresh_inventory()  # as the exporter does before it starts its samplers
 
     def cycle(self, sampler: Sampler) -> Series:
+        """A round of the sampler: the round's survey first, as at each tick of the exporter."""
+        if sampler not in (self.exporter.basic, self.exporter.storage):
+            self.exporter.basic.refresh()
         run_cycle_and_record(sampler, self.exporter.store)
         return self.scrape()
 

@@ -27,11 +27,14 @@ NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 MAX_CLIENT_REQUESTS = 5
 """libvirtd's default max_client_requests."""
 MONITOR_GROUPS = (
-    libvirt.VIR_DOMAIN_STATS_BALLOON
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
     | libvirt.VIR_DOMAIN_STATS_VCPU
     | libvirt.VIR_DOMAIN_STATS_IOTHREAD
     | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
+"""The groups that need QEMU's monitor (docs/libvirt-behaviour.md); `block` also its disks."""
+IMAGES = "/var/lib/libvirt/images"
 
 
 class FakeLibvirtError(libvirt.libvirtError):
@@ -55,7 +58,9 @@ class FakeDomain:
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     reads: int = 0
     """Stats calls answered so far: every value grows with it, so that fresher reads differ."""
+    survey_reads: int = 0
     block_reads: int = 0
+    cpu_reads: int = 0
     frozen: threading.Event = field(default_factory=threading.Event)
     job_holders: int = 0
     monitor_waiters: int = 0
@@ -68,6 +73,12 @@ class FakeDomain:
     metadata: str = ""
     block_group: bool = True
     """False: the driver's bulk stats leave out the block group, as libvirt's test driver does."""
+    storage: str = IMAGES
+    """The mount point its disk images live on."""
+    qemu_stopped: bool = False
+    """Its QEMU process is stopped (SIGSTOP): /proc shows it, and its monitor does not answer."""
+    stuck_on_storage: bool = False
+    """A call made its QEMU touch its dead storage: its main loop waits for the storage."""
 
     def __post_init__(self) -> None:
         self.frozen.set()  # set = thawed: waiting on it returns at once
@@ -93,7 +104,7 @@ class FakeDomain:
     def xml(self) -> str:
         disks = "".join(
             f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-            f"<source file='/var/lib/libvirt/images/{self.name}-{d}.qcow2'/>"
+            f"<source file='{self.storage}/{self.name}-{d}.qcow2'/>"
             f"<target dev='{d}' bus='virtio'/></disk>"
             for d in self.disks
         )
@@ -110,9 +121,15 @@ class FakeDomain:
         )
 
     def stats(self, groups: int, with_monitor: bool) -> dict[str, Any]:
-        """The stat groups asked for, as libvirt reports them; what needs the job only with it."""
-        self.reads += 1
-        n = self.reads
+        """The stat groups asked for, as libvirt reports them; what needs the job only with it.
+        Reads of groups that need the monitor and reads of the others (the survey's) are counted
+        apart, so that each sampler's values grow with its own reads."""
+        if groups & MONITOR_GROUPS:
+            self.reads += 1
+            n = self.reads
+        else:
+            self.survey_reads += 1
+            n = self.survey_reads
         stats: dict[str, Any] = {
             "state.state": 1 if self.active else 5,
             "state.reason": 1 if self.active else 2,
@@ -230,8 +247,15 @@ class FakeVirDomain:
 
     def blockInfo(self, disk: str, flags: int = 0) -> list[int]:
         self._conn.count(self._domain.name, "blockInfo")
-        self._conn.enter_monitor(self._domain, "blockInfo")
+        self._conn.enter_monitor(self._domain, "blockInfo", touches_disks=True)
         return [64 * 1024 * 1024, 200_704, 262_144]
+
+    def getCPUStats(self, total: bool, flags: int = 0) -> list[dict[str, int]]:
+        """From the domain's cgroup: no monitor."""
+        self._conn.count(self._domain.name, "getCPUStats")
+        self._conn.check(self._domain, "getCPUStats")
+        n = self._domain.cpu_reads = self._domain.cpu_reads + 1
+        return [{"cpu_time": n * 1_000_000_000, "user_time": n * 600_000_000, "system_time": n * 300_000_000}]
 
 
 class FakeConnection:
@@ -278,9 +302,13 @@ class FakeConnection:
         if method in domain.failures:
             raise domain.failures[method]
 
-    def enter_monitor(self, domain: FakeDomain, method: str) -> None:
-        """Take the domain's job and talk to its monitor: blocks while the domain is frozen."""
+    def enter_monitor(self, domain: FakeDomain, method: str, touches_disks: bool = False) -> None:
+        """Take the domain's job and talk to its monitor: blocks while the domain is frozen, and
+        once a call made its QEMU touch dead storage, until the storage answers again."""
         self.check(domain, method)
+        storage = self.host.storage_alive(domain.storage)
+        if touches_disks and not storage.is_set():
+            domain.stuck_on_storage = True
         with self.host.lock:
             domain.job_holders += 1
             domain.monitor_waiters += 1
@@ -288,6 +316,9 @@ class FakeConnection:
                 domain.monitor_busy_since = time.monotonic()
         with self.carrying(), self.requests:
             domain.frozen.wait()
+            if domain.stuck_on_storage:
+                storage.wait()
+                domain.stuck_on_storage = False
         with self.host.lock:
             domain.job_holders -= 1
             domain.monitor_waiters -= 1
@@ -312,14 +343,16 @@ class FakeConnection:
         records = []
         for handle in doms:
             domain = handle._domain
-            self.count(domain.name, "domainListGetStats")
+            # Counted apart: a read of the groups that need no monitor (the survey's) cannot hang.
+            self.count(domain.name, "domainListGetStats" if stats & MONITOR_GROUPS else "survey stats")
             self.host.stat_groups_asked.add(stats)
             self.check(domain, "domainListGetStats")
             with_monitor = domain.active and bool(stats & MONITOR_GROUPS)
             if with_monitor and flags & NOWAIT and domain.job_holders:
                 with_monitor = False  # libvirt answers at once without what needs the job
             elif with_monitor:
-                self.enter_monitor(domain, "domainListGetStats")
+                touches_disks = bool(stats & libvirt.VIR_DOMAIN_STATS_BLOCK)
+                self.enter_monitor(domain, "domainListGetStats", touches_disks)
             records.append((handle, domain.stats(stats, with_monitor)))
         return records
 
@@ -424,6 +457,47 @@ class FakeHost:
         self.responsive = threading.Event()
         self.responsive.set()
         """Cleared: libvirtd is frozen, every call waits."""
+        self.mounts = ["/", IMAGES]
+        self._storages: dict[str, threading.Event] = {}
+        """Per mount point: cleared while the storage does not answer."""
+        self.probes: Counter[str] = Counter()
+
+    # --- the host as the exporter sees it without libvirt (host.HostAccess) -------------------
+    def qemu_stopped(self, domain: str) -> bool | None:
+        found = self.domains.get(domain)
+        return found.qemu_stopped if found is not None else None
+
+    def mount_points(self) -> list[str]:
+        return list(self.mounts)
+
+    def probe(self, mount_point: str) -> None:
+        self.probes[mount_point] += 1
+        self.storage_alive(mount_point).wait()
+
+    def storage_alive(self, mount_point: str) -> threading.Event:
+        with self.lock:
+            if mount_point not in self._storages:
+                self._storages[mount_point] = threading.Event()
+                self._storages[mount_point].set()
+            return self._storages[mount_point]
+
+    def storage_outage(self, mount_point: str) -> None:
+        """The storage stops answering, as a dead NFS server: its VMs' QEMUs keep running."""
+        if mount_point not in self.mounts:
+            self.mounts.append(mount_point)
+        self.storage_alive(mount_point).clear()
+
+    def storage_back(self, mount_point: str) -> None:
+        self.storage_alive(mount_point).set()
+
+    def stop_qemu(self, name: str) -> None:
+        """SIGSTOP on the domain's QEMU: /proc shows it stopped, and its monitor does not answer."""
+        self.domains[name].qemu_stopped = True
+        self.freeze(name)
+
+    def continue_qemu(self, name: str) -> None:
+        self.domains[name].qemu_stopped = False
+        self.thaw(name)
 
     def open(self, uri: str) -> FakeConnection:
         if self.refuse:
@@ -445,6 +519,9 @@ class FakeHost:
         self.responsive.set()
         for domain in self.domains.values():
             domain.frozen.set()
+            domain.qemu_stopped = False
+        for storage in list(self._storages.values()):
+            storage.set()
 
     def add(self, domain: FakeDomain) -> None:
         self.domains[domain.name] = domain
