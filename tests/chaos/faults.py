@@ -31,6 +31,9 @@ from tests.integration.vms import DEADLINE, INTERVAL
 SCHEDULING_SLACK = 3.0
 """Measured: a frozen libvirtd noticed after 10.4 s (2 s + 6 s by design) at a load of 9 on 2 cores."""
 SAMPLERS = ("bulk", "block")
+"""The samplers whose calls go to QEMU."""
+FRESH_SAMPLERS = ("basic", *SAMPLERS)
+"""The samplers a healthy VM has fresh values of; `basic` needs no QEMU (state, CPU, network)."""
 VM_BOUND = DEADLINE + INTERVAL + SCHEDULING_SLACK
 """A fault a sampler sees: the next cycle starts within an interval, its call ends within a deadline."""
 CYCLE_BOUND = INTERVAL + 3 * DEADLINE + SCHEDULING_SLACK
@@ -94,7 +97,13 @@ class FaultContext:
 
 
 def fresh(series: Series, domain: str) -> bool:
-    return all(value(series, "libvirt_domain_sample_stale", domain=domain, sampler=s) == 0 for s in SAMPLERS)
+    return all(
+        value(series, "libvirt_domain_sample_stale", domain=domain, sampler=s) == 0 for s in FRESH_SAMPLERS
+    )
+
+
+def hang_signal(series: Series, domain: str, signal: str) -> float | None:
+    return value(series, "libvirt_domain_hang_signal", domain=domain, signal=signal)
 
 
 def devices_of(series: Series, domain: str) -> set[str]:
@@ -113,25 +122,17 @@ def _counter(series: Series, name: str, **labels: str) -> float:
 
 
 def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
-    """SIGSTOP a VM's QEMU: a call on it times out and stays in flight, its block values go stale.
-    The stuck call is the block sampler's or the bulk sampler's, whichever touched QEMU first (the
-    other then sends none), as the stuck-call alert reads it."""
+    """SIGSTOP a VM's QEMU: the exporter reads the stopped process in /proc and flags it
+    (`qemu_stopped`), its block values go stale (it sends no monitor call to a stopped QEMU; one
+    sent just before the stop stays stuck in flight). Thawed: fresh again, the flag down."""
     chaos_vm = ctx.host.claim()
     if chaos_vm is None:
         return None
     name = chaos_vm.name
-    timeouts = "libvirt_domain_sample_timeouts_total"
-    before = sum(_counter(ctx.watcher.latest(), timeouts, domain=name, sampler=s) for s in SAMPLERS)
 
     def flagged(s: Series) -> bool:
-        in_flight = "libvirt_domain_call_in_flight_seconds"
-        stuck = max(value(s, in_flight, domain=name, sampler=sampler) or 0 for sampler in SAMPLERS)
         stale = value(s, "libvirt_domain_sample_stale", domain=name, sampler="block") == 1
-        timed_out = sum(_counter(s, timeouts, domain=name, sampler=sampler) for sampler in SAMPLERS)
-        # After a libvirtd restart, libvirtd's own reconnect to the frozen QEMU holds the monitor
-        # and no call of ours gets stuck: the busy monitor shows it (as the stuck-call alert reads).
-        busy = value(s, "libvirt_domain_monitor_busy_seconds", domain=name) or 0
-        return stale and (timed_out > before or stuck >= DEADLINE or busy >= DEADLINE)
+        return stale and hang_signal(s, name, "qemu_stopped") == 1
 
     try:
         seen = ctx.watcher.expect(flagged)
@@ -140,7 +141,7 @@ def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
         record = FaultRecord("vm_freeze", name, ctx.now(), VM_BOUND)
         record.detected_at = ctx.wait(seen)
         time.sleep(ctx.rng.uniform(*ctx.hold_s))
-        back = ctx.watcher.expect(lambda s: fresh(s, name))
+        back = ctx.watcher.expect(lambda s: fresh(s, name) and hang_signal(s, name, "qemu_stopped") == 0)
         chaos_vm.vm.thaw()
         record.ended_at = ctx.now()
         record.recovered_at = ctx.wait(back)
@@ -319,7 +320,7 @@ def _storage_stale(s: Series, storage: Storage) -> float | None:
 
 
 def _storage_unresponsive(s: Series, domain: str) -> float | None:
-    return value(s, "libvirt_domain_hang_signal", domain=domain, signal="storage_unresponsive")
+    return hang_signal(s, domain, "storage_unresponsive")
 
 
 def storage_outage(ctx: FaultContext) -> FaultRecord | None:

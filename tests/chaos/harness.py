@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.chaos import faults, private_libvirtd
-from tests.chaos.faults import FAULTS, DeadStorageCheck, FaultContext, FaultRecord, devices_of, fresh
+from tests.chaos.faults import (
+    FAULTS,
+    DeadStorageCheck,
+    FaultContext,
+    FaultRecord,
+    devices_of,
+    fresh,
+    hang_signal,
+)
 from tests.chaos.host import STORAGE_VMS, ChaosHost
 from tests.chaos.observe import (
     PeriodicScraper,
@@ -49,6 +57,8 @@ WEIGHTS = {
     "libvirtd_freeze": 1,
     "storage_outage": 1,
 }
+FALSE_ALARMS = ("qemu_stopped", "storage_unresponsive")
+"""Hang signals a VM no fault touches must never show (`monitor_busy` may: a slow VM is slow)."""
 LIBVIRTD_KINDS = ("libvirtd_restart", "libvirtd_freeze")
 LIBVIRTD_SPACING_S = 20.0
 """Time between two libvirtd faults, so that most of the run checks the VMs with libvirtd up."""
@@ -66,6 +76,9 @@ class HealthyCheck:
     examples: list[str] = field(default_factory=list)
     busy_monitor: int = 0
     """Stale while libvirt reported its QEMU monitor busy: the VM itself was slow, the flag right."""
+    false_signals: int = 0
+    """A hang signal of a healthy VM at 1 (`qemu_stopped`, `storage_unresponsive`: a false alarm)."""
+    signal_examples: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -268,6 +281,11 @@ class Run:
             if vm.claimed or at - vm.quiet_since < faults.VM_BOUND:
                 continue
             check.checked += 1
+            for signal in FALSE_ALARMS:
+                if hang_signal(series, vm.name, signal) == 1:
+                    check.false_signals += 1
+                    if len(check.signal_examples) < 5:
+                        check.signal_examples.append(f"{vm.name} {signal} at {at - self._started:.1f} s")
             if fresh(series, vm.name):
                 continue
             if (value(series, "libvirt_domain_monitor_busy_seconds", domain=vm.name) or 0) > 0:

@@ -142,6 +142,14 @@ def checks(result: RunResult, every_kind: bool) -> list[Check]:
             + (f": {healthy.examples}" if healthy.examples else ""),
         )
     )
+    out.append(
+        Check(
+            "no hang signal for a healthy domain (`qemu_stopped`, `storage_unresponsive`)",
+            healthy.false_signals == 0 and healthy.checked > 0,
+            f"{healthy.checked} checks, {healthy.false_signals} raised"
+            + (f": {healthy.signal_examples}" if healthy.signal_examples else ""),
+        )
+    )
     dead = result.dead_storage
     out.append(
         Check(
