@@ -122,17 +122,27 @@ def _counter(series: Series, name: str, **labels: str) -> float:
 
 
 def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
-    """SIGSTOP a VM's QEMU: the exporter reads the stopped process in /proc and flags it
-    (`qemu_stopped`), its block values go stale (it sends no monitor call to a stopped QEMU; one
-    sent just before the stop stays stuck in flight). Thawed: fresh again, the flag down."""
+    """SIGSTOP a VM's QEMU: the round's survey sees it stopped and no call goes to it, or a call sent
+    just before the freeze times out and stays in flight (the block sampler's or the bulk
+    sampler's, whichever touched QEMU first; the other then sends none); its block values go stale,
+    as the stuck-call alert reads it."""
     chaos_vm = ctx.host.claim()
     if chaos_vm is None:
         return None
     name = chaos_vm.name
+    timeouts = "libvirt_domain_sample_timeouts_total"
+    before = sum(_counter(ctx.watcher.latest(), timeouts, domain=name, sampler=s) for s in SAMPLERS)
 
     def flagged(s: Series) -> bool:
+        in_flight = "libvirt_domain_call_in_flight_seconds"
+        stuck = max(value(s, in_flight, domain=name, sampler=sampler) or 0 for sampler in SAMPLERS)
         stale = value(s, "libvirt_domain_sample_stale", domain=name, sampler="block") == 1
-        return stale and hang_signal(s, name, "qemu_stopped") == 1
+        timed_out = sum(_counter(s, timeouts, domain=name, sampler=sampler) for sampler in SAMPLERS)
+        # After a libvirtd restart, libvirtd's own reconnect to the frozen QEMU holds the monitor
+        # and no call of ours gets stuck: the busy monitor shows it (as the stuck-call alert reads).
+        busy = value(s, "libvirt_domain_monitor_busy_seconds", domain=name) or 0
+        stopped = value(s, "libvirt_domain_hang_signal", domain=name, signal="qemu_stopped") == 1
+        return stale and (stopped or timed_out > before or stuck >= DEADLINE or busy >= DEADLINE)
 
     try:
         seen = ctx.watcher.expect(flagged)

@@ -208,8 +208,21 @@ def test_the_daemonset_mounts_the_hosts_libvirt_run_directory_read_only() -> Non
     assert len(mounts) == 1
     assert mounts[0]["readOnly"] is True
     assert volumes[mounts[0]["name"]]["hostPath"] == {"path": "/run/libvirt", "type": "Directory"}
-    assert [v for v in volumes.values() if "hostPath" in v] == [volumes[mounts[0]["name"]]]
     assert "--libvirt.uri=qemu:///system" in exporter_container()["args"]
+
+
+def test_the_daemonset_sees_the_hosts_processes_and_image_storage_read_only() -> None:
+    """What shows a hung VM without a call to it: QEMU's state in the host's /proc, and the mount
+    points of disk images, whose probes find dead storage; every host path is read-only."""
+    pod = the("DaemonSet")["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    images = [m for m in exporter_container()["volumeMounts"] if m["mountPath"] == "/var/lib/libvirt/images"]
+    assert len(images) == 1 and images[0]["readOnly"] is True
+    assert images[0]["mountPropagation"] == "HostToContainer", "NFS mounted later must show up"
+    assert volumes[images[0]["name"]]["hostPath"]["path"] == "/var/lib/libvirt/images"
+    host_paths = {m["name"] for m in exporter_container()["volumeMounts"] if "hostPath" in volumes[m["name"]]}
+    assert all(m["readOnly"] for m in exporter_container()["volumeMounts"] if m["name"] in host_paths)
 
 
 def test_the_exporter_runs_unprivileged() -> None:
@@ -223,7 +236,7 @@ def test_the_exporter_runs_unprivileged() -> None:
     assert container["allowPrivilegeEscalation"] is False
     assert container["capabilities"] == {"drop": ["ALL"]}
     assert container.get("privileged", False) is False
-    for host_access in ("hostNetwork", "hostPID", "hostIPC"):
+    for host_access in ("hostNetwork", "hostIPC"):
         assert not pod.get(host_access, False), host_access
     assert pod["automountServiceAccountToken"] is False
 
