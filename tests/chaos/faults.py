@@ -145,8 +145,10 @@ def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
         return stale and (stopped or timed_out > before or stuck >= DEADLINE or busy >= DEADLINE)
 
     try:
-        seen = ctx.watcher.expect(flagged)
         with ctx.host.gate.shared():  # never while libvirtd is being stopped with SIGTERM
+            # Watched from the freeze on, not from before the gate: a libvirtd fault meanwhile
+            # would make the VM look flagged (stale, its calls stuck) before it is frozen.
+            seen = ctx.watcher.expect(flagged)
             chaos_vm.vm.freeze()
         record = FaultRecord("vm_freeze", name, ctx.now(), VM_BOUND)
         record.detected_at = ctx.wait(seen)
@@ -370,8 +372,8 @@ def storage_outage(ctx: FaultContext) -> FaultRecord | None:
                     check.examples.append(f"{name} at {at - ctx.started:.1f} s")
 
     try:
-        seen = ctx.watcher.expect(detected)
         with ctx.host.gate.shared():  # never while libvirtd is being stopped with SIGTERM
+            seen = ctx.watcher.expect(detected)  # from the stop on (as in vm_freeze)
             stopped = storage.stop()
         if not stopped:  # the harness is placing a new VM on it: another time
             ctx.watcher.done(seen)

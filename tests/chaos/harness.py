@@ -44,8 +44,8 @@ from tests.integration.vms import FAST_SAMPLING, Exporter, start_exporter
 
 MAX_PARALLEL = 3
 POOL_MIN, POOL_MAX = 2, 5
-POOL_START = 4
-"""STORAGE_VMS[0] of them on the storage, the others beside."""
+POOL_START = POOL_MIN + 1
+"""STORAGE_VMS[0] of them on the storage, the other beside."""
 WEIGHTS = {
     "vm_freeze": 4,
     "disk_attach": 2,
@@ -55,7 +55,7 @@ WEIGHTS = {
     "qemu_kill": 1,
     "libvirtd_restart": 1,
     "libvirtd_freeze": 1,
-    "storage_outage": 1,
+    "storage_outage": 2,
 }
 FALSE_ALARMS = ("qemu_stopped", "storage_unresponsive")
 """Hang signals a VM no fault touches must never show (`monitor_busy` may: a slow VM is slow)."""
@@ -152,7 +152,7 @@ class Run:
             try:
                 self.host.destroy_all()
             finally:
-                self.storage.close()
+                print(f"chaos: storage {self.storage.path} {self.storage.close()}", flush=True)
         return self.result
 
     def _observe_and_inject(self, exporter: Exporter) -> None:

@@ -241,8 +241,9 @@ class ChaosHost:
             return {dom.name() for dom in conn.listAllDomains()}
 
     def destroy_all(self) -> None:
-        """At the end: continue the storage, thaw and destroy every VM, so that libvirtd can stop
-        cleanly (libvirt would hang on a stopped storage, restoring the owner of an image)."""
+        """At the end: thaw libvirtd, continue the storage, thaw and destroy every VM, so that
+        libvirtd can stop cleanly (it would hang on a stopped storage, restoring an image's owner)."""
+        self.libvirtd.thaw()
         self.storage.cont()
         vms = self.all_vms()
         with connection(self.uri) as conn:

@@ -204,7 +204,8 @@ class ResourceSampler(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join()
-        self.sample()
+        with contextlib.suppress(OSError, KeyError):  # the exporter is gone (a zombie has no VmRSS)
+            self.sample()
 
     def sample(self) -> ResourceSample:
         """Take a sample now (from any thread), keep it, and return it."""

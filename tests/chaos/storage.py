@@ -124,21 +124,26 @@ class Storage:
         with self._lock:
             return self._lock.wait_for(lambda: not self._stopped, timeout)
 
-    def close(self) -> None:
+    def close(self) -> str:
         """Continue bindfs, unmount (lazily if a process still holds a file on it), and wait until
-        bindfs exits; kill it if it does not. It cannot be stopped after this."""
+        bindfs exits; kill it if it does not. It cannot be stopped after this. Says what it did."""
         with self._lock:
             self._closed = True
         if self._process is None:
-            return
+            return "never mounted"
         with contextlib.suppress(Exception):
             self.cont()
+        how = "not mounted"
         if os.path.ismount(self.mount_point):
+            how = "unmounted"
             unmounted = subprocess.run(["umount", str(self.mount_point)], capture_output=True, check=False)
             if unmounted.returncode != 0:
+                how = "unmounted lazily"
                 subprocess.run(["umount", "--lazy", str(self.mount_point)], capture_output=True, check=False)
         try:
             self._process.wait(EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(EXIT_TIMEOUT_S)
+            how += ", bindfs killed"
+        return how
