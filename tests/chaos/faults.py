@@ -150,16 +150,43 @@ def vm_freeze(ctx: FaultContext) -> FaultRecord | None:
             # would make the VM look flagged (stale, its calls stuck) before it is frozen.
             seen = ctx.watcher.expect(flagged)
             chaos_vm.vm.freeze()
+            restarts = ctx.host.libvirtd_restarts
         record = FaultRecord("vm_freeze", name, ctx.now(), VM_BOUND)
         record.detected_at = ctx.wait(seen)
         time.sleep(ctx.rng.uniform(*ctx.hold_s))
-        back = ctx.watcher.expect(lambda s: fresh(s, name) and hang_signal(s, name, "qemu_stopped") == 0)
-        chaos_vm.vm.thaw()
+
+        def recovered(s: Series) -> bool:
+            return fresh(s, name) and hang_signal(s, name, "qemu_stopped") == 0
+
+        settled = ctx.watcher.expect(lambda s: recovered(s) or name not in domains_in(s))
+        with contextlib.suppress(FileNotFoundError):  # its pid file: libvirtd may have ended it
+            chaos_vm.vm.thaw()
         record.ended_at = ctx.now()
-        record.recovered_at = ctx.wait(back)
+        ctx.wait(settled)
+        if ctx.host.libvirtd_restarts != restarts and _ended_by_libvirtd(ctx, chaos_vm):
+            record.note = "ended by libvirtd, restarted while it was frozen"
+            record.recovered_at = ctx.wait(ctx.watcher.expect(lambda s: name not in domains_in(s)))
+            return record
+        record.recovered_at = ctx.wait(ctx.watcher.expect(recovered))
         return record
     finally:
         ctx.host.release(chaos_vm)
+
+
+def _ended_by_libvirtd(ctx: FaultContext, chaos_vm: ChaosVM) -> bool:
+    """Whether libvirtd ended the VM, which it does to a VM whose QEMU was frozen in the middle of a
+    monitor command when libvirtd was restarted: once thawed, QEMU answers that command on the new
+    libvirtd's connection, whose reconnect then fails (`unexpected type returned by QEMU command
+    'query-migrate-capabilities'`) and shuts the VM down, reason=daemon (measured on libvirt 9.0).
+    That is libvirt's doing: the exporter must then drop the VM's series, as for any VM that goes.
+    Called once the metrics showed the VM fresh again or gone, which is after libvirtd's reconnect
+    (it happens as soon as QEMU answers)."""
+    with ctx.host.gate.shared():  # libvirtd up
+        if chaos_vm.name in ctx.host.libvirt_domains():
+            return False
+    chaos_vm.vm.frozen = False
+    ctx.host.forget(chaos_vm)
+    return True
 
 
 def _gone(ctx: FaultContext, kind: str, chaos_vm: ChaosVM, act: Callable[[ChaosVM], None]) -> FaultRecord:
@@ -303,6 +330,7 @@ def libvirtd_restart(ctx: FaultContext) -> FaultRecord:
 
     def restart() -> str:
         how = signal.SIGKILL if kill or ctx.host.frozen_count() else signal.SIGTERM
+        ctx.host.libvirtd_restarts += 1
         ctx.host.libvirtd.restart(how)
         return how.name + ("" if storage_running else ", the storage still stopped")
 

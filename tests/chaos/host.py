@@ -126,6 +126,8 @@ class ChaosHost:
         self.libvirtd_quiet_since = time.monotonic()
         """Monotonic time the last libvirtd fault ended (recovered or given up on)."""
         self.libvirtd_down = False
+        self.libvirtd_restarts = 0
+        """How many times a fault restarted libvirtd."""
 
     # --- the VMs ------------------------------------------------------------------
 
