@@ -29,6 +29,8 @@ class Scraper:
         self._port = port
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
+        self.last_body = b""
+        """The answer to the last scrape that succeeded, as sent (gzipped)."""
 
     def get(self, headers: dict[str, str]) -> bytes:
         """GET /metrics; the body as sent (still compressed when gzipped). Raises on an error."""
@@ -49,10 +51,12 @@ class Scraper:
         """One scrape like Prometheus': its latency in seconds, None when it failed or timed out."""
         started = time.perf_counter()
         try:
-            self.get({"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
+            body = self.get({"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
         except (OSError, RuntimeError, http.client.HTTPException):
             return None
-        return time.perf_counter() - started
+        latency = time.perf_counter() - started
+        self.last_body = body
+        return latency
 
     def close(self) -> None:
         if self._conn is not None:
@@ -71,6 +75,21 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process, all its threads, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU time the machine's CPUs have spent busy since boot (user, nice, system, irq, softirq) and
+    the time the hypervisor gave to others (steal), from /proc/stat: with what this process and its
+    children used, what other processes used during a run can be told."""
+    fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """User plus system CPU time of this process and of the children it has waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def status_value(pid: int, key: str) -> int:

@@ -1,8 +1,17 @@
 """The exporter on a simulated hypervisor: `python -m benchmarks.simulated_host --domains N --port P`.
 
-The real exporter (its samplers, snapshot and HTTP server) with libvirt replaced by the fake host
-of the unit tests, holding N realistic domains: 4 vCPUs, 3 disks, 2 NICs, balloon statistics. Every
-`--hung-every`-th domain is hung: its QEMU monitor never answers, as with a frozen QEMU.
+The real exporter (its samplers, snapshot and HTTP server) with libvirt and the host (its /proc and
+mount table, `HostAccess`) replaced by the fake host of the unit tests, holding N realistic domains:
+4 vCPUs, 3 disks, 2 NICs, balloon statistics. Domains hang in the ways `hangs` says:
+
+- `--hung-every=N`: every N-th domain is frozen: its QEMU monitor never answers, and nothing in
+  /proc shows it (as with a QEMU hung in its main loop);
+- `--half-hung`: every second domain hangs, the ways a production host hangs them: most have their
+  disks on one storage that stops answering (a dead NFS server; their QEMUs keep running), a fifth
+  of them have their QEMU stopped (SIGSTOP, which /proc shows), and `--frozen` of those are frozen
+  instead (no signal anywhere). The storage stops answering before the exporter starts, or, with
+  `--late-outage=N`, as the N-th block cycle sends its calls: after that round's probe found the
+  storage answering, as when it dies in the middle of a round.
 
 At the start of each bulk cycle it prints `cycle <process CPU seconds>`, so that the benchmark can
 tell what each sampling cycle cost, exactly, in this process. The fake host runs in this process
@@ -13,6 +22,7 @@ is counted against the exporter.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,24 +30,68 @@ from collections.abc import Callable, Sequence
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.cli import SAMPLER_DEFAULTS, parse_config
 from libvirt_exporter.logs import setup_logging
-from tests.unit.fake_libvirt import FakeDomain, FakeHost
+from tests.unit.fake_libvirt import IMAGES, FakeDomain, FakeHost
+
+FROZEN = "frozen"
+"""Its QEMU monitor never answers, and nothing outside a call to it shows it."""
+STOPPED = "stopped"
+"""Its QEMU process is stopped (SIGSTOP): /proc shows it, and its monitor does not answer."""
+OUTAGE = "outage"
+"""Its disks live on the storage that stops answering; its QEMU runs and answers what needs no disk."""
+KINDS = (OUTAGE, STOPPED, FROZEN)
+OUTAGE_MOUNT = "/srv/nfs"
+"""The mount point of the storage that stops answering."""
+DEFAULT_FROZEN = 5
 
 
-def realistic_domain(index: int) -> FakeDomain:
+def name_of(index: int) -> str:
+    return f"vm-{index:04d}"
+
+
+def hangs(
+    domains: int, hung_every: int = 0, half_hung: bool = False, frozen: int = DEFAULT_FROZEN
+) -> dict[str, str]:
+    """Which domains hang, by name, and how (FROZEN, STOPPED or OUTAGE); the others are healthy.
+    With `half_hung`, every second domain: `frozen` frozen, one in five stopped (at least one, the
+    frozen ones among them), the rest on the storage that fails, spread at random (seeded)."""
+    if half_hung:
+        hung = [name_of(index) for index in range(1, domains, 2)]
+        frozen = min(frozen, len(hung))
+        stopped = min(len(hung) - frozen, max(1, len(hung) // 5 - frozen))
+        kinds = [FROZEN] * frozen + [STOPPED] * stopped + [OUTAGE] * (len(hung) - frozen - stopped)
+        random.Random(14).shuffle(kinds)
+        return dict(zip(hung, kinds, strict=True))
+    if hung_every:
+        return {name_of(index): FROZEN for index in range(hung_every - 1, domains, hung_every)}
+    return {}
+
+
+def realistic_domain(index: int, storage: str = IMAGES) -> FakeDomain:
     return FakeDomain(
-        f"vm-{index:04d}",
+        name_of(index),
         index + 1,
         vcpus=4,
         disks=("vda", "vdb", "vdc"),
         nics=("vnet0", "vnet1"),
+        storage=storage,
     )
 
 
-def simulated_host(domains: int, hung_every: int) -> FakeHost:
-    host = FakeHost([realistic_domain(index) for index in range(domains)])
-    if hung_every:
-        for index in range(hung_every - 1, domains, hung_every):
-            host.freeze(realistic_domain(index).name)
+def simulated_host(domains: int, hung: dict[str, str], outage_now: bool = True) -> FakeHost:
+    host = FakeHost(
+        [
+            realistic_domain(index, OUTAGE_MOUNT if hung.get(name_of(index)) == OUTAGE else IMAGES)
+            for index in range(domains)
+        ]
+    )
+    host.mounts.append(OUTAGE_MOUNT)
+    if outage_now and OUTAGE in hung.values():
+        host.storage_outage(OUTAGE_MOUNT)
+    for name, kind in hung.items():
+        if kind == FROZEN:
+            host.freeze(name)
+        elif kind == STOPPED:
+            host.stop_qemu(name)
     return host
 
 
@@ -49,10 +103,33 @@ def report_cycle_starts(run_cycle: Callable[[], None]) -> Callable[[], None]:
     return reported
 
 
+def outage_at_cycle(cycle: int, host: FakeHost, sample: Callable[[], None]) -> Callable[[], None]:
+    """`sample` (a block cycle's calls, sent once the round's probe is over) that, in its `cycle`-th
+    run, first makes the storage stop answering."""
+    cycles = 0
+
+    def sampled() -> None:
+        nonlocal cycles
+        cycles += 1
+        if cycles == cycle:
+            host.storage_outage(OUTAGE_MOUNT)
+        sample()
+
+    return sampled
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--domains", type=int, required=True)
-    parser.add_argument("--hung-every", type=int, default=0, help="every n-th domain hangs; 0: none")
+    parser.add_argument("--hung-every", type=int, default=0, help="every n-th domain frozen; 0: none")
+    parser.add_argument("--half-hung", action="store_true", help="every second domain hung (see above)")
+    parser.add_argument("--frozen", type=int, default=DEFAULT_FROZEN, help="frozen domains with --half-hung")
+    parser.add_argument(
+        "--late-outage",
+        type=int,
+        default=0,
+        help="the storage dies in the n-th block cycle; 0: before the start",
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interval", default="2s", help="interval of every sampler")
     parser.add_argument("--deadline", default="1s", help="deadline of every sampler")
@@ -64,9 +141,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     config, _ = parse_config([f"--web.listen-address=127.0.0.1:{args.port}", *samplers, *exporter_flags])
     setup_logging("error", "logfmt")  # hung domains would log a warning per call
-    exporter = Exporter(config, opener=simulated_host(args.domains, args.hung_every).open)
+    hung = hangs(args.domains, args.hung_every, args.half_hung, args.frozen)
+    host = simulated_host(args.domains, hung, outage_now=not args.late_outage)
+    exporter = Exporter(config, opener=host.open, host=host)
+    if args.late_outage and OUTAGE in hung.values():
+        exporter.block._sample = outage_at_cycle(args.late_outage, host, exporter.block._sample)  # type: ignore[method-assign]
     exporter.bulk.run_cycle = report_cycle_starts(exporter.bulk.run_cycle)  # type: ignore[method-assign]
     exporter.serve_forever()
+    host.thaw_all()  # on SIGTERM: the threads stuck on hung domains and storage return, and it exits
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from libvirt_exporter.lanes import Dispatcher
 from libvirt_exporter.libvirt_client import open_read_only
 from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
-from libvirt_exporter.samplers.base import Sampler
+from libvirt_exporter.samplers.base import DomainParts, Sampler
 from libvirt_exporter.samplers.basic import BasicSampler
 from libvirt_exporter.samplers.block import BlockSampler
 from libvirt_exporter.samplers.bulk import BulkSampler, stat_groups
@@ -52,19 +52,12 @@ class Exporter:
         self.storage = StorageSampler(
             config.sampler(SamplerName.STORAGE), self.store, self.inventory, self.host
         )
-        self.basic = BasicSampler(
-            config.sampler(SamplerName.BASIC),
-            self.dispatcher,
-            self.store,
-            self.inventory,
-            self.storage,
-            config.collectors,
-        )
-        for_domains = (self.dispatcher, self.store, self.inventory, self.basic)
+        parts = DomainParts(self.dispatcher, self.store, self.inventory, self.storage)
+        self.basic = BasicSampler(config.sampler(SamplerName.BASIC), parts, self.storage, config.collectors)
         groups = stat_groups(config.collectors)
-        self.bulk = BulkSampler(config.sampler(SamplerName.BULK), *for_domains, groups=groups)
-        self.block = BlockSampler(config.sampler(SamplerName.BLOCK), *for_domains)
-        self.job = JobSampler(config.sampler(SamplerName.JOB), *for_domains)
+        self.bulk = BulkSampler(config.sampler(SamplerName.BULK), parts, self.basic, groups)
+        self.block = BlockSampler(config.sampler(SamplerName.BLOCK), parts, self.basic)
+        self.job = JobSampler(config.sampler(SamplerName.JOB), parts, self.basic)
         self.storage_pools = StoragePoolSampler(
             config.sampler(SamplerName.STORAGE_POOL), self.dispatcher, self.store
         )
@@ -119,6 +112,7 @@ class Exporter:
             self.snapshot,
             self.config.telemetry_path,
             web_config,
+            self.config.web,
         )
         server.start()  # bind first: a port in use fails before any sampling starts
         self.start()

@@ -145,6 +145,8 @@ class _NoSlot:
 
 
 _NO_SLOT = _NoSlot()
+RESERVED_THREADS = 2
+"""Threads kept for the reserved calls: the liveness probe and the survey, one of each at a time."""
 _RECHECK_SECONDS = 0.05
 """How often a call that waits for a thread looks whether the calls that hold them got stuck."""
 
@@ -170,8 +172,7 @@ class CallRunner:
     _by_domain: dict[Domain, Call] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        # A thread for the one call that needs no slot too: the liveness probe.
-        self._pool = ThreadPool(self.max_stuck + 1)
+        self._pool = ThreadPool(self.max_stuck + RESERVED_THREADS)
         self._slots = BoundedSemaphore(self.max_concurrent)
         self._threads = BoundedSemaphore(self.max_stuck)
 
@@ -194,7 +195,8 @@ class CallRunner:
         bind: Bind[T],
         deadline: float,
         on_late: LateHandler | None = None,
-        needs_slot: bool = True,
+        reserved: bool = False,
+        still_wanted: Callable[[], bool] | None = None,
     ) -> Outcome[T]:
         """Run the function `bind` makes in a thread, and wait for it at most `deadline` seconds
         once it has a thread. `bind` runs when the call is dispatched, after it waited for a slot,
@@ -204,8 +206,13 @@ class CallRunner:
         A call with a key is skipped while the call before it with that key is in flight; one on a
         domain first waits (at most `deadline`) for the domain's running call, and is skipped when
         that one is stuck. A call that returns after its deadline is handed to `on_late`, so that
-        its values can still be used where nothing fresher has arrived meanwhile. `needs_slot=False`
-        is for the liveness probe, which must not queue behind the calls whose libvirtd it watches.
+        its values can still be used where nothing fresher has arrived meanwhile.
+
+        `reserved` calls take no slot and run on threads kept for them, outside the stuck-call cap:
+        the liveness probe and the survey, which cannot hang on QEMU and must not queue behind the
+        calls that can (one each: they have keys). `still_wanted` is asked once the call has a slot
+        and a thread: a call whose reason went away while it waited (its domain's storage found
+        dead meanwhile) is skipped rather than sent.
 
         Whatever ends the wait (a return, the deadline, the waiting greenlet killed), the slot is
         given back; the call stays in flight for as long as its thread runs, and no longer.
@@ -215,16 +222,18 @@ class CallRunner:
         domain = key.subject if key is not None and isinstance(key.subject, Domain) else None
         if domain is not None and (busy := self._wait_for_domain(domain, deadline)) is not None:
             return Outcome(Status.SKIPPED, call=busy)
-        if needs_slot and self._all_threads_stuck(key):
+        if not reserved and self._all_threads_stuck(key):
             return Outcome(Status.SKIPPED)
         call = self._register(key, domain)
         give_up_at = time.monotonic() + deadline
         handed_to_thread = False
         try:
-            with self._slots if needs_slot else _NO_SLOT:  # waits while max_concurrent calls run
-                if needs_slot and not self._take_thread(key, give_up_at):
+            with _NO_SLOT if reserved else self._slots:  # waits while max_concurrent calls run
+                if not reserved and not self._take_thread(key, give_up_at):
                     return Outcome(Status.SKIPPED)
-                call.holds_thread = needs_slot
+                call.holds_thread = not reserved
+                if still_wanted is not None and not still_wanted():
+                    return Outcome(Status.SKIPPED)
                 try:
                     fn = bind()
                 except Exception as error:

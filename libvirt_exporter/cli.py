@@ -10,10 +10,16 @@ from typing import NoReturn
 from libvirt_exporter import __version__
 from libvirt_exporter.config import (
     COLLECTOR_DEFAULTS,
+    MAX_INTERVAL,
+    MAX_WEB_TIMEOUT,
+    MIN_DEADLINE,
+    MIN_INTERVAL,
+    MIN_WEB_TIMEOUT,
     Config,
     ConfigError,
     SamplerConfig,
-    parse_duration,
+    WebLimits,
+    parse_bounded_duration,
     parse_listen_address,
 )
 from libvirt_exporter.logs import FORMATS, LEVELS, get_logger, setup_logging
@@ -66,6 +72,28 @@ def _parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         default="",
         help="exporter-toolkit web config file: TLS, basic auth, response headers",
+    )
+    parser.add_argument(
+        "--web.read-timeout",
+        dest="web_read_timeout",
+        default="1m",
+        help="how long a connection may take to send its next request's line and headers, TLS "
+        "handshake and keep-alive idle time included, before it is closed",
+    )
+    parser.add_argument(
+        "--web.write-timeout",
+        dest="web_write_timeout",
+        default="1m",
+        help="how long an answer may take from a complete request to its last byte taken by the "
+        "client, before the connection is closed",
+    )
+    parser.add_argument(
+        "--web.max-connections",
+        dest="web_max_connections",
+        type=int,
+        default=256,
+        help="open connections at once; at the cap, the one that has waited longest for its request "
+        "is closed to make room for a new one (keep it below the file descriptor limit, LimitNOFILE)",
     )
     parser.add_argument(
         "--libvirt.uri",
@@ -143,7 +171,12 @@ def _survey_samplers(
     survey = []
     for name, default in SURVEY_DEADLINES.items():
         given = getattr(args, f"{name}_deadline")
-        deadline = parse_duration(given) if given else min(default or bulk_deadline, bulk_deadline)
+        flag = f"--sampler.{name}.deadline"
+        deadline = (
+            parse_bounded_duration(given, flag, MIN_DEADLINE, MAX_INTERVAL)
+            if given
+            else min(default or bulk_deadline, bulk_deadline)
+        )
         survey.append(SamplerConfig(name, round_interval, deadline))
     return tuple(survey)
 
@@ -154,14 +187,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
     args = parser.parse_args(argv)
     try:
         host, port = parse_listen_address(args.listen_address)
-        samplers = tuple(
-            SamplerConfig(
-                name,
-                parse_duration(getattr(args, f"{name}_interval")),
-                parse_duration(getattr(args, f"{name}_deadline")),
-            )
-            for name in SAMPLER_DEFAULTS
-        )
+        samplers = tuple(_sampler(args, name) for name in SAMPLER_DEFAULTS)
         samplers += _survey_samplers(samplers, args)
         collectors = frozenset(name for name in COLLECTOR_DEFAULTS if getattr(args, f"collector_{name}"))
         config = Config(
@@ -175,12 +201,34 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
             collectors,
             args.include_inactive,
             args.web_config_file,
+            web=_web_limits(args),
         )
         if config.web_config_file:
             load_web_config(config.web_config_file)  # a file that cannot work stops us here
     except ConfigError as error:
         parser.error(str(error))
     return config, args
+
+
+def _sampler(args: argparse.Namespace, name: SamplerName) -> SamplerConfig:
+    interval = getattr(args, f"{name}_interval")
+    deadline = getattr(args, f"{name}_deadline")
+    return SamplerConfig(
+        name,
+        parse_bounded_duration(interval, f"--sampler.{name}.interval", MIN_INTERVAL, MAX_INTERVAL),
+        parse_bounded_duration(deadline, f"--sampler.{name}.deadline", MIN_DEADLINE, MAX_INTERVAL),
+    )
+
+
+def _web_limits(args: argparse.Namespace) -> WebLimits:
+    def timeout(text: str, flag: str) -> float:
+        return parse_bounded_duration(text, flag, MIN_WEB_TIMEOUT, MAX_WEB_TIMEOUT)
+
+    return WebLimits(
+        read_timeout=timeout(args.web_read_timeout, "--web.read-timeout"),
+        write_timeout=timeout(args.web_write_timeout, "--web.write-timeout"),
+        max_connections=args.web_max_connections,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,8 +7,22 @@ from dataclasses import dataclass
 
 from libvirt_exporter.samplers import SamplerName
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_DURATION_UNITS = {
+    "y": 365 * 86400.0,
+    "w": 7 * 86400.0,
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 0.001,
+}
+"""Prometheus' duration units, largest first; a year is 365 days and a week 7, as in Prometheus."""
+_PROMETHEUS_DURATION = re.compile(
+    "".join(rf"(?:(?P<{unit}>\d+){unit})?" for unit in _DURATION_UNITS).join("^$")
+)
+"""Prometheus' own syntax: whole numbers, each unit at most once and in descending order (`1h30m`)."""
+_DECIMAL_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)?$")
+"""One number, which may have decimals, with one unit or none (seconds): `2.5`, `0.5s`, `1.5h`."""
 
 
 COLLECTOR_DEFAULTS: dict[str, bool] = {
@@ -33,14 +47,53 @@ class ConfigError(ValueError):
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from a Prometheus-style duration (`15s`, `500ms`, `1m`) or a bare number of seconds."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ConfigError(f"{text!r} is not a duration (examples: 15s, 500ms, 1m, 2.5)")
-    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    """Seconds from a Prometheus duration (`15s`, `250ms`, `1h30m`, `1d`), from one number with one
+    unit that may have decimals (`1.5m`), or from a bare number of seconds (`2.5`)."""
+    stripped = text.strip()
+    seconds = _decimal_duration(stripped)
+    if seconds is None:
+        seconds = _prometheus_duration(stripped)
+    if seconds is None:
+        raise ConfigError(f"{text!r} is not a duration (examples: 15s, 500ms, 1h30m, 1d, 2.5)")
     if seconds <= 0:
         raise ConfigError(f"{text!r} is not a positive duration")
     return seconds
+
+
+def _decimal_duration(text: str) -> float | None:
+    match = _DECIMAL_DURATION.match(text)
+    if match is None:
+        return None
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def _prometheus_duration(text: str) -> float | None:
+    match = _PROMETHEUS_DURATION.match(text)
+    if match is None or not text:
+        return None
+    return sum(int(count) * _DURATION_UNITS[unit] for unit, count in match.groupdict().items() if count)
+
+
+def parse_bounded_duration(text: str, flag: str, minimum: float, maximum: float) -> float:
+    """`parse_duration`, refusing a value outside [minimum, maximum]: an interval of a microsecond
+    would spin a core on warnings, and one of a century overflows gevent's timers."""
+    seconds = parse_duration(text)
+    if not minimum <= seconds <= maximum:
+        raise ConfigError(
+            f"{flag}={text}: must be between {format_duration(minimum)} and {format_duration(maximum)}"
+        )
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Prometheus-style spelling of a whole number of milliseconds, for messages."""
+    millis = round(seconds * 1000)
+    parts = []
+    for unit, size in _DURATION_UNITS.items():
+        count, millis = divmod(millis, round(size * 1000))
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -81,6 +134,35 @@ class SamplerConfig:
         return self.interval + 3 * self.deadline
 
 
+MIN_INTERVAL, MAX_INTERVAL = 1.0, 86400.0
+"""A sampler's interval: samples finer than a second serve no scrape, and one cycle a day is the
+coarsest that still tells anything."""
+MIN_DEADLINE = 0.1
+"""A libvirt call answers in milliseconds; a deadline shorter than this would count healthy calls
+as timeouts."""
+MIN_WEB_TIMEOUT, MAX_WEB_TIMEOUT = 1.0, 3600.0
+"""`--web.read-timeout` and `--web.write-timeout`: a second is the least a client across a network
+needs; past an hour a held connection is no longer bounded in any useful sense."""
+
+
+@dataclass(frozen=True)
+class WebLimits:
+    """What one client may hold of the exporter, and for how long (docs/security.md)."""
+
+    read_timeout: float = 60.0
+    """Seconds a connection has to deliver its next request's line and headers, TLS handshake and
+    keep-alive idle time included. Longer than any sensible scrape interval, so that Prometheus
+    keeps its connection."""
+    write_timeout: float = 60.0
+    """Seconds from a complete request head to the last byte of the answer taken by the client."""
+    max_connections: int = 256
+    """Open connections at once; kept well below the process's file descriptor limit."""
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ConfigError("--web.max-connections must be at least 1")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the exporter needs to know to start."""
@@ -96,6 +178,7 @@ class Config:
     include_inactive: bool = False
     web_config_file: str = ""
     connect_deadline: float = 10.0
+    web: WebLimits = WebLimits()
 
     def __post_init__(self) -> None:
         if not self.telemetry_path.startswith("/") or self.telemetry_path == "/":

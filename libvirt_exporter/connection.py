@@ -210,7 +210,7 @@ class MainConnection:
             lambda: opened.conn.getLibVersion,
             self._unresponsive_after,
             on_late=lambda _: self._probe_ended(opened),
-            needs_slot=False,
+            reserved=True,
         )
         if outcome.status is Status.TIMEOUT:
             if opened is self._current:

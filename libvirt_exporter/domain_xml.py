@@ -96,6 +96,16 @@ def _interface(interface: Element) -> Interface:
     )
 
 
+MAX_METADATA_VALUE = 256
+"""Characters of a Nova metadata value kept for a label: tenants choose instance and project
+names, and a name of a megabyte would make every series of its `*_info` family as long. Nova's own
+columns hold 255 characters."""
+
+
+def _bounded(text: str) -> str:
+    return text[:MAX_METADATA_VALUE]
+
+
 NOVA_NAMESPACE_PREFIX = "{http://openstack.org/xmlns/libvirt/nova/"
 
 
@@ -118,12 +128,12 @@ def _openstack(root: Element) -> OpenStackInstance | None:
     user = _nova_child(owner, "user") if owner is not None else None
     project = _nova_child(owner, "project") if owner is not None else None
     return OpenStackInstance(
-        instance_name=(name.text or "").strip() if name is not None else "",
-        flavor=_attr(_nova_child(instance, "flavor"), "name"),
-        project_id=_attr(project, "uuid"),
-        project_name=(project.text or "").strip() if project is not None else "",
-        user_id=_attr(user, "uuid"),
-        user_name=(user.text or "").strip() if user is not None else "",
+        instance_name=_bounded((name.text or "").strip() if name is not None else ""),
+        flavor=_bounded(_attr(_nova_child(instance, "flavor"), "name")),
+        project_id=_bounded(_attr(project, "uuid")),
+        project_name=_bounded((project.text or "").strip() if project is not None else ""),
+        user_id=_bounded(_attr(user, "uuid")),
+        user_name=_bounded((user.text or "").strip() if user is not None else ""),
     )
 
 

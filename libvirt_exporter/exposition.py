@@ -18,12 +18,12 @@ import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
@@ -34,14 +34,33 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 
 
 def wants_openmetrics(accept_header: str) -> bool:
-    """Prometheus asks for OpenMetrics first when it can take it; anything else gets plain text."""
-    return any(
-        part.split(";")[0].strip() == "application/openmetrics-text" for part in accept_header.split(",")
-    )
+    """Whether prometheus_client would answer this Accept header in OpenMetrics: it takes the
+    first type it serves in the header's order (Prometheus lists them by preference), OpenMetrics
+    from version 1.0.0 on, plain text otherwise. It ignores q-values, so a type refused with q=0 is
+    struck out first. The content types sent stay ours: the formatter writes no escaping variant."""
+    _, content_type = choose_encoder(_acceptable(accept_header))
+    return content_type.startswith("application/openmetrics-text")
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
-    return any(part.split(";")[0].strip() == "gzip" for part in accept_encoding.split(","))
+    """prometheus_client's rule (`gzip` listed), less a `gzip;q=0`, which refuses it."""
+    return gzip_accepted(_acceptable(accept_encoding))
+
+
+def _acceptable(header: str) -> str:
+    """The header without the entries whose q-value is 0: RFC 9110 calls them "not acceptable"."""
+    return ",".join(entry for entry in header.split(",") if not _refused(entry))
+
+
+def _refused(entry: str) -> bool:
+    for parameter in entry.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip()) == 0
+            except ValueError:
+                return False
+    return False
 
 
 GZIP_LEVEL = 1
@@ -50,31 +69,16 @@ GZIP_WBITS = 16 + zlib.MAX_WBITS
 """zlib's window size, with gzip's framing."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Exposition:
-    """One rendered snapshot, in both formats, gzipped: what Prometheus asks for.
-
-    A plain body is unzipped when first asked for, in a thread (at thousands of domains that takes
-    long enough to delay other scrapes), so that a snapshot does not hold every format in full: the
-    plain text is about twenty times its gzipped size. Its size is known, so it is unzipped into one
-    buffer of that size, never held twice while growing blocks are joined.
-    """
+    """One rendered snapshot, in both formats, gzipped: what Prometheus asks for. The plain text is
+    about twenty times its gzipped size, so a snapshot holds only the gzipped bodies; a plain answer
+    is unzipped part by part as the client reads it (http.py)."""
 
     text_gzipped: bytes
     openmetrics_gzipped: bytes
     text_size: int
     openmetrics_size: int
-    _plain: dict[bool, bytes] = field(default_factory=dict)
-
-    def body(self, openmetrics: bool, gzipped: bool) -> bytes:
-        zipped = self.openmetrics_gzipped if openmetrics else self.text_gzipped
-        if gzipped:
-            return zipped
-        if openmetrics not in self._plain:
-            size = self.openmetrics_size if openmetrics else self.text_size
-            unzip = gevent.get_hub().threadpool.apply
-            self._plain[openmetrics] = unzip(zlib.decompress, (zipped, GZIP_WBITS, size))
-        return self._plain[openmetrics]
 
 
 class _Gzip:

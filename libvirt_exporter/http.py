@@ -1,36 +1,43 @@
-"""The HTTP side: a WSGI app that answers from the snapshot, served by gevent's WSGI server."""
+"""The HTTP side: a WSGI app that answers from the snapshot, served by gevent's WSGI server.
+
+What a client can hold of the exporter is bounded (docs/security.md): the server (http_server.py)
+limits connections and how long each may take, and the app never reads a request body, never
+holds a whole plain body per client and never lets authentication starve rendering.
+"""
 
 from __future__ import annotations
 
 import html
-import logging
-import socket
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import WSGIServer
 
 from libvirt_exporter import __version__
-from libvirt_exporter.basic_auth import BasicAuth
+from libvirt_exporter.basic_auth import BasicAuth, Verdict
+from libvirt_exporter.config import WebLimits
 from libvirt_exporter.exposition import (
+    GZIP_WBITS,
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
+    Exposition,
     Snapshot,
     accepts_gzip,
     wants_openmetrics,
 )
+from libvirt_exporter.http_server import LimitedServer
 from libvirt_exporter.web_config import WebConfig
 
-log = logging.getLogger(__name__)
-
 StartResponse = Callable[..., Any]
+App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-REQUEST_HEAD_TIMEOUT = 60.0
-"""Seconds a connection may take to deliver its next request line and headers (a TLS handshake
-included), idle keep-alive time included. Longer than any sensible scrape interval, so Prometheus
-keeps its connection; short enough that clients which never finish a request cannot pile up open
-file descriptors."""
+PLAIN_CHUNK = 64 * 1024
+"""Bytes of an unzipped body produced at a time: what a plain answer holds in memory per client."""
+ZIPPED_SLICE = 4 * 1024
+"""Bytes of gzip fed to the inflater at a time, so that no step copies more than this."""
 
 _LANDING = """<!DOCTYPE html>
 <html lang="en">
@@ -43,113 +50,109 @@ waits for libvirt or QEMU.</p>
 </body>
 </html>
 """
+_PLAIN = "text/plain; charset=utf-8"
 
 
-def _respond(
-    start_response: StartResponse,
-    status: str,
-    content_type: str,
-    body: bytes,
-    extra_headers: Iterable[tuple[str, str]] = (),
-) -> list[bytes]:
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra_headers]
-    start_response(status, headers)
-    return [body]
+@dataclass(frozen=True)
+class Answer:
+    """A response: its body is an iterable produced only when sent, so that HEAD costs nothing."""
+
+    status: str
+    content_type: str
+    body: Iterable[bytes]
+    length: int
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def whole(cls, status: str, content_type: str, body: bytes, *headers: tuple[str, str]) -> Answer:
+        return cls(status, content_type, (body,), len(body), headers)
 
 
-def make_app(
-    snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | None = None
-) -> Callable[[dict[str, Any], StartResponse], list[bytes]]:
+_UNAUTHORIZED = Answer.whole(
+    "401 Unauthorized", _PLAIN, b"Unauthorized\n", ("WWW-Authenticate", 'Basic realm="libvirt-exporter"')
+)
+_BUSY = Answer.whole(
+    "503 Service Unavailable", _PLAIN, b"Too many password checks at once; retry\n", ("Retry-After", "1")
+)
+_NOT_FOUND = Answer.whole("404 Not Found", _PLAIN, b"not found\n")
+_NOT_ALLOWED = Answer.whole("405 Method Not Allowed", _PLAIN, b"method not allowed\n", ("Allow", "GET, HEAD"))
+
+
+def make_app(snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | None = None) -> App:
     web_config = web_config or WebConfig()
-    routes = _make_routes(snapshot, telemetry_path)
+    route = _router(snapshot, telemetry_path)
     auth = BasicAuth(web_config.users)
 
-    def app(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
-        def start_with_headers(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
-            return start_response(status, [*headers, *web_config.headers], *rest)
+    def answer(environ: dict[str, Any]) -> Answer:
+        if auth.enabled:
+            verdict = auth.check(environ.get("HTTP_AUTHORIZATION", ""))
+            if verdict is not Verdict.ALLOWED:
+                return _BUSY if verdict is Verdict.BUSY else _UNAUTHORIZED
+        return route(environ)
 
-        if auth.enabled and not auth.allows(environ.get("HTTP_AUTHORIZATION", "")):
-            return _respond(
-                start_with_headers,
-                "401 Unauthorized",
-                "text/plain; charset=utf-8",
-                b"Unauthorized\n",
-                [("WWW-Authenticate", 'Basic realm="libvirt-exporter"')],
-            )
-        return routes(environ, start_with_headers)
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """HEAD gets the headers GET would get and no body: a body would be read by the client as
+        the start of the next answer on a kept-alive connection."""
+        response = answer(environ)
+        start_response(
+            response.status,
+            [
+                ("Content-Type", response.content_type),
+                ("Content-Length", str(response.length)),
+                *response.headers,
+                *web_config.headers,
+            ],
+        )
+        return () if environ.get("REQUEST_METHOD") == "HEAD" else response.body
 
     return app
 
 
-def _make_routes(
-    snapshot: Snapshot, telemetry_path: str
-) -> Callable[[dict[str, Any], StartResponse], list[bytes]]:
+def _router(snapshot: Snapshot, telemetry_path: str) -> Callable[[dict[str, Any]], Answer]:
     landing = _LANDING.format(version=html.escape(__version__), path=html.escape(telemetry_path)).encode()
 
-    def routes(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+    def route(environ: dict[str, Any]) -> Answer:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
         if path not in (telemetry_path, "/"):
-            return _respond(start_response, "404 Not Found", "text/plain; charset=utf-8", b"not found\n")
+            return _NOT_FOUND
         if method not in ("GET", "HEAD"):
-            return _respond(
-                start_response,
-                "405 Method Not Allowed",
-                "text/plain; charset=utf-8",
-                b"method not allowed\n",
-                [("Allow", "GET, HEAD")],
-            )
+            return _NOT_ALLOWED
         if path == "/":
-            return _respond(start_response, "200 OK", "text/html; charset=utf-8", landing)
-        openmetrics = wants_openmetrics(environ.get("HTTP_ACCEPT", ""))
-        gzipped = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", ""))
-        body = snapshot.current.body(openmetrics, gzipped)
-        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        encoding = [("Content-Encoding", "gzip")] if gzipped else []
-        return _respond(
-            start_response,
-            "200 OK",
-            content_type,
-            body,
-            [*encoding, ("Vary", "Accept, Accept-Encoding")],
-        )
+            return Answer.whole("200 OK", "text/html; charset=utf-8", landing)
+        return _metrics(snapshot.current, environ)
 
-    return routes
+    return route
 
 
-class _RequestHeadTimeout(OSError, ValueError):
-    """An OSError so that gevent closes the connection quietly while it waits for a request line,
-    and a ValueError so that it answers 400 once headers have begun, as for any bad request."""
+def _metrics(exposition: Exposition, environ: dict[str, Any]) -> Answer:
+    openmetrics = wants_openmetrics(environ.get("HTTP_ACCEPT", ""))
+    content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+    zipped = exposition.openmetrics_gzipped if openmetrics else exposition.text_gzipped
+    vary = ("Vary", "Accept, Accept-Encoding")
+    if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
+        return Answer.whole("200 OK", content_type, zipped, ("Content-Encoding", "gzip"), vary)
+    size = exposition.openmetrics_size if openmetrics else exposition.text_size
+    return Answer("200 OK", content_type, _inflated(zipped), size, (vary,))
 
 
-class _Handler(WSGIHandler):  # type: ignore[misc]
-    """gevent's handler, with a deadline on each request's head (see REQUEST_HEAD_TIMEOUT) and
-    without Nagle's algorithm (see `handle`).
+def _inflated(zipped: bytes) -> Iterator[bytes]:
+    """A plain body, unzipped as the client takes it, `PLAIN_CHUNK` bytes at a time.
 
-    The deadline starts when the handler begins to wait for a request and ends when the request's
-    head has been parsed and the app is about to answer; writing the answer is not limited.
+    A client that reads slowly holds a chunk, not a whole plain body (16 MB at 2,000 domains): with
+    the body kept whole, each slow reader kept the snapshot of its own moment alive. The hub gets a
+    turn between chunks, so that a fast reader of a large body delays no other client.
     """
-
-    head_timeout = REQUEST_HEAD_TIMEOUT
-
-    def handle_one_request(self) -> Any:
-        self._head_deadline = gevent.Timeout.start_new(
-            self.head_timeout, _RequestHeadTimeout(f"no complete request within {self.head_timeout:g} s")
-        )
-        try:
-            return super().handle_one_request()
-        finally:
-            self._head_deadline.cancel()
-
-    def handle_one_response(self) -> Any:
-        self._head_deadline.cancel()
-        return super().handle_one_response()
-
-    def handle(self) -> Any:
-        """Without Nagle's algorithm: gevent sends an answer's head and body in two writes, and on a
-        kept-alive connection (Prometheus keeps its connections) the body would wait for the client's
-        delayed ACK of the head, 40 ms on Linux, in every scrape but the first."""
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return super().handle()
+    inflater = zlib.decompressobj(GZIP_WBITS)
+    view = memoryview(zipped)
+    for start in range(0, len(view), ZIPPED_SLICE):
+        pending: bytes | memoryview = view[start : start + ZIPPED_SLICE]
+        while pending:
+            chunk = inflater.decompress(pending, PLAIN_CHUNK)
+            if chunk:
+                yield chunk
+                gevent.sleep(0)
+            pending = inflater.unconsumed_tail
+    yield inflater.flush()
 
 
 def make_server(
@@ -158,16 +161,9 @@ def make_server(
     snapshot: Snapshot,
     telemetry_path: str,
     web_config: WebConfig | None = None,
-    head_timeout: float = REQUEST_HEAD_TIMEOUT,
+    limits: WebLimits | None = None,
 ) -> WSGIServer:
-    """A server that logs no access lines (scrapes would flood the log) and reports its errors.
-
-    The TLS handshake is left to the handler's first read so that it falls under the request-head
-    deadline too; done on accept, a client that never finishes it would hold its connection forever.
-    """
+    """The server of the app, with TLS when the web config has it, under `limits` (the flags')."""
     app = make_app(snapshot, telemetry_path, web_config)
-    handler = type("Handler", (_Handler,), {"head_timeout": head_timeout})
-    tls: dict[str, Any] = {}
-    if web_config and web_config.ssl_context:
-        tls = {"ssl_context": web_config.ssl_context, "do_handshake_on_connect": False}
-    return WSGIServer((host, port), app, log=None, error_log=log, handler_class=handler, **tls)
+    ssl_context = web_config.ssl_context if web_config else None
+    return LimitedServer((host, port), app, limits or WebLimits(), ssl_context)

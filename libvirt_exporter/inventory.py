@@ -183,6 +183,15 @@ class Inventory:
                 counts[storage] = counts.get(storage, 0) + 1
         return counts
 
+    def suspect_storages(self, storages: tuple[str, ...]) -> None:
+        """A call that touches the disks ran past its deadline: count its storages unresponsive
+        until a probe says otherwise, so that no more calls that touch them are sent meanwhile."""
+        self.unresponsive_storages |= frozenset(storages)
+
+    def clear_storages(self, storages: set[str]) -> None:
+        """These storages answered their probe."""
+        self.unresponsive_storages -= storages
+
     def hang_signals(self, entry: DomainEntry, busy_for: float) -> set[str]:
         """The signals that hold for the domain: its QEMU stopped, its monitor busy for `busy_for`
         seconds or more (stuck on a call already), a storage of its disks unresponsive."""
@@ -207,8 +216,10 @@ class Inventory:
         if not self._dispatcher.up:
             raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
+        # Reserved: the survey cannot hang on QEMU, and it is how hung VMs are found, so it must
+        # not be refused when calls stuck on hung VMs fill the cap.
         outcome = self._dispatcher.call(
-            SURVEY, lambda lane: _survey(lane, known_ids, groups, cpu, self._host), deadline
+            SURVEY, lambda lane: _survey(lane, known_ids, groups, cpu, self._host), deadline, reserved=True
         )
         if outcome.status is not Status.OK or outcome.value is None or outcome.call is None:
             raise CycleFailed(f"surveying the domains failed: {_why(outcome)}")

@@ -98,6 +98,8 @@ class Dispatcher:
         read: Callable[[Lane], T],
         deadline: float,
         on_late: LateHandler | None = None,
+        reserved: bool = False,
+        still_wanted: Callable[[], bool] | None = None,
     ) -> Outcome[T]:
         """Run `read(lane)` under `deadline`, as `CallRunner.run` runs a call."""
 
@@ -112,7 +114,7 @@ class Dispatcher:
             if on_late is not None:
                 on_late(settled)
 
-        outcome = self._runner.run(key, bind, deadline, returned_late)
+        outcome = self._runner.run(key, bind, deadline, returned_late, reserved, still_wanted)
         if outcome.status is Status.TIMEOUT:
             return Outcome(Status.TIMEOUT, call=outcome.call)
         return self._settle(outcome)

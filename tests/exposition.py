@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -33,11 +34,11 @@ def domains_in(series: Series) -> set[str]:
 
 def plain_text(exposition: Exposition) -> bytes:
     """The plain text format of a rendered snapshot."""
-    return exposition.body(openmetrics=False, gzipped=False)
+    return gzip.decompress(exposition.text_gzipped)
 
 
 def plain_openmetrics(exposition: Exposition) -> bytes:
-    return exposition.body(openmetrics=True, gzipped=False)
+    return gzip.decompress(exposition.openmetrics_gzipped)
 
 
 def as_prometheus_client_metrics(families: Families) -> Iterator[Metric]:

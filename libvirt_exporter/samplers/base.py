@@ -4,6 +4,7 @@ each under its own deadline, which is how a sampler isolates a hung VM or storag
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import gevent
@@ -110,23 +111,36 @@ class Surveyor(Protocol):
         ...
 
 
+class StorageCheck(Protocol):
+    """Probes storages at once (samplers/storage.py)."""
+
+    def recheck(self, mount_points: tuple[str, ...]) -> None: ...
+
+
+@dataclass(frozen=True)
+class DomainParts:
+    """What every domain sampler works with: where its calls go, where its values go, the domains
+    as of the round's survey, and the storage probes."""
+
+    dispatcher: Dispatcher
+    store: Store
+    inventory: Inventory
+    storage: StorageCheck
+
+
 class DomainSampler(LibvirtSampler):
     """A sampler of domains, which it takes from the round's survey of the host."""
 
     needs_storage: ClassVar[bool] = False
     """Its calls make QEMU touch the domain's disks: none goes to a domain on unresponsive storage."""
 
-    def __init__(
-        self,
-        config: SamplerConfig,
-        dispatcher: Dispatcher,
-        store: Store,
-        inventory: Inventory,
-        survey: Surveyor | None = None,
-    ) -> None:
-        super().__init__(config, dispatcher, store)
-        self._inventory = inventory
+    def __init__(self, config: SamplerConfig, parts: DomainParts, survey: Surveyor | None = None) -> None:
+        super().__init__(config, parts.dispatcher, parts.store)
+        self._inventory = parts.inventory
+        self._storage = parts.storage
         self._surveyor = survey
+        self._rechecks: dict[str, gevent.Greenlet] = {}
+        """Per storage suspected dead by a call that ran past its deadline: its probe, running."""
 
     def entries(self) -> list[DomainEntry]:
         """The domains this sampler samples: its one filter of the inventory."""
@@ -139,6 +153,43 @@ class DomainSampler(LibvirtSampler):
         if self._surveyor is not None:
             self._surveyor.ensure_recent()
         super().run_cycle()
+
+    def _call(self, key: CallKey, read: Read, on_late: LateHandler) -> Outcome[Any]:
+        """A call still wanted once it has a slot and a thread: storage found dead meanwhile
+        (another call that touched its disks ran past its deadline) takes it off the round."""
+        subject = key.subject
+        still_wanted = (lambda: self._still_callable(subject)) if isinstance(subject, Domain) else None
+        return self._dispatcher.call(
+            key, read, self.config.deadline, on_late=on_late, still_wanted=still_wanted
+        )
+
+    def _still_callable(self, subject: Domain) -> bool:
+        """Waits for the probe of a storage of the domain that is suspected dead (at most the
+        probe's deadline): a call to a healthy storage goes on, one to a dead storage does not."""
+        entry = self._inventory.get(subject.name)
+        if entry is None:
+            return False
+        for recheck in [self._rechecks[s] for s in entry.storages if s in self._rechecks]:
+            recheck.join()
+        return not self._hung(entry)
+
+    def _record(self, subject: Subject, outcome: Outcome[Any]) -> None:
+        """A call that touches the disks and runs past its deadline may have met storage that died
+        after the round's probe: its storages count as unresponsive until probed again, now."""
+        if outcome.status is Status.TIMEOUT and self.needs_storage and isinstance(subject, Domain):
+            entry = self._inventory.get(subject.name)
+            if entry is not None:
+                self._suspect(tuple(s for s in entry.storages if s not in self._rechecks))
+        super()._record(subject, outcome)
+
+    def _suspect(self, storages: tuple[str, ...]) -> None:
+        if not storages:
+            return
+        self._inventory.suspect_storages(storages)
+        recheck = gevent.spawn(self._storage.recheck, storages)
+        for storage in storages:
+            self._rechecks[storage] = recheck
+        recheck.link(lambda _: [self._rechecks.pop(storage, None) for storage in storages])
 
     def _callable(self, entries: Iterable[DomainEntry]) -> list[DomainEntry]:
         """The entries no hang signal holds for: a call to a domain whose QEMU is stopped, whose

@@ -18,12 +18,10 @@ import libvirt
 from libvirt_exporter.calls import Domain
 from libvirt_exporter.config import SamplerConfig
 from libvirt_exporter.cycle import run_cycle_and_record
-from libvirt_exporter.inventory import Inventory
-from libvirt_exporter.lanes import Dispatcher
 from libvirt_exporter.samplers import SamplerName
-from libvirt_exporter.samplers.base import DomainSampler
+from libvirt_exporter.samplers.base import DomainParts, DomainSampler
 from libvirt_exporter.samplers.storage import StorageSampler
-from libvirt_exporter.store import Sample, Store
+from libvirt_exporter.store import Sample
 
 
 def stat_groups(collectors: frozenset[str]) -> int:
@@ -38,16 +36,10 @@ class BasicSampler(DomainSampler):
     name = SamplerName.BASIC
 
     def __init__(
-        self,
-        config: SamplerConfig,
-        dispatcher: Dispatcher,
-        store: Store,
-        inventory: Inventory,
-        storage: StorageSampler,
-        collectors: frozenset[str],
+        self, config: SamplerConfig, parts: DomainParts, storage: StorageSampler, collectors: frozenset[str]
     ) -> None:
-        super().__init__(config, dispatcher, store, inventory)
-        self._storage = storage
+        super().__init__(config, parts)
+        self._prober = storage
         self._groups = stat_groups(collectors)
         self._cpu = "cpu" in collectors
         self._surveying = gevent.lock.Semaphore()
@@ -78,4 +70,4 @@ class BasicSampler(DomainSampler):
         for name, values in survey.values.items():
             if self._inventory.get(name) is not None:
                 self._store.offer(self.name, Domain(name), Sample(values, survey.taken_at))
-        run_cycle_and_record(self._storage, self._store)
+        run_cycle_and_record(self._prober, self._store)

@@ -25,13 +25,13 @@ import libvirt
 
 from libvirt_exporter.calls import Call, CallKey, Domain, Outcome, Status
 from libvirt_exporter.config import SamplerConfig
-from libvirt_exporter.inventory import DomainEntry, Inventory
-from libvirt_exporter.lanes import Dispatcher, Lane
+from libvirt_exporter.inventory import DomainEntry
+from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import describe
 from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
-from libvirt_exporter.samplers.base import DomainSampler, Surveyor, read_domain_stats
-from libvirt_exporter.store import Sample, Store
+from libvirt_exporter.samplers.base import DomainParts, DomainSampler, Surveyor, read_domain_stats
+from libvirt_exporter.store import Sample
 
 log = get_logger(__name__)
 
@@ -67,16 +67,8 @@ def read_stats(domains: list[Any], groups: int, lane: Lane) -> dict[str, Mapping
 class BulkSampler(DomainSampler):
     name = SamplerName.BULK
 
-    def __init__(
-        self,
-        config: SamplerConfig,
-        dispatcher: Dispatcher,
-        store: Store,
-        inventory: Inventory,
-        survey: Surveyor,
-        groups: int,
-    ) -> None:
-        super().__init__(config, dispatcher, store, inventory, survey)
+    def __init__(self, config: SamplerConfig, parts: DomainParts, survey: Surveyor, groups: int) -> None:
+        super().__init__(config, parts, survey)
         self.groups = groups
         """The stat groups asked for (`stat_groups` of the enabled collectors); none: no calls."""
 

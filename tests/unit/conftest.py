@@ -52,6 +52,11 @@ class Harness:
         run_cycle_and_record(sampler, self.exporter.store)
         return self.scrape()
 
+    def cycle_without_survey(self, sampler: Sampler) -> Series:
+        """The sampler's cycle alone, as when it follows the round's survey at once."""
+        run_cycle_and_record(sampler, self.exporter.store)
+        return self.scrape()
+
     def scrape(self) -> Series:
         self.exporter.publish()
         return parse(plain_text(self.exporter.snapshot.current))

@@ -1,5 +1,6 @@
 """The benchmark scripts still run: the simulated one at a tiny size prints its table (no timing is
-asserted; figures belong in docs/benchmarks.md). The real-libvirt one runs in the integration suite."""
+asserted; figures belong in docs/benchmarks.md), and what it says of fresh values and stuck threads
+holds. The real-libvirt one runs in the integration suite."""
 
 from __future__ import annotations
 
@@ -7,24 +8,92 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.simulated import read_health
+from benchmarks.simulated_host import FROZEN, OUTAGE, STOPPED, hangs, name_of
+
 ROOT = Path(__file__).parents[2]
-TINY = ["--sizes=4", "--hung-every=2", "--scrapes=10", "--cycles=1", "--scrape-cycles=1", "--interval=1s"]
+MAX_STUCK_CALLS = 12
+"""--sampler.max-stuck-calls' default."""
+TINY = [
+    "--sizes=30",
+    "--scenarios=healthy,frozen,half-hung,half-hung-late",
+    "--late-sizes=30",
+    "--hung-every=2",
+    "--frozen=1",
+    "--scrapes=10",
+    "--cycles=1",
+    "--scrape-cycles=1",
+    "--interval=1s",
+    "--deadline=0.2s",
+]
 
 
-def test_the_simulated_benchmark_prints_one_row_per_size_healthy_and_hung() -> None:
+def test_half_hung_has_more_hung_domains_than_stuck_calls_allowed_and_every_kind() -> None:
+    hung = hangs(500, half_hung=True, frozen=5)
+    assert len(hung) == 250 > MAX_STUCK_CALLS
+    assert [sum(1 for kind in hung.values() if kind == k) for k in (OUTAGE, STOPPED, FROZEN)] == [200, 45, 5]
+    assert not {name_of(index) for index in range(0, 500, 2)} & hung.keys()  # every second domain
+
+
+def test_health_is_read_from_the_exporters_own_metrics() -> None:
+    exposition = b"\n".join(
+        [
+            b'libvirt_domain_sample_stale{domain="vm-0000",sampler="basic"} 0.0',
+            b'libvirt_domain_sample_stale{domain="vm-0000",sampler="bulk"} 0',
+            b'libvirt_domain_sample_stale{domain="vm-0001",sampler="basic"} 0',
+            b'libvirt_domain_sample_stale{domain="vm-0001",sampler="bulk"} 0',
+            b'libvirt_domain_sample_stale{domain="vm-0001",sampler="block"} 1',
+            b'libvirt_domain_sample_stale{domain="vm-0002",sampler="basic"} 1',
+            b'libvirt_sampler_threads{state="busy"} 3',
+            b'libvirt_sampler_threads{state="stuck"} 2',
+            b'libvirt_storage_call_in_flight_seconds{sampler="storage",storage="/srv/nfs"} 4.5',
+            b'libvirt_storage_call_in_flight_seconds{sampler="storage",storage="/var/lib/images"} 0.001',
+        ]
+    )
+    health = read_health(
+        exposition, ["vm-0000", "vm-0001", "vm-0002"], {"vm-0001": OUTAGE, "vm-0002": FROZEN}, 1.0
+    )
+    assert health.fresh == 4 / 6
+    assert health.healthy_fresh == 1.0
+    assert health.hung_basic_fresh == 0.5
+    assert health.outage_bulk_fresh == 1.0
+    assert (health.stuck_threads, health.stuck_probes) == (2, 1)
+
+
+def test_the_simulated_benchmark_prints_one_row_per_size_and_scenario() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.simulated", *TINY, "--deadline=0.2s"],
+        [sys.executable, "-m", "benchmarks.simulated", *TINY],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert run.returncode == 0, run.stderr
     header, rule, *rows = [line for line in run.stdout.splitlines() if line.startswith("|")]
     assert header.startswith("| domains | hung | series |") and rule.startswith("|---:|")
-    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
-    assert [(row[0], row[1]) for row in cells] == [("4", "0"), ("4", "2")]
-    healthy, hung = cells
-    assert int(healthy[2]) > int(hung[2]) > 0  # the hung domains' values are missing, the rest served
-    # Healthy domains are fresh in basic, bulk and block; hung ones in basic only: 8 of 12 pairs.
-    assert healthy[-1] == "100%" and hung[-1] == "67%"
+    names = [cell.strip() for cell in header.strip("|").split("|")]
+    cells = [
+        dict(zip(names, (cell.strip() for cell in row.strip("|").split("|")), strict=True)) for row in rows
+    ]
+    assert [(row["domains"], row["hung"]) for row in cells] == [
+        ("30", "0"),
+        ("30", "15 frozen"),
+        ("30", "15 (12 storage, 2 stopped, 1 frozen)"),
+        ("30", "15 (12 storage, 2 stopped, 1 frozen) dying in a block cycle"),
+    ]
+    healthy, frozen, half_hung, late = cells
+    assert int(healthy["series"]) > int(half_hung["series"]) > 0  # the hung domains' values are missing
+    assert healthy["fresh"] == healthy["healthy fresh"] == "100%" and healthy["stuck threads"] == "0"
+    # 15 frozen domains, more than the stuck calls allowed, and nothing shows them hung but calls; and
+    # the storage dying under a block cycle's calls: the threads stay capped (the values do not stay
+    # fresh: see docs/benchmarks.md).
+    assert int(frozen["stuck threads"]) <= MAX_STUCK_CALLS
+    # Half hung, the hangs in place before it starts: healthy domains fresh in every sampler (basic,
+    # bulk, block), every hung domain's basic values fresh, the dead storage's domains' bulk values too
+    # (their QEMUs answer what needs no disk): 15 x 3 + 12 x 2 + 3 of 90 pairs. The stopped QEMUs
+    # and the dead storage get no call: the frozen domain's call (and the host-wide one) are all that
+    # hang, and one probe, whatever the number of domains on the storage.
+    assert half_hung["healthy fresh"] == half_hung["hung: basic fresh"] == "100%"
+    assert half_hung["dead storage: bulk fresh"] == "100%" and half_hung["fresh"] == "80%"
+    assert int(half_hung["stuck threads"]) <= 2 and half_hung["stuck probes"] == "1"
+    assert int(late["stuck threads"]) <= MAX_STUCK_CALLS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -53,6 +54,14 @@ def test_flags_are_read() -> None:
         (["--sampler.bulk.deadline=20s"], "must not be longer than the interval"),
         (["--web.telemetry-path=metrics"], "must start with /"),
         (["--log.level=loud"], "invalid choice: 'loud'"),
+        (["--sampler.bulk.interval=0.001ms"], "--sampler.bulk.interval=0.001ms: must be between 1s and 1d"),
+        (["--sampler.block.deadline=10ms"], "--sampler.block.deadline=10ms: must be between 100ms and 1d"),
+        (["--sampler.storage.deadline=1ms"], "--sampler.storage.deadline=1ms: must be between 100ms and 1d"),
+        (["--sampler.job.interval=1y"], "must be between 1s and 1d"),
+        (["--sampler.bulk.interval=30m1h"], "is not a duration"),
+        (["--web.read-timeout=500ms"], "--web.read-timeout=500ms: must be between 1s and 1h"),
+        (["--web.write-timeout=2h"], "--web.write-timeout=2h: must be between 1s and 1h"),
+        (["--web.max-connections=0"], "--web.max-connections must be at least 1"),
     ],
 )
 def test_a_wrong_flag_exits_2_with_one_line(flags: list[str], says: str) -> None:
@@ -65,19 +74,19 @@ def test_a_wrong_flag_exits_2_with_one_line(flags: list[str], says: str) -> None
     assert len(lines) == 1 and says in lines[0], result.stderr
 
 
+def exporter_command(port: int, *flags: str) -> list[str]:
+    """The exporter on libvirt's test driver, listening on `port`."""
+    address = f"--web.listen-address=127.0.0.1:{port}"
+    return [sys.executable, "-m", "libvirt_exporter", address, "--libvirt.uri=test:///default", *flags]
+
+
 def test_port_in_use_is_one_clear_line() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "libvirt_exporter",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--libvirt.uri=test:///default",
-            ],
+            exporter_command(port),
             capture_output=True,
             text=True,
             timeout=30,
@@ -86,10 +95,78 @@ def test_port_in_use_is_one_clear_line() -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.splitlines()[-1]
 
 
-def test_durations_and_addresses() -> None:
-    assert parse_duration("2.5") == 2.5 and parse_duration("1h") == 3600
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2.5", 2.5),
+        ("15", 15),
+        ("250ms", 0.25),
+        ("15s", 15),
+        ("1m", 60),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("1d", 86400),
+        ("1w", 7 * 86400),
+        ("1y", 365 * 86400),
+        ("1d2h3m4s5ms", 93784.005),
+        ("1.5m", 90),
+        ("0.5s", 0.5),
+    ],
+)
+def test_durations_take_prometheus_syntax_and_plain_seconds(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["0s", "0", "", "1h1h", "30m1h", "1.5h30m", "ms", "-1s", "1x", "1 h"])
+def test_a_duration_that_is_not_one_or_not_positive_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(text)
+
+
+def test_every_duration_flag_takes_the_full_syntax() -> None:
+    config, _ = parse_config(
+        [
+            "--sampler.storage_pool.interval=1h30m",
+            "--sampler.storage_pool.deadline=1m30s",
+            "--web.read-timeout=1m30s",
+            "--web.write-timeout=45s",
+            "--web.max-connections=64",
+        ]
+    )
+    assert (config.sampler("storage_pool").interval, config.sampler("storage_pool").deadline) == (5400, 90)
+    assert (config.web.read_timeout, config.web.write_timeout, config.web.max_connections) == (90, 45, 64)
+
+
+def test_the_web_limits_default_to_a_minute_each_and_256_connections() -> None:
+    config, _ = parse_config([])
+    assert (config.web.read_timeout, config.web.write_timeout, config.web.max_connections) == (60, 60, 256)
+
+
+def test_addresses() -> None:
     assert parse_listen_address(":9177") == ("", 9177)
     with pytest.raises(ConfigError):
-        parse_duration("0s")
-    with pytest.raises(ConfigError):
         parse_listen_address("host:99999")
+
+
+def test_the_exporter_serves_under_the_web_flags() -> None:
+    """`--web.read-timeout` reaches the server: a silent connection is let go after it, not after
+    the default minute."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exporter = subprocess.Popen(
+        exporter_command(port, "--web.read-timeout=1s"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert exporter.stderr is not None
+        while "msg=listening" not in exporter.stderr.readline():
+            assert exporter.poll() is None, "the exporter exited"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+            started = time.monotonic()
+            assert silent.recv(64) == b""
+            assert time.monotonic() - started < 5
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=20)

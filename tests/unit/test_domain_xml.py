@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from libvirt_exporter.domain_xml import Disk, Interface, OpenStackInstance, parse_domain_xml
+from libvirt_exporter.domain_xml import (
+    MAX_METADATA_VALUE,
+    Disk,
+    Interface,
+    OpenStackInstance,
+    parse_domain_xml,
+)
 
 XML = """
 <domain type='kvm'>
@@ -70,3 +76,21 @@ def test_nova_metadata_of_any_version_is_read() -> None:
         "db-7", "m1.small", "p-1", "ops", "u-1", "bob"
     )
     assert parse_domain_xml(XML).openstack is None
+
+
+def test_a_tenants_huge_metadata_value_is_cut_to_a_label_sized_prefix() -> None:
+    """A name of a megabyte would otherwise be repeated in every series of its family."""
+    huge = "x" * 1_000_000
+    nova = (
+        "<domain><uuid>1f0e</uuid><metadata>"
+        '<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">'
+        f'<nova:name>{huge}</nova:name><nova:flavor name="{huge}"/>'
+        f'<nova:owner><nova:user uuid="u-1">{huge}</nova:user>'
+        f'<nova:project uuid="{huge}">ops</nova:project></nova:owner>'
+        "</nova:instance></metadata></domain>"
+    )
+    openstack = parse_domain_xml(nova).openstack
+    assert openstack is not None
+    assert openstack.instance_name == "x" * MAX_METADATA_VALUE
+    assert openstack.flavor == openstack.user_name == openstack.project_id == "x" * MAX_METADATA_VALUE
+    assert (openstack.user_id, openstack.project_name) == ("u-1", "ops")

@@ -127,3 +127,46 @@ def test_an_exporter_started_in_the_middle_of_an_outage_sends_no_call_that_would
             assert not stale(series, f"ok{i}", sampler)
     assert value(series, "libvirt_sampler_threads", state="stuck") == 0
     harness.exporter.stop()
+
+
+def test_the_survey_goes_on_when_calls_stuck_on_hung_vms_fill_the_cap() -> None:
+    """VMs hung with no visible signal each hold a stuck call; the survey, which cannot hang on
+    QEMU, still runs, so every domain's basic values stay fresh and storage is still probed."""
+    host = FakeHost([FakeDomain(f"hung{i}", i) for i in range(4)] + [FakeDomain("ok", 10)])
+    harness = Harness(host, make_config(max_stuck=2))
+    try:
+        for i in range(4):
+            host.freeze(f"hung{i}")
+        for _ in range(3):
+            series = round_of(harness)
+        assert value(series, "libvirt_sampler_threads", state="stuck") == 2
+        assert value(series, "libvirt_sampler_errors_total", sampler="basic") == 0
+        for name in ["ok", *(f"hung{i}" for i in range(4))]:
+            assert not stale(series, name, "basic"), name
+        assert value(series, "libvirt_storage_sample_stale", storage=IMAGES, sampler="storage") == 0
+    finally:
+        host.thaw_all()
+        harness.exporter.stop()
+
+
+def test_storage_that_dies_after_the_rounds_probe_holds_at_most_one_wave_of_calls() -> None:
+    """The block calls already sent when the storage dies get stuck; the first to run past its
+    deadline has the storage probed at once, and the calls still queued for it are not sent."""
+    host = FakeHost([FakeDomain(f"nfs{i}", i, storage=NFS) for i in range(12)] + [FakeDomain("ok", 20)])
+    host.mounts.append(NFS)
+    config = make_config()
+    harness = Harness(host, config)
+    try:
+        round_of(harness)
+        harness.exporter.basic.refresh()  # the round's probe finds the storage answering
+        host.storage_outage(NFS)
+        series = harness.cycle_without_survey(harness.exporter.block)
+        stuck = value(series, "libvirt_sampler_threads", state="stuck")
+        assert stuck == config.max_concurrent_calls, "the calls sent before the first one timed out"
+        assert sum(host.calls[(f"nfs{i}", "blockInfo")] for i in range(12)) == 12 + stuck
+        assert signal(series, "nfs11", "storage_unresponsive") == 1
+        assert not stale(series, "ok", "block")
+        assert value(round_of(harness), "libvirt_sampler_threads", state="stuck") == stuck
+    finally:
+        host.thaw_all()
+        harness.exporter.stop()

@@ -4,6 +4,7 @@ gets an answer at all."""
 from __future__ import annotations
 
 import http.client
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import gevent
 import pytest
 
 from libvirt_exporter.app import Exporter
+from libvirt_exporter.config import WebLimits
 from libvirt_exporter.http import make_server
 from tests.unit.conftest import make_config
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -29,7 +31,9 @@ HEAD_TIMEOUT = 1.0  # seconds, instead of the default minute, so that tests see 
 @pytest.fixture
 def port() -> Iterator[int]:
     exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
-    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics", head_timeout=HEAD_TIMEOUT)
+    server = make_server(
+        "127.0.0.1", 0, exporter.snapshot, "/metrics", limits=WebLimits(read_timeout=HEAD_TIMEOUT)
+    )
     server.start()
     yield server.server_port
     server.stop()
@@ -100,6 +104,8 @@ def test_slow_idle_and_malformed_clients_do_not_delay_a_scrape(port: int) -> Non
         huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
         assert _in_thread(_answer_to, port, huge) == b"HTTP/1.1 400 Bad Request"
         assert _in_thread(_answer_to, port, b"GET /nope HTTP/1.0\r\n\r\n") == b"HTTP/1.1 404 Not Found"
+        long_line = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"
+        assert _in_thread(_answer_to, port, long_line) == b"HTTP/1.1 414 Request URI Too Long"
         slowest = max(_in_thread(_scrape, port) for _ in range(20))
         assert slowest < SCRAPE_BOUND, f"a scrape took {slowest:.3f} s beside abusive clients"
     finally:
@@ -125,3 +131,62 @@ def test_the_deadline_is_per_request_so_a_kept_alive_scraper_keeps_its_connectio
     answers = _in_thread(_requests_on_one_connection, port, 0.6 * HEAD_TIMEOUT)
     assert [status for status, _ in answers] == [200, 200, 200]
     assert len({client_port for _, client_port in answers}) == 1, "the server closed a kept-alive connection"
+
+
+def _headers_of(port: int, request: bytes) -> dict[str, str]:
+    """Runs in a real OS thread: the headers of the answer to `request` (HTTP/1.0, so it ends)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    lines = answer.split(b"\r\n\r\n")[0].decode().split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("header", "content_type", "encoding"),
+    [
+        ("Accept-Encoding: gzip;q=0", "text/plain; version=0.0.4; charset=utf-8", None),
+        ("Accept-Encoding: gzip; q=0.5", "text/plain; version=0.0.4; charset=utf-8", "gzip"),
+        (
+            "Accept: application/openmetrics-text;version=1.0.0;q=0",
+            "text/plain; version=0.0.4; charset=utf-8",
+            None,
+        ),
+        (
+            "Accept: application/openmetrics-text;version=1.0.0;q=0.9,text/plain;q=0.5",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            None,
+        ),
+    ],
+)
+def test_a_type_or_encoding_refused_with_q_0_is_not_sent(
+    port: int, header: str, content_type: str, encoding: str | None
+) -> None:
+    headers = _in_thread(_headers_of, port, f"GET /metrics HTTP/1.0\r\n{header}\r\n\r\n".encode())
+    assert headers["Content-Type"] == content_type
+    assert headers.get("Content-Encoding") == encoding
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(101)) + b"\r\n",
+        b"GET /metrics HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    ],
+    ids=["garbage", "101-headers", "long-header", "negative-length"],
+)
+def test_a_malformed_request_is_a_400_and_one_debug_line(
+    port: int, request_bytes: bytes, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The client is at fault, not the exporter: nothing at warn or error, and no traceback."""
+    with caplog.at_level(logging.DEBUG):
+        assert _in_thread(_answer_to, port, request_bytes) == b"HTTP/1.1 400 Bad Request"
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("libvirt_exporter")] == [
+        "bad request"
+    ]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records)
+    assert "Traceback" not in capfd.readouterr().err

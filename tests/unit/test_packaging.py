@@ -18,6 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from libvirt_exporter.cli import parse_config
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging"
 UNIT = PACKAGING / "systemd" / "libvirt-exporter.service"
@@ -283,3 +285,24 @@ def test_prometheus_finds_the_exporter_by_annotation_or_service_monitor() -> Non
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     assert service_ports == {"metrics"}
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_the_units_file_limit_leaves_room_for_every_connection_the_exporter_allows() -> None:
+    """Past LimitNOFILE the exporter would fail accepts and libvirt connections with EMFILE; its
+    own connection cap must bind first, beside libvirt's connections and the process's own."""
+    config, _ = parse_config([])
+    libvirt_connections = config.max_concurrent_calls + config.max_stuck_calls + 1
+    (limit,) = unit_settings(UNIT)["Service.LimitNOFILE"]
+    assert int(limit) >= config.web.max_connections + libvirt_connections + 64
+
+
+def test_the_daemonset_states_the_web_limits() -> None:
+    """The pod's memory limit is sized for them (docs/security.md), so they are stated, not implied."""
+    args = exporter_container()["args"]
+    config, _ = parse_config([a for a in args if a.startswith("--web.")])
+    assert {a.split("=")[0] for a in args} >= {
+        "--web.max-connections",
+        "--web.read-timeout",
+        "--web.write-timeout",
+    }
+    assert config.web.max_connections <= 256

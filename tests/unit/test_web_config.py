@@ -19,8 +19,8 @@ import gevent
 import pytest
 
 from libvirt_exporter.app import Exporter
-from libvirt_exporter.config import ConfigError
-from libvirt_exporter.http import REQUEST_HEAD_TIMEOUT, make_server
+from libvirt_exporter.config import ConfigError, WebLimits
+from libvirt_exporter.http import make_server
 from libvirt_exporter.web_config import load_web_config
 from tests.unit.conftest import make_config
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -105,7 +105,7 @@ Serve = Callable[..., Served]
 def serve(pki: Path) -> Iterator[Serve]:
     servers = []
 
-    def start(config_body: str, head_timeout: float = REQUEST_HEAD_TIMEOUT) -> Served:
+    def start(config_body: str, limits: WebLimits | None = None) -> Served:
         exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
         server = make_server(
             "127.0.0.1",
@@ -113,7 +113,7 @@ def serve(pki: Path) -> Iterator[Serve]:
             exporter.snapshot,
             "/metrics",
             load_web_config(str(write_config(pki, config_body))),
-            head_timeout,
+            limits,
         )
         server.start()
         servers.append(server)
@@ -151,7 +151,7 @@ def test_plain_http_to_the_tls_port_is_refused(serve: Serve) -> None:
 
 
 def test_a_client_that_never_starts_the_tls_handshake_delays_no_one_and_is_let_go(serve: Serve) -> None:
-    served = serve(TLS, head_timeout=3.0)
+    served = serve(TLS, WebLimits(read_timeout=3.0))
     in_thread = gevent.get_hub().threadpool.spawn
     silent = in_thread(socket.create_connection, ("127.0.0.1", served.port), 10).get()
     with silent:
@@ -184,12 +184,41 @@ def test_configured_headers_are_sent(serve: Serve) -> None:
         ("tls_server_config: [1, 2]\n", "must be a mapping"),
         (TLS + "  client_auth_type: RequireAnyClientCert\n", "'RequireAnyClientCert' is not one of"),
         (TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "unsupported field 'cipher_suites'"),
+        (TLS + "  min_version: [TLS12]\n", "min_version: ['TLS12'] is not one of"),
+        (
+            TLS + "  min_version: TLS13\n  max_version: TLS12\n",
+            "max_version TLS12 is below min_version TLS13",
+        ),
+        (
+            "tls_server_config:\n  cert_file: 123\n  key_file: server.key\n",
+            "cert_file must be a non-empty string",
+        ),
+        (
+            TLS + "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: [ca.crt]\n",
+            "client_ca_file must be",
+        ),
+        (f"basic_auth_users:\n  alice: {HASH[:-1]}\n", "is not a bcrypt hash"),
+        (f"basic_auth_users:\n  alice: {HASH[:7]}{'/' * 53}\n", "is not a valid bcrypt hash"),
+        (f"basic_auth_users:\n  alice: {HASH[:4]}03{HASH[6:]}\n", "is not a bcrypt hash"),
+        (
+            'http_server_config:\n  headers:\n    X-Frame-Options: "deny\\r\\nSet-Cookie: a=b"\n',
+            "no CR or LF",
+        ),
+        ("http_server_config:\n  headers:\n    X-Frame-Options: [deny]\n", "no CR or LF"),
     ],
 )
 def test_a_file_that_cannot_work_is_one_clear_error(pki: Path, body: str, says: str) -> None:
     with pytest.raises(ConfigError, match=None) as raised:
         load_web_config(str(write_config(pki, body)))
     assert says in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(pki: Path) -> None:
+    path = pki / "latin1.yml"
+    path.write_bytes("basic_auth_users:\n  jos\xe9: x\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as raised:
+        load_web_config(str(path))
+    assert "not UTF-8" in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_the_exporter_refuses_to_start_with_a_bad_file(pki: Path) -> None:
