@@ -1,6 +1,7 @@
 """One chaos run: the exporter on the private libvirtd, scraped three ways, while faults hit at random.
 
-The run warms up (the control VM and a pool of VMs fresh in the metrics), then for `duration`
+The run mounts the storage that can die (storage.py) and warms up (the control VM and a pool of VMs,
+some with their disks on that storage, fresh in the metrics), then for `duration`
 seconds starts a fault every 0.5-3 s, up to MAX_PARALLEL at once: first every kind once, in random
 order, then at random by WEIGHTS. Then it lets the host settle and checks that what the exporter
 serves matches libvirt's domains and disks. What it measured goes to a RunResult for report.py.
@@ -19,8 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.chaos import faults, private_libvirtd
-from tests.chaos.faults import FAULTS, FaultContext, FaultRecord, devices_of, fresh
-from tests.chaos.host import ChaosHost
+from tests.chaos.faults import (
+    FAULTS,
+    DeadStorageCheck,
+    FaultContext,
+    FaultRecord,
+    devices_of,
+    fresh,
+    hang_signal,
+)
+from tests.chaos.host import STORAGE_VMS, ChaosHost
 from tests.chaos.observe import (
     PeriodicScraper,
     ResourceSample,
@@ -29,11 +38,14 @@ from tests.chaos.observe import (
     Watcher,
 )
 from tests.chaos.private_libvirtd import PrivateLibvirtd
+from tests.chaos.storage import Storage
 from tests.exposition import Series, domains_in, value
 from tests.integration.vms import FAST_SAMPLING, Exporter, start_exporter
 
 MAX_PARALLEL = 3
 POOL_MIN, POOL_MAX = 2, 5
+POOL_START = POOL_MIN + 1
+"""STORAGE_VMS[0] of them on the storage, the other beside."""
 WEIGHTS = {
     "vm_freeze": 4,
     "disk_attach": 2,
@@ -43,7 +55,10 @@ WEIGHTS = {
     "qemu_kill": 1,
     "libvirtd_restart": 1,
     "libvirtd_freeze": 1,
+    "storage_outage": 2,
 }
+FALSE_ALARMS = ("qemu_stopped", "storage_unresponsive")
+"""Hang signals a VM no fault touches must never show (`monitor_busy` may: a slow VM is slow)."""
 LIBVIRTD_KINDS = ("libvirtd_restart", "libvirtd_freeze")
 LIBVIRTD_SPACING_S = 20.0
 """Time between two libvirtd faults, so that most of the run checks the VMs with libvirtd up."""
@@ -61,6 +76,19 @@ class HealthyCheck:
     examples: list[str] = field(default_factory=list)
     busy_monitor: int = 0
     """Stale while libvirt reported its QEMU monitor busy: the VM itself was slow, the flag right."""
+    false_signals: int = 0
+    """A hang signal of a healthy VM at 1 (`qemu_stopped`, `storage_unresponsive`: a false alarm)."""
+    signal_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StuckCheck:
+    """The exporter's stuck calls (`libvirt_sampler_threads{state="stuck"}`) at every watcher scrape."""
+
+    checked: int = 0
+    most: float = 0.0
+    most_at: float = 0.0
+    """Seconds since the run started."""
 
 
 @dataclass
@@ -74,6 +102,8 @@ class RunResult:
     resources: list[ResourceSample] = field(default_factory=list)
     baseline: ResourceSample | None = None
     healthy: HealthyCheck = field(default_factory=HealthyCheck)
+    stuck: StuckCheck = field(default_factory=StuckCheck)
+    dead_storage: DeadStorageCheck = field(default_factory=DeadStorageCheck)
     settled: str | None = None
     """None when the host settled into a consistent state after the faults; else what was wrong."""
     exporter_log: str = ""
@@ -93,7 +123,8 @@ class Run:
         self.workdir = workdir
         self.duration = duration
         self.rng = random.Random(seed)
-        self.host = ChaosHost(private_libvirtd.URI, workdir / "vms", self.rng, libvirtd)
+        self.storage = Storage(workdir / "storage-backing", workdir / "storage")
+        self.host = ChaosHost(private_libvirtd.URI, workdir / "vms", self.rng, libvirtd, self.storage)
         self.result = RunResult(duration, seed, FAST_SAMPLING)
         self.hold_s = hold_s
         self._lock = threading.Lock()
@@ -101,18 +132,27 @@ class Run:
         self._started = time.monotonic()
 
     def execute(self) -> RunResult:
+        """The run; whatever ends it (a failure, Ctrl-C), the storage is continued before the VMs
+        are destroyed, and unmounted after (see storage.py for when even this cannot run)."""
         (self.workdir / "vms").mkdir(parents=True, exist_ok=True)
-        self.host.start_control()
-        for _ in range(POOL_MIN + 1):
-            self.host.release(self.host.create())
-        exporter = start_exporter(self.host.uri, FAST_SAMPLING, self.workdir / "exporter.log")
+        self.storage.mount(self.workdir / "logs" / "bindfs.log")
         try:
-            self._observe_and_inject(exporter)
+            self.host.start_control()
+            for index in range(POOL_START):
+                self.host.release(self.host.create(on_storage=index < STORAGE_VMS[0]))
+            exporter = start_exporter(self.host.uri, FAST_SAMPLING, self.workdir / "exporter.log")
+            try:
+                self._observe_and_inject(exporter)
+            finally:
+                self.storage.cont()
+                self.result.exporter_alive_at_end = exporter.process.poll() is None
+                self.result.exporter_exit = exporter.stop()
+                self.result.exporter_log = exporter.log_text()
         finally:
-            self.result.exporter_alive_at_end = exporter.process.poll() is None
-            self.result.exporter_exit = exporter.stop()
-            self.result.exporter_log = exporter.log_text()
-            self.host.destroy_all()
+            try:
+                self.host.destroy_all()
+            finally:
+                print(f"chaos: storage {self.storage.path} {self.storage.close()}", flush=True)
         return self.result
 
     def _observe_and_inject(self, exporter: Exporter) -> None:
@@ -122,7 +162,8 @@ class Run:
         resources = ResourceSampler(exporter.process.pid, exporter.log_path, started, RESOURCE_PERIOD_S)
         for thread in (watcher.scraper, scraper, resources):
             thread.start()
-        ctx = FaultContext(self.host, watcher, started, self.rng, self.hold_s)
+        ctx = FaultContext(self.host, watcher, started, self.rng, self.hold_s, self.result.dead_storage)
+        watcher.on_series(self._check_stuck)
         try:
             self._warm_up(ctx)
             self.result.baseline = resources.sample()
@@ -184,6 +225,8 @@ class Run:
         running = list(self._running.values())
         if kind in LIBVIRTD_KINDS:
             quiet_for = time.monotonic() - self.host.libvirtd_quiet_since
+            if kind == "libvirtd_restart" and "storage_outage" in running:
+                return False  # see faults.libvirtd_restart
             return not set(running) & set(LIBVIRTD_KINDS) and quiet_for >= LIBVIRTD_SPACING_S
         if kind == "vm_create":
             return len(pool) < POOL_MAX and "vm_create" not in running
@@ -191,6 +234,10 @@ class Run:
             return len(pool) > POOL_MIN and bool(free)
         if kind == "disk_detach":
             return any(vm.hotplugged for vm in free)
+        if kind == "storage_outage":
+            held = self.host.storage_vms()
+            enough = len(held) >= STORAGE_VMS[0] and not any(vm.claimed for vm in held)
+            return enough and "libvirtd_restart" not in running
         return bool(free)
 
     def _running_count(self) -> int:
@@ -216,6 +263,13 @@ class Run:
 
     # --- checks while it runs, and after ------------------------------------------------
 
+    def _check_stuck(self, series: Series, at: float) -> None:
+        stuck = value(series, "libvirt_sampler_threads", state="stuck")
+        check = self.result.stuck
+        check.checked += 1
+        if stuck is not None and stuck > check.most:
+            check.most, check.most_at = stuck, at - self._started
+
     def _check_healthy(self, series: Series, at: float) -> None:
         """The VMs no fault touches, and none touched within VM_BOUND, must be fresh. One whose QEMU
         monitor libvirt reports busy is slow itself (a chaos run can leave a QEMU so): its stale
@@ -227,6 +281,11 @@ class Run:
             if vm.claimed or at - vm.quiet_since < faults.VM_BOUND:
                 continue
             check.checked += 1
+            for signal in FALSE_ALARMS:
+                if hang_signal(series, vm.name, signal) == 1:
+                    check.false_signals += 1
+                    if len(check.signal_examples) < 5:
+                        check.signal_examples.append(f"{vm.name} {signal} at {at - self._started:.1f} s")
             if fresh(series, vm.name):
                 continue
             if (value(series, "libvirt_domain_monitor_busy_seconds", domain=vm.name) or 0) > 0:
@@ -261,4 +320,20 @@ class Run:
             disks = devices_of(series, vm.name) - {vm.vm.interface_name}
             if disks != vm.disks():
                 problems.append(f"{vm.name} has disks {sorted(vm.disks())} but serves {sorted(disks)}")
+        problems.extend(self._storage_inconsistencies(series))
+        return problems
+
+    def _storage_inconsistencies(self, series: Series) -> list[str]:
+        """The storage that can die, up again: fresh, with the count of the VMs on it; no series
+        of it at all when none is."""
+        path, held = self.storage.path, len(self.host.storage_vms())
+        if not held:
+            left = sorted({name for name, labels in series if dict(labels).get("storage") == path})
+            return [f"no VM is on {path} but {left} are served for it"] if left else []
+        problems = []
+        if value(series, "libvirt_storage_sample_stale", storage=path, sampler="storage") != 0:
+            problems.append(f"storage {path} is not fresh")
+        served = value(series, "libvirt_storage_domains", storage=path)
+        if served != held:
+            problems.append(f"{held} VMs are on {path} but libvirt_storage_domains is {served}")
         return problems

@@ -128,6 +128,11 @@ class Watcher:
         with self._lock:
             self._listeners.append(listener)
 
+    def off_series(self, listener: Callable[[Series, float], None]) -> None:
+        """Stop calling `listener`."""
+        with self._lock:
+            self._listeners.remove(listener)
+
     def latest(self) -> Series:
         with self._lock:
             return self._series
@@ -199,7 +204,8 @@ class ResourceSampler(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join()
-        self.sample()
+        with contextlib.suppress(OSError, KeyError):  # the exporter is gone (a zombie has no VmRSS)
+            self.sample()
 
     def sample(self) -> ResourceSample:
         """Take a sample now (from any thread), keep it, and return it."""

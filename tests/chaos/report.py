@@ -16,6 +16,7 @@ OWN_THREADS = 8
 """Threads beside the call pool: main, libvirt's event loop, gevent's own."""
 _DEFAULTS, _ = parse_config([])
 THREAD_CAP = _DEFAULTS.max_concurrent_calls + _DEFAULTS.max_stuck_calls + OWN_THREADS
+STUCK_CAP = _DEFAULTS.max_stuck_calls
 GREENLET_CAP = 200
 """Greenlets alive: one per sampler loop, one per call of a cycle (a few per domain), one per HTTP
 connection; a leak of one per call or per scrape passes it within a minute."""
@@ -107,6 +108,7 @@ def checks(result: RunResult, every_kind: bool) -> list[Check]:
         )
     )
     kinds = {r.kind for r in result.records}
+    outages = "storage_outage" in kinds
     missing_kinds = sorted(set(FAULTS) - kinds) if every_kind else []
     problems = late_or_missing(result)
     out.append(
@@ -138,6 +140,32 @@ def checks(result: RunResult, every_kind: bool) -> list[Check]:
             f"{healthy.checked} checks, {healthy.violations} stale, "
             f"{healthy.busy_monitor} stale while libvirt said the VM's monitor was busy"
             + (f": {healthy.examples}" if healthy.examples else ""),
+        )
+    )
+    out.append(
+        Check(
+            "no hang signal for a healthy domain (`qemu_stopped`, `storage_unresponsive`)",
+            healthy.false_signals == 0 and healthy.checked > 0,
+            f"{healthy.checked} checks, {healthy.false_signals} raised"
+            + (f": {healthy.signal_examples}" if healthy.signal_examples else ""),
+        )
+    )
+    dead = result.dead_storage
+    out.append(
+        Check(
+            "VMs on a dead storage: state, CPU and network (`basic`) fresh",
+            dead.violations == 0 and (dead.checked > 0 or not outages),
+            f"{dead.checked} checks, {dead.violations} stale"
+            + (f": {dead.examples}" if dead.examples else ""),
+        )
+    )
+    stuck = result.stuck
+    out.append(
+        Check(
+            f"stuck calls never above {STUCK_CAP} (--sampler.max-stuck-calls)",
+            stuck.checked > 0 and stuck.most <= STUCK_CAP,
+            f"{stuck.checked} scrapes, at most {stuck.most:g}"
+            + (f" (at {stuck.most_at:.0f} s)" if stuck.most else ""),
         )
     )
     out.extend(_resource_checks(result))
