@@ -183,14 +183,9 @@ class Inventory:
                 counts[storage] = counts.get(storage, 0) + 1
         return counts
 
-    def suspect_storages(self, storages: tuple[str, ...]) -> None:
-        """A call that touches the disks ran past its deadline: count its storages unresponsive
-        until a probe says otherwise, so that no more calls that touch them are sent meanwhile."""
-        self.unresponsive_storages |= frozenset(storages)
-
-    def clear_storages(self, storages: set[str]) -> None:
-        """These storages answered their probe."""
-        self.unresponsive_storages -= storages
+    def storages_probed(self, answered: set[str], unanswered: set[str]) -> None:
+        """Storages probed again outside the survey (samplers/storage.py `recheck`)."""
+        self.unresponsive_storages = (self.unresponsive_storages - answered) | unanswered
 
     def hang_signals(self, entry: DomainEntry, busy_for: float) -> set[str]:
         """The signals that hold for the domain: its QEMU stopped, its monitor busy for `busy_for`

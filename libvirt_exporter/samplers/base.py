@@ -175,7 +175,9 @@ class DomainSampler(LibvirtSampler):
 
     def _record(self, subject: Subject, outcome: Outcome[Any]) -> None:
         """A call that touches the disks and runs past its deadline may have met storage that died
-        after the round's probe: its storages count as unresponsive until probed again, now."""
+        after the round's probe: its storages are probed again at once, and the calls for them
+        still queued wait for the verdict (`_still_callable`). A frozen QEMU also makes such a call
+        run past its deadline: the probe then answers, and nothing else is held up for long."""
         if outcome.status is Status.TIMEOUT and self.needs_storage and isinstance(subject, Domain):
             entry = self._inventory.get(subject.name)
             if entry is not None:
@@ -185,7 +187,6 @@ class DomainSampler(LibvirtSampler):
     def _suspect(self, storages: tuple[str, ...]) -> None:
         if not storages:
             return
-        self._inventory.suspect_storages(storages)
         recheck = gevent.spawn(self._storage.recheck, storages)
         for storage in storages:
             self._rechecks[storage] = recheck

@@ -65,17 +65,19 @@ class StorageSampler(Sampler):
         )
 
     def recheck(self, mount_points: tuple[str, ...]) -> None:
-        """Probe these storages now (a call that touches their disks ran past its deadline), and
-        clear those that answer. A storage whose probe is in flight already is left to it."""
+        """Probe these storages now (a call that touches their disks ran past its deadline): the
+        inventory learns at once which answer and which do not. A storage whose probe is in flight
+        already is left to it."""
         storages = [
             Storage(mount_point)
             for mount_point in mount_points
             if not self.runner.is_in_flight(CallKey(self.name, Storage(mount_point)))
         ]
         self._sample_each((storage, partial(probe, self._host, storage.name)) for storage in storages)
-        self._inventory.clear_storages(
-            {storage.name for storage in storages if not self._store.counters_of(self.name, storage).failing}
-        )
+        failing = {
+            storage.name for storage in storages if self._store.counters_of(self.name, storage).failing
+        }
+        self._inventory.storages_probed({storage.name for storage in storages} - failing, failing)
 
     def _call(self, key: CallKey, read: Any, on_late: LateHandler) -> Outcome[Any]:
         return self.runner.run(key, lambda: read, self.config.deadline, on_late=on_late)
