@@ -91,7 +91,7 @@ image:
 
 # chaos: faults at random and at once (VMs frozen, killed, created, destroyed, disks hot-plugged,
 # libvirtd restarted and frozen) on a private libvirtd, with every promise checked and a summary
-# table at the end, e.g. `make chaos DURATION=1h` (docs/reliability.md). `make test` runs 150 s.
+# table at the end, e.g. `make chaos DURATION=1h` (docs/reliability.md). `make test` runs 90 s.
 DURATION = 10m
 .PHONY: chaos
 chaos: deps

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-DURATION_S = 150
+DURATION_S = 90
 RUN_TIMEOUT_S = DURATION_S + 300  # warm-up, settling and teardown included
 
 

@@ -58,7 +58,7 @@ assert FROZEN_COUNT + STORAGE_COUNT > MAX_STUCK_CALLS
 
 HOLD_S = 120.0
 """How long the outage state must hold at every scrape, once detected."""
-HOLD_AFTER_RESTART_S = 30.0
+HOLD_AFTER_RESTART_S = 15.0
 DETECTION_BOUND = INTERVAL + DEADLINE + SCHEDULING_SLACK
 """A fault shows at the next cycle (within an interval), whose probe or call ends within a deadline."""
 RESTART_BOUND = 2 * INTERVAL + SCHEDULING_SLACK

@@ -172,15 +172,24 @@ def test_queries_substitute_to_plain_promql(name: str) -> None:
 
 def test_stuck_calls_panel_shows_what_the_stuck_call_alert_fires_on_and_is_empty_when_healthy() -> None:
     """Outstanding calls of any sampler on a VM whose block values are stale: the block sampler
-    sends no call to a VM whose monitor another sampler's call is stuck on (LibvirtBlockInfoCallStuck)."""
+    sends no call to a VM whose monitor another sampler's call is stuck on, nor to a stopped QEMU
+    (LibvirtBlockInfoCallStuck)."""
     health = DASHBOARDS["libvirt-exporter-health.json"]
     [stuck] = [panel for panel in panels(health) if panel["title"] == "Stuck calls"]
     [expr] = [target["expr"] for target in stuck["targets"]]
     by_metric = dict(selectors(expr))
-    assert set(by_metric) == {"libvirt_domain_call_in_flight_seconds", "libvirt_domain_sample_stale"}
+    in_flight, signal, stale = (
+        "libvirt_domain_call_in_flight_seconds",
+        "libvirt_domain_hang_signal",
+        "libvirt_domain_sample_stale",
+    )
+    assert set(by_metric) == {in_flight, signal, stale}
+    assert ("signal", "=", '"qemu_stopped"') in by_metric[signal]
     assert ("sampler", "=", '"block"') in by_metric["libvirt_domain_sample_stale"]
     assert not any(name == "sampler" for name, _, _ in by_metric["libvirt_domain_call_in_flight_seconds"])
-    assert re.search(r"\)\s*>\s*0\s+and\s+on\s*\(instance, domain\)", expr), expr
+    assert re.search(r"\)\s*>\s*0\s+or\s", expr) and re.search(
+        r"==\s*1\)\s+and\s+on\s*\(instance, domain\)", expr
+    ), expr
     assert re.search(r"==\s*1$", expr), expr
     assert markers(stuck) == {"empty_when_healthy": True}
     assert ("Stuck calls", expr, True) in panel_queries(health)
