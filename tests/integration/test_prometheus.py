@@ -49,7 +49,18 @@ def scraped(
     print("--- prometheus log ---\n" + prometheus.log_path.read_text(errors="replace"))
 
 
-SHOWN_WHILE_LIBVIRTD_RESTARTS = {"Call errors", "Sampler errors"}
+SHOWN_WHILE_LIBVIRTD_RESTARTS = {"Sampler errors"}
+SHOWN_BY_OTHER_FAULTS = {
+    "Calls in flight",
+    "Call timeouts",
+    "Call errors",
+    "Storage pool calls in flight",
+    "Unresponsive storage",
+}
+"""Trouble a stopped QEMU does not bring: it gets no call, so none is in flight, times out or fails
+when libvirtd is killed (a VM hung with nothing to show it does); a storage pool or a storage that
+does not answer. The unit tests (test_hang_signals.py, test_sampling.py) and the outage and chaos
+runs cover those families."""
 
 
 def _queries(kind: str) -> list[tuple[str, str, str]]:
@@ -104,11 +115,12 @@ def test_every_panel_shows_data_and_the_stuck_call_alert_names_the_frozen_vm(
     assert {series["metric"]["domain"] for series in result} == {frozen.name}
 
     faults = _queries("fault")
-    in_freeze = [q for q in faults if q[1] not in SHOWN_WHILE_LIBVIRTD_RESTARTS]
+    assert {title for _, title, _ in faults} >= SHOWN_BY_OTHER_FAULTS
+    in_freeze = [q for q in faults if q[1] not in SHOWN_WHILE_LIBVIRTD_RESTARTS | SHOWN_BY_OTHER_FAULTS]
     _assert_shows_data(prometheus, in_freeze, frozen.name, "with a VM frozen")
 
-    # Killed, libvirtd drops the call stuck on the frozen VM (an error), and cycles fail until it
-    # is back: it stays away until Prometheus has seen a cycle fail, however fast the restart.
+    # Killed, libvirtd makes cycles fail until it is back: it stays away until Prometheus has seen
+    # a cycle fail, however fast the restart.
     # (SIGTERM would hang: libvirtd cannot shut down with a worker in a frozen monitor.)
     cycle_failed = "increase(libvirt_sampler_errors_total[1m]) > 0"
     libvirtd_control.restart(
