@@ -112,9 +112,7 @@ class BulkSampler(DomainSampler):
         stuck_on = []
         for entry in ready:
             current = self._inventory.get(entry.name)
-            # Busy for a moment is another call at work (a block read); the call this one waits on
-            # has held the monitor for most of the deadline.
-            if current is not None and current.monitor_busy_seconds >= self.config.deadline / 2:
+            if current is not None and not current.monitor_free:
                 stuck_on.append(entry.name)
                 self._store.count_failure(self.name, Domain(entry.name), Status.TIMEOUT)
                 self._store.blame(self.name, Domain(entry.name), call)
