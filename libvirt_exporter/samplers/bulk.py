@@ -10,13 +10,14 @@ whoever first touches a hung QEMU's monitor blocks until QEMU resumes. So, by th
 - a domain whose monitor is busy for a moment (another call, often the block sampler's) gets a
   call of its own that waits for the job, so that its values are complete;
 - the others are asked in one host-wide NOWAIT call. When that call runs past its deadline, the
-  domains whose monitors it now waits on are blamed, and every other domain is asked at once
+  one domain whose monitor it now waits on is blamed, and every other domain is asked at once
   with a call of its own; while it stays stuck, each cycle asks domain by domain, so that the
   healthy domains stay fresh however long the frozen one stays frozen.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -64,6 +65,17 @@ def read_stats(domains: list[Any], groups: int, lane: Lane) -> dict[str, Mapping
     return {dom.name(): stats for dom, stats in records}
 
 
+def waited_on(entries: list[DomainEntry], call_age: float) -> DomainEntry | None:
+    """The domain a host-wide call that runs for `call_age` seconds is stuck on, if any.
+
+    libvirt reads the domains one after the other and, with NOWAIT, passes over a domain whose job
+    another call holds: the call waits on at most one monitor, which it made busy after it
+    started. Of the monitors busy for no longer than the call, that one has been busy the longest;
+    others are busy for a moment with another sampler's call, and are not to blame."""
+    since_call = [e for e in entries if not e.monitor_free and e.monitor_busy_seconds <= call_age]
+    return max(since_call, key=lambda e: e.monitor_busy_seconds, default=None)
+
+
 class BulkSampler(DomainSampler):
     name = SamplerName.BULK
 
@@ -105,23 +117,22 @@ class BulkSampler(DomainSampler):
         return ready
 
     def _blame_stuck_monitors(self, call: Call, ready: list[DomainEntry]) -> list[DomainEntry]:
-        """Find the domains the stuck call waits on (their monitors are now busy): their values
-        count a timeout, and the call counts as theirs while it runs."""
+        """Find the domain the stuck call waits on: its values count a timeout, and the call
+        counts as its own while it runs. Every other domain is asked at once with a call of its
+        own, since the host-wide call holds no other domain's job."""
         if self._surveyor is not None:
             self._surveyor.refresh()
-        stuck_on = []
-        for entry in ready:
-            current = self._inventory.get(entry.name)
-            if current is not None and not current.monitor_free:
-                stuck_on.append(entry.name)
-                self._store.count_failure(self.name, Domain(entry.name), Status.TIMEOUT)
-                self._store.blame(self.name, Domain(entry.name), call)
+        now = [entry for e in ready if (entry := self._inventory.get(e.name)) is not None]
+        stuck = waited_on(now, call.running_for(time.monotonic()))
+        if stuck is not None:
+            self._store.count_failure(self.name, Domain(stuck.name), Status.TIMEOUT)
+            self._store.blame(self.name, Domain(stuck.name), call)
         log.warning(
             "host-wide stats call ran past its deadline",
             deadline=self.config.deadline,
-            stuck_on=",".join(stuck_on),
+            stuck_on=stuck.name if stuck is not None else "",
         )
-        return [e for e in self.entries() if e.monitor_free and e.name not in stuck_on and not self._hung(e)]
+        return [e for e in self.entries() if (stuck is None or e.name != stuck.name) and not self._hung(e)]
 
     def _take_late_host_wide(self, outcome: Outcome[Any]) -> None:
         if outcome.status is Status.OK and outcome.call is not None:

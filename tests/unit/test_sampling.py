@@ -10,6 +10,8 @@ import pytest
 
 from libvirt_exporter.calls import CallKey, CallRunner, Domain, Pool
 from libvirt_exporter.connection import MainConnection
+from libvirt_exporter.inventory import DomainEntry
+from libvirt_exporter.samplers.bulk import waited_on
 from tests.exposition import plain_text
 from tests.unit.conftest import DEADLINE, Harness, Series, domains_in, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError, FakeStoragePool
@@ -127,6 +129,21 @@ def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fr
     recovered = harness.cycle(exporter.bulk)
     assert value(recovered, "libvirt_domain_sample_stale", domain="b", sampler="bulk") == 0
     assert value(recovered, "libvirt_domain_memory_rss_bytes", domain="b") == 524_288 * 1024
+
+
+def test_a_stuck_host_wide_call_is_blamed_on_the_monitor_it_made_busy_alone() -> None:
+    """A healthy VM whose monitor another sampler holds for a moment is not the one to blame."""
+
+    def entry(name: str, busy_for: float | None) -> DomainEntry:
+        free = busy_for is None
+        return DomainEntry(name, None, 1, free, busy_for or 0.0, False, None)
+
+    stuck = entry("stuck", 1.9)
+    block_read = entry("block-read", 0.004)
+    busy_before_the_call = entry("busy-before", 40.0)
+    entries = [entry("free", None), block_read, stuck, busy_before_the_call]
+    assert waited_on(entries, call_age=2.0) == stuck
+    assert waited_on([entry("free", None), busy_before_the_call], call_age=2.0) is None
 
 
 def test_error_on_one_domain_does_not_hide_the_others(harness: Harness) -> None:
