@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import NoReturn
 
 from libvirt_exporter import __version__
@@ -34,10 +35,13 @@ often as the most frequent of the others: their deadline when no flag gives one,
 the bulk sampler's (None: the bulk sampler's)."""
 SAMPLER_DEFAULTS = {
     SamplerName.BULK: ("15s", "5s"),
-    SamplerName.BLOCK: ("15s", "5s"),
     SamplerName.JOB: ("15s", "5s"),
     SamplerName.STORAGE_POOL: ("60s", "10s"),
 }
+DISK_INTERVALS = {SamplerName.BLOCK: None, SamplerName.BLOCK_INFO: "5m"}
+"""The samplers whose values come with the bulk sampler's calls (samplers/block.py, block_info.py),
+under its deadline: the disks' counters each cycle (None: the bulk sampler's interval), their sizes,
+which change slowly and cost a round trip to QEMU per disk, every 5 minutes (docs/benchmarks.md)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
             help=f"how long a {name} call may run before it counts as a timeout; it never delays a scrape",
         )
     parser.add_argument(
+        "--sampler.block_info.interval",
+        dest="block_info_interval",
+        default=DISK_INTERVALS[SamplerName.BLOCK_INFO],
+        help="how often each disk's capacity, allocation and physical size are read again, with the "
+        "bulk sampler's calls; the disks' I/O counters come with every bulk cycle",
+    )
+    parser.add_argument(
         "--sampler.basic.deadline",
         dest="basic_deadline",
         default="",
@@ -181,6 +192,23 @@ def _survey_samplers(
     return tuple(survey)
 
 
+def _disk_samplers(
+    samplers: tuple[SamplerConfig, ...], args: argparse.Namespace
+) -> tuple[SamplerConfig, ...]:
+    """The disks' samplers: the bulk sampler's deadline, and its interval or their own."""
+    bulk = next(s for s in samplers if s.name is SamplerName.BULK)
+    disks = []
+    for name, default in DISK_INTERVALS.items():
+        flag = f"--sampler.{name}.interval"
+        interval = (
+            parse_bounded_duration(getattr(args, f"{name}_interval"), flag, MIN_INTERVAL, MAX_INTERVAL)
+            if default is not None
+            else bulk.interval
+        )
+        disks.append(replace(bulk, name=name, interval=interval))
+    return tuple(disks)
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
     """Flags to a validated Config; any mistake exits 2 with one line."""
     parser = _parser()
@@ -188,7 +216,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
     try:
         host, port = parse_listen_address(args.listen_address)
         samplers = tuple(_sampler(args, name) for name in SAMPLER_DEFAULTS)
-        samplers += _survey_samplers(samplers, args)
+        samplers += _survey_samplers(samplers, args) + _disk_samplers(samplers, args)
         collectors = frozenset(name for name in COLLECTOR_DEFAULTS if getattr(args, f"collector_{name}"))
         config = Config(
             host,

@@ -66,7 +66,7 @@ def realistic_domain() -> FakeDomain:
 def sampled(host: FakeHost, collectors: frozenset[str]) -> Harness:
     harness = Harness(host, replace(make_config(), collectors=collectors))
     exporter = harness.exporter
-    for sampler in exporter.samplers:
+    for sampler in (exporter.basic, exporter.storage, *exporter.looped):
         harness.cycle(sampler)
     return harness
 
