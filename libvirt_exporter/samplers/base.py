@@ -21,7 +21,7 @@ from libvirt_exporter.store import Sample, Store
 
 log = get_logger(__name__)
 
-Read = Callable[[Lane], Mapping[str, Any]]
+Read = Callable[[Lane], Any]
 """Reads one subject's values on the lane it is given (see Dispatcher.call)."""
 SENDERS_AT_ONCE = 16
 """Greenlets that send a cycle's calls, one subject after another: the calls run a few at a time
@@ -77,8 +77,8 @@ class Sampler:
         outcome = self._call(CallKey(self.name, subject), read, lambda late: self._record_late(subject, late))
         self._record(subject, outcome)
 
-    def _offer(self, subject: Subject, values: Mapping[str, Any], taken_at: float) -> None:
-        """Keep what a call returned."""
+    def _offer(self, subject: Subject, values: Any, taken_at: float) -> None:
+        """Keep what a call returned (its values, unless the sampler's reads return more)."""
         self._store.offer(self.name, subject, Sample(values, taken_at))
 
     def _accounts_of(self, subject: Subject) -> tuple[SamplerName, ...]:

@@ -21,7 +21,6 @@ its name picks.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
 from typing import Any
 
 from libvirt_exporter.calls import Subject
@@ -34,22 +33,16 @@ from libvirt_exporter.store import Store
 
 SIZE_FIELDS = ("capacity", "allocation", "physical")
 """virDomainGetBlockInfo's values, in its order."""
-SIZE_KEYS = "block_info."
-"""The prefix of the keys a call's answer holds the sizes under: `block_info.<target>.<field>`."""
 
 
 def read_sizes(domain: Any, disks: tuple[Disk, ...]) -> dict[str, Any]:
-    """Runs in a pool thread: each disk's sizes, on a domain handle of the call's lane."""
+    """Runs in a pool thread: each disk's sizes, as `<target>.<field>` keys, on a domain handle of
+    the call's lane."""
     sizes = {}
     for disk in disks:
         for field, value in zip(SIZE_FIELDS, domain.blockInfo(disk.target, 0), strict=True):
-            sizes[f"{SIZE_KEYS}{disk.target}.{field}"] = value
+            sizes[f"{disk.target}.{field}"] = value
     return sizes
-
-
-def sizes_of(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The sizes in a call's answer, as `<target>.<field>` keys."""
-    return {key.removeprefix(SIZE_KEYS): value for key, value in values.items() if key.startswith(SIZE_KEYS)}
 
 
 def _share(name: str) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -41,7 +42,7 @@ from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import DomainParts, DomainSampler, Read, Surveyor, read_domain_stats
 from libvirt_exporter.samplers.block import BLOCK_KEYS, BlockSampler, disk_by_disk, has_counters
-from libvirt_exporter.samplers.block_info import SIZE_KEYS, BlockInfoSampler, read_sizes, sizes_of
+from libvirt_exporter.samplers.block_info import BlockInfoSampler, read_sizes
 from libvirt_exporter.store import Sample
 
 log = get_logger(__name__)
@@ -73,24 +74,47 @@ def stat_groups(collectors: frozenset[str]) -> int:
     return int(groups)
 
 
-def read_stats(domains: list[Any], groups: int, lane: Lane) -> dict[str, Mapping[str, Any]]:
+@dataclass(frozen=True)
+class Answer:
+    """One domain's answer to a call, split by the sampler whose values each part is, in the call's
+    thread: split on the hub, 500 domains' keys held it for milliseconds, which scrapes waited for."""
+
+    own: Mapping[str, Any]
+    """This sampler's groups."""
+    disks: Mapping[str, Any] | None
+    """The block group's keys (the block sampler's values); None when the answer has no such group."""
+    counters: bool
+    """The block group's keys hold I/O counters."""
+    sizes: Mapping[str, Any]
+    """The disks' sizes (the block_info sampler's values), when they were read."""
+
+
+def split(stats: Mapping[str, Any], sizes: Mapping[str, Any] | None = None) -> Answer:
+    """Runs in a pool thread."""
+    own: dict[str, Any] = {}
+    disks: dict[str, Any] = {}
+    for key, value in stats.items():
+        (disks if key.startswith(BLOCK_KEYS) else own)[key] = value
+    return Answer(own, disks if "block.count" in disks else None, has_counters(disks), sizes or {})
+
+
+def read_stats(domains: list[Any], groups: int, lane: Lane) -> dict[str, Answer]:
     """Runs in a pool thread: the stat groups of `domains`, by name, without waiting for jobs."""
     handles = [lane.domain(domain) for domain in domains]
     nowait = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
     records = lane.conn.domainListGetStats(handles, groups, nowait)
-    return {dom.name(): stats for dom, stats in records}
+    return {dom.name(): split(stats) for dom, stats in records}
 
 
-def read_one(domain: Any, groups: int, disks: tuple[Disk, ...], sizes: bool, lane: Lane) -> Mapping[str, Any]:
+def read_one(domain: Any, groups: int, disks: tuple[Disk, ...], sizes: bool, lane: Lane) -> Answer:
     """Runs in a pool thread: the stat groups of one domain, waiting for its job if need be; the
     disks' counters read disk by disk from a driver whose block group lacks them; with `sizes`,
     the disks' sizes."""
-    stats = dict(read_domain_stats(domain, groups, lane))
-    if groups & BLOCK_GROUP and disks and not has_counters(stats):
-        stats.update(disk_by_disk(lane.domain(domain), [disk.target for disk in disks]))
-    if sizes:
-        stats.update(read_sizes(lane.domain(domain), disks))
-    return stats
+    answer = split(read_domain_stats(domain, groups, lane))
+    if groups & BLOCK_GROUP and disks and not answer.counters:
+        counters = disk_by_disk(lane.domain(domain), [disk.target for disk in disks])
+        answer = replace(answer, disks=counters, counters=True)
+    return replace(answer, sizes=read_sizes(lane.domain(domain), disks)) if sizes else answer
 
 
 def waited_on(entries: list[DomainEntry], call_age: float) -> DomainEntry | None:
@@ -250,39 +274,34 @@ class BulkSampler(DomainSampler):
         if isinstance(subject, Domain) and self._inventory.get(subject.name) is not None:
             self._record(subject, outcome)
 
-    def _offer_all(self, stats_by_domain: Mapping[str, Mapping[str, Any]], taken_at: float) -> set[str]:
-        """Store complete stats; returns the domains whose stats lack what needs the job."""
+    def _offer_all(self, answers: Mapping[str, Answer], taken_at: float) -> set[str]:
+        """Store complete answers; returns the domains whose answers lack what needs the job."""
         without_job = set()
-        for name, stats in stats_by_domain.items():
+        for name, answer in answers.items():
             entry = self._inventory.get(name)
             if entry is None:
                 continue
-            if self._lacks_job_stats(entry, stats):
+            if self._lacks_job_stats(entry, answer):
                 without_job.add(name)
             else:
-                self._offer(entry.subject, stats, taken_at)
+                self._offer(entry.subject, answer, taken_at)
         return without_job
 
-    def _offer(self, subject: Subject, values: Mapping[str, Any], taken_at: float) -> None:
-        """The block group's keys are the block sampler's values, the sizes the block_info
-        sampler's, the others this sampler's. A sampler's values are kept only from a call that
-        asked for them: a late answer may come from a call that asked for other groups than this
-        cycle's."""
-        if not isinstance(subject, Domain):
+    def _offer(self, subject: Subject, values: Any, taken_at: float) -> None:
+        """Each sampler's part of the answer, if the call asked for it: a late answer may come from
+        a call that asked for other groups than this cycle's."""
+        if not isinstance(subject, Domain) or not isinstance(values, Answer):
             return
         samplers = self._asked.get(subject.name, ())
         if self.name in samplers:
-            own = {key: value for key, value in values.items() if not key.startswith((BLOCK_KEYS, SIZE_KEYS))}
-            self._store.offer(self.name, subject, Sample(own, taken_at))
-        if SamplerName.BLOCK in samplers and "block.count" in values:
-            disks = {key: value for key, value in values.items() if key.startswith(BLOCK_KEYS)}
-            self._store.offer(SamplerName.BLOCK, subject, Sample(disks, taken_at))
-        sizes = sizes_of(values)
-        if SamplerName.BLOCK_INFO in samplers and sizes and self._disks is not None:
-            self._store.offer(SamplerName.BLOCK_INFO, subject, Sample(sizes, taken_at))
+            self._store.offer(self.name, subject, Sample(values.own, taken_at))
+        if SamplerName.BLOCK in samplers and values.disks is not None:
+            self._store.offer(SamplerName.BLOCK, subject, Sample(values.disks, taken_at))
+        if SamplerName.BLOCK_INFO in samplers and values.sizes and self._disks is not None:
+            self._store.offer(SamplerName.BLOCK_INFO, subject, Sample(values.sizes, taken_at))
             self._disks[1].read(subject.name, time.monotonic())
 
-    def _lacks_job_stats(self, entry: DomainEntry, stats: Mapping[str, Any]) -> bool:
+    def _lacks_job_stats(self, entry: DomainEntry, answer: Answer) -> bool:
         """NOWAIT leaves out what needs the domain's job when another call holds it (the job
         sampler's, another client's, for a moment): of a running domain's balloon group, at least
         `rss`; of its block group, the counters (which libvirt's test driver never gives). Such a
@@ -290,6 +309,6 @@ class BulkSampler(DomainSampler):
         if not entry.active:
             return False
         groups = self._groups_of(entry)
-        balloon = bool(groups & libvirt.VIR_DOMAIN_STATS_BALLOON) and "balloon.rss" not in stats
-        disks = bool(groups & BLOCK_GROUP) and bool(entry.disks_with_media) and not has_counters(stats)
+        balloon = bool(groups & libvirt.VIR_DOMAIN_STATS_BALLOON) and "balloon.rss" not in answer.own
+        disks = bool(groups & BLOCK_GROUP) and bool(entry.disks_with_media) and not answer.counters
         return balloon or disks

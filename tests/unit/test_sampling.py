@@ -495,3 +495,45 @@ def test_each_disk_gets_its_own_io_counters_from_one_read_or_disk_by_disk(block_
         assert value(series, "libvirt_domain_block_capacity_bytes", domain="a", device="vdb") == 64 * 2**20
     finally:
         harness.exporter.stop()
+
+
+def test_disk_sizes_are_read_on_their_own_cadence_and_counters_every_cycle(harness: Harness) -> None:
+    """The counters come with every bulk cycle's host-wide call; the sizes (a call of the domain's
+    own, a blockInfo per disk) once per --sampler.block_info.interval, and at once for a disk
+    hot-plugged meanwhile. The sizes' timestamp says how old they are, and they are not stale."""
+    exporter, host = harness.exporter, harness.host
+    first = harness.cycle(exporter.bulk)
+    cycles = [harness.cycle(exporter.bulk) for _ in range(3)]
+    reads = "libvirt_domain_block_read_requests_total"
+    sizes_taken = "libvirt_domain_sample_timestamp_seconds"
+    for name in "abc":
+        assert host.calls[(name, "blockInfo")] == 1
+        assert [value(s, reads, domain=name, device="vda") for s in (first, *cycles)] == [1, 2, 3, 4]
+        assert value(cycles[-1], sizes_taken, domain=name, sampler="block_info") == value(
+            first, sizes_taken, domain=name, sampler="block_info"
+        )
+        assert not stale(cycles[-1], name, "block_info") and not stale(cycles[-1], name, "block")
+    host.domains["b"].disks = ("vda", "vdb")
+    host.emit_event(host.domains["b"])
+    wait_for(lambda: host.calls[("b", "XMLDesc")] == 2)
+    plugged = harness.cycle(exporter.bulk)
+    assert value(plugged, "libvirt_domain_block_capacity_bytes", domain="b", device="vdb") == 64 * 2**20
+    assert host.calls[("b", "blockInfo")] == 1 + 2 and host.calls[("a", "blockInfo")] == 1
+
+
+def test_disk_sizes_fall_due_spread_over_their_interval() -> None:
+    """After the first read, each domain's sizes fall due after a share of the interval its name
+    picks, so that the domains' own calls come a few per cycle, not all in one."""
+    host = FakeHost([FakeDomain(f"vm{i}", i + 1) for i in range(40)])
+    harness = Harness(host, make_config(sizes_interval=1000.0))
+    try:
+        harness.cycle(harness.exporter.bulk)
+        sizes, now = harness.exporter.block_info, time.monotonic()
+        due = [
+            sum(sizes.due(entry, now + share * 1000.0) for entry in sizes.entries())
+            for share in (0.25, 0.5, 1)
+        ]
+        assert 0 < due[0] < due[1] < due[2] == 40, due
+        assert 10 <= due[1] <= 30, "about half fall due in the first half of the interval"
+    finally:
+        harness.exporter.stop()
