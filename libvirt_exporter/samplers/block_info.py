@@ -75,11 +75,14 @@ class BlockInfoSampler(Sampler):
 
     def due(self, entry: DomainEntry, now: float) -> bool:
         """Whether the domain's sizes are to be read in the round that runs at `now`: they are due,
-        or a disk has none yet (hot-plugged since)."""
+        or a disk has none in the sizes read last (hot-plugged since). Sizes never read (a failed
+        read) are due again by time only."""
         if now + self._tolerance >= self._due_at.get(entry.name, -float("inf")):
             return True
         sample = self._store.sample(self.name, entry.subject)
-        read = {key.rpartition(".")[0] for key in sample.values} if sample is not None else set()
+        if sample is None:
+            return False
+        read = {key.rpartition(".")[0] for key in sample.values}
         return any(disk.target not in read for disk in entry.disks_with_media)
 
     def read(self, name: str, now: float) -> None:

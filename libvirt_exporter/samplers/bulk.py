@@ -87,6 +87,8 @@ class Answer:
     """The block group's keys hold I/O counters."""
     sizes: Mapping[str, Any]
     """The disks' sizes (the block_info sampler's values), when they were read."""
+    sizes_error: libvirt.libvirtError | None = None
+    """Why the sizes could not be read, when the rest of the answer could."""
 
 
 def split(stats: Mapping[str, Any], sizes: Mapping[str, Any] | None = None) -> Answer:
@@ -114,7 +116,12 @@ def read_one(domain: Any, groups: int, disks: tuple[Disk, ...], sizes: bool, lan
     if groups & BLOCK_GROUP and disks and not answer.counters:
         counters = disk_by_disk(lane.domain(domain), [disk.target for disk in disks])
         answer = replace(answer, disks=counters, counters=True)
-    return replace(answer, sizes=read_sizes(lane.domain(domain), disks)) if sizes else answer
+    if not sizes:
+        return answer
+    try:
+        return replace(answer, sizes=read_sizes(lane.domain(domain), disks))
+    except libvirt.libvirtError as error:  # a disk blockInfo cannot size costs the others nothing
+        return replace(answer, sizes_error=error)
 
 
 def waited_on(entries: list[DomainEntry], call_age: float) -> DomainEntry | None:
@@ -297,9 +304,20 @@ class BulkSampler(DomainSampler):
             self._store.offer(self.name, subject, Sample(values.own, taken_at))
         if SamplerName.BLOCK in samplers and values.disks is not None:
             self._store.offer(SamplerName.BLOCK, subject, Sample(values.disks, taken_at))
-        if SamplerName.BLOCK_INFO in samplers and values.sizes and self._disks is not None:
-            self._store.offer(SamplerName.BLOCK_INFO, subject, Sample(values.sizes, taken_at))
-            self._disks[1].read(subject.name, time.monotonic())
+        if SamplerName.BLOCK_INFO in samplers and self._disks is not None:
+            self._offer_sizes(self._disks[1], subject, values, taken_at)
+
+    def _offer_sizes(self, sizes: BlockInfoSampler, subject: Domain, answer: Answer, taken_at: float) -> None:
+        """Sizes that could not be read count an error, and are asked again when due again, not at
+        every cycle: the domain's other values come with the host-wide call meanwhile."""
+        if answer.sizes:
+            self._store.offer(SamplerName.BLOCK_INFO, subject, Sample(answer.sizes, taken_at))
+        elif answer.sizes_error is not None:
+            self._store.count_failure(SamplerName.BLOCK_INFO, subject, Status.ERROR)
+            log.info("cannot read disk sizes", subject=subject, err=describe(answer.sizes_error))
+        else:
+            return
+        sizes.read(subject.name, time.monotonic())
 
     def _lacks_job_stats(self, entry: DomainEntry, answer: Answer) -> bool:
         """NOWAIT leaves out what needs the domain's job when another call holds it (the job

@@ -158,12 +158,33 @@ def test_a_stuck_host_wide_call_is_blamed_on_the_monitor_it_made_busy_alone() ->
 
 
 def test_error_on_one_domain_does_not_hide_the_others(harness: Harness) -> None:
-    harness.host.domains["a"].failures["blockInfo"] = FakeLibvirtError("cannot acquire state change lock")
+    """A failing host-wide call is sent again domain by domain: the error costs the one domain."""
+    harness.host.domains["a"].failures["domainListGetStats"] = FakeLibvirtError(
+        "cannot acquire state change lock"
+    )
+    harness.cycle(harness.exporter.bulk)  # the first reads the sizes, domain by domain
     series = harness.cycle(harness.exporter.bulk)
-    assert value(series, "libvirt_domain_sample_errors_total", domain="a", sampler="block") == 1
-    assert value(series, "libvirt_domain_sample_stale", domain="a", sampler="block") == 1
+    for sampler in ("bulk", "block"):
+        assert value(series, "libvirt_domain_sample_errors_total", domain="a", sampler=sampler) == 2
+        assert stale(series, "a", sampler)
     for healthy in "bc":
-        assert value(series, "libvirt_domain_block_read_requests_total", domain=healthy, device="vda") == 1
+        assert value(series, "libvirt_domain_block_read_requests_total", domain=healthy, device="vda") == 2
+        assert not stale(series, healthy, "bulk") and not stale(series, healthy, "block")
+
+
+def test_disk_sizes_that_cannot_be_read_cost_the_other_values_nothing(harness: Harness) -> None:
+    """blockInfo failing on a domain's disk: its sizes count an error and are asked again when due
+    again, not at every cycle; its other values, and the other domains', stay fresh."""
+    host = harness.host
+    host.domains["a"].failures["blockInfo"] = FakeLibvirtError("internal error: unable to size the disk")
+    first = harness.cycle(harness.exporter.bulk)
+    second = harness.cycle(harness.exporter.bulk)
+    assert value(first, "libvirt_domain_sample_errors_total", domain="a", sampler="block_info") == 1
+    assert stale(second, "a", "block_info") and host.calls[("a", "blockInfo")] == 1
+    for series in (first, second):
+        assert not stale(series, "a", "bulk") and not stale(series, "a", "block")
+        for healthy in "bc":
+            assert not stale(series, healthy, "block_info")
 
 
 def test_vanished_domain_loses_its_series_on_the_next_cycle(harness: Harness) -> None:
