@@ -183,7 +183,7 @@ class Inventory:
                 counts[storage] = counts.get(storage, 0) + 1
         return counts
 
-    def storages_probed(self, answered: set[str], unanswered: set[str]) -> None:
+    def storages_probed(self, answered: set[str], unanswered: frozenset[str]) -> None:
         """Storages probed again outside the survey (samplers/storage.py `recheck`)."""
         self.unresponsive_storages = (self.unresponsive_storages - answered) | unanswered
 
