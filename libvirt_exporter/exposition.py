@@ -18,7 +18,7 @@ import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gevent
 from gevent.event import Event
@@ -79,6 +79,9 @@ class Exposition:
     openmetrics_gzipped: bytes
     text_size: int
     openmetrics_size: int
+    status_gzipped: bytes = b""
+    """The status page (status_page.py) of the same state, in HTML."""
+    status_size: int = 0
 
 
 class _Gzip:
@@ -176,14 +179,18 @@ def _header(spec: Spec, name: str, help: str) -> bytes:
     return f"# HELP {name} {help}\n# TYPE {name} {kind}\n".encode()
 
 
-TakenState = Callable[[], Iterable[Families]]
-"""A state taken earlier: called, it collects that state's families, in any thread."""
+@dataclass(frozen=True)
+class TakenState:
+    """A state taken earlier, and what renders it in any thread: its families and its status page."""
+
+    families: Callable[[], Iterable[Families]]
+    status_page: Callable[[], bytes]
 
 
 class Snapshot:
     """The latest exposition; `publish` renders a new one, with the process families of `process`
-    (prometheus_client's ProcessCollector) at the end. `freeze` takes the state in the hub and
-    returns what collects its families."""
+    (prometheus_client's ProcessCollector) at the end, and the status page of the same state.
+    `freeze` takes the state in the hub and returns what renders it."""
 
     def __init__(self, freeze: Callable[[], TakenState], process: CollectorRegistry) -> None:
         self._freeze = freeze
@@ -207,15 +214,18 @@ class Snapshot:
         try:
             while self._again:
                 self._again = False
-                collect = self._freeze()
-                self.current = gevent.get_hub().threadpool.spawn(self._render, collect).get()
+                taken = self._freeze()
+                self.current = gevent.get_hub().threadpool.spawn(self._render, taken).get()
         finally:
             self._rendering.set()
             self._rendering = None
 
-    def _render(self, collect: TakenState) -> Exposition:
+    def _render(self, taken: TakenState) -> Exposition:
         with _render_mode():
-            return self._renderer.render(collect(), self._process)
+            exposition = self._renderer.render(taken.families(), self._process)
+            status = _Gzip()
+            status.write(taken.status_page())
+            return replace(exposition, status_gzipped=status.close(), status_size=status.size)
 
 
 RENDER_SWITCH_INTERVAL = 0.001
