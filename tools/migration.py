@@ -225,8 +225,7 @@ INOVEX: tuple[Rename, ...] = (
     Rename(
         "libvirt_domain_memory_stats_used_percent",
         None,
-        "compute it: `100 * (1 - libvirt_domain_memory_usable_bytes"
-        " / libvirt_domain_memory_available_bytes)`",
+        "compute it: `100 * libvirt_domain_memory_used_bytes / libvirt_domain_memory_available_bytes`",
     ),
     Rename(
         "libvirt_domain_block_stats_info",

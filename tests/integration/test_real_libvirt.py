@@ -190,6 +190,7 @@ GUEST_REPORTED = {
     # The balloon driver reports these from inside the guest; the test VMs run no guest OS.
     "libvirt_domain_memory_usable_bytes",
     "libvirt_domain_memory_available_bytes",
+    "libvirt_domain_memory_used_bytes",
     "libvirt_domain_memory_unused_bytes",
     "libvirt_domain_memory_disk_caches_bytes",
     "libvirt_domain_memory_swap_in_bytes_total",
@@ -281,4 +282,8 @@ def test_a_guest_balloon_driver_s_figures_are_there_in_bytes(
     assert available is not None and usable is not None
     assert 64 * 2**20 < available <= 192 * 2**20  # KiB became bytes
     assert 0 < usable <= available
+    # What the guest uses is what its OS sees less what it could still use: here a busybox that
+    # sleeps, in a few MiB of the 192.
+    assert value(series, "libvirt_domain_memory_used_bytes", domain=guest_vm) == available - usable
+    assert 2**20 < available - usable < 128 * 2**20
     assert value(series, "libvirt_domain_memory_stats_timestamp_seconds", domain=guest_vm) > 1.7e9  # type: ignore[operator]

@@ -79,6 +79,9 @@ class FakeDomain:
     """Its QEMU process is stopped (SIGSTOP): /proc shows it, and its monitor does not answer."""
     stuck_on_storage: bool = False
     """A call made its QEMU touch its dead storage: its main loop waits for the storage."""
+    guest_balloon: bool = True
+    """False: no balloon driver in the guest, or no stats period: libvirt reports the balloon's
+    size and QEMU's RSS, none of the guest's own figures."""
 
     def __post_init__(self) -> None:
         self.frozen.set()  # set = thawed: waiting on it returns at once
@@ -185,10 +188,10 @@ class FakeDomain:
 
     def _balloon(self, with_monitor: bool) -> dict[str, Any]:
         balloon = {"balloon.current": 1_048_576, "balloon.maximum": 2_097_152}
-        if with_monitor:  # the guest's own figures come through the monitor
-            balloon.update(
-                {"balloon.rss": 524_288, "balloon.usable": 700_000, "balloon.available": 1_000_000}
-            )
+        if with_monitor:  # QEMU's RSS and the guest's own figures come through the monitor
+            balloon["balloon.rss"] = 524_288
+        if with_monitor and self.guest_balloon:
+            balloon.update({"balloon.usable": 700_000, "balloon.available": 1_000_000})
             balloon.update(
                 {"balloon.swap_in": 0, "balloon.major_fault": 3, "balloon.last-update": 1_700_000_000}
             )

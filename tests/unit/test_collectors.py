@@ -180,3 +180,14 @@ def test_promtool_accepts_the_exposition_of_the_fake_host() -> None:
     body = plain_text(harness.exporter.snapshot.current)
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert check.returncode == 0, (check.stdout + check.stderr).decode()
+
+
+def test_memory_used_is_what_the_guest_sees_less_what_it_could_use_and_absent_without_its_figures() -> None:
+    host = FakeHost([FakeDomain("guest", 1), FakeDomain("no-driver", 2, guest_balloon=False)])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    available = value(series, "libvirt_domain_memory_available_bytes", domain="guest")
+    usable = value(series, "libvirt_domain_memory_usable_bytes", domain="guest")
+    assert available == 1_000_000 * 1024 and usable == 700_000 * 1024
+    assert value(series, "libvirt_domain_memory_used_bytes", domain="guest") == available - usable
+    assert value(series, "libvirt_domain_memory_current_bytes", domain="no-driver") == 1_048_576 * 1024
+    assert value(series, "libvirt_domain_memory_used_bytes", domain="no-driver") is None, "never a made-up 0"
