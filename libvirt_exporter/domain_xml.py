@@ -19,6 +19,10 @@ class Disk:
     path: str
     bus: str
     driver_type: str
+    iotune: tuple[tuple[str, int], ...] = ()
+    """The numeric settings of its <iotune> (the throttles, their bursts, how long a burst may last,
+    the size of an I/O counted as one request), as (element, value) pairs; libvirt writes only
+    those that are set."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,13 @@ def _disk_source(disk: Element) -> str:
     return ""
 
 
+def _iotune(disk: Element) -> tuple[tuple[str, int], ...]:
+    """The settings that are positive whole numbers (0 means no limit; `group_name` is a name)."""
+    iotune = disk.find("iotune")
+    found = ((child.tag, (child.text or "").strip()) for child in (iotune if iotune is not None else ()))
+    return tuple((tag, int(text)) for tag, text in found if text.isdigit() and int(text) > 0)
+
+
 def _disk(disk: Element) -> Disk:
     target = disk.find("target")
     return Disk(
@@ -76,6 +87,7 @@ def _disk(disk: Element) -> Disk:
         path=_disk_source(disk),
         bus=_attr(target, "bus"),
         driver_type=_attr(disk.find("driver"), "type"),
+        iotune=_iotune(disk),
     )
 
 

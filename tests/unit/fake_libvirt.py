@@ -79,6 +79,8 @@ class FakeDomain:
     """Its QEMU process is stopped (SIGSTOP): /proc shows it, and its monitor does not answer."""
     stuck_on_storage: bool = False
     """A call made its QEMU touch its dead storage: its main loop waits for the storage."""
+    iotune: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per disk target, the settings of its <iotune> (`total_bytes_sec`: 10485760, ...)."""
     guest_balloon: bool = True
     """False: no balloon driver in the guest, or no stats period: libvirt reports the balloon's
     size and QEMU's RSS, none of the guest's own figures."""
@@ -108,7 +110,7 @@ class FakeDomain:
         disks = "".join(
             f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
             f"<source file='{self.storage}/{self.name}-{d}.qcow2'/>"
-            f"<target dev='{d}' bus='virtio'/></disk>"
+            f"<target dev='{d}' bus='virtio'/>{self._iotune(d)}</disk>"
             for d in self.disks
         )
         nics = "".join(
@@ -122,6 +124,12 @@ class FakeDomain:
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
             f"<devices>{disks}{nics}</devices></domain>"
         )
+
+    def _iotune(self, disk: str) -> str:
+        settings = self.iotune.get(disk)
+        if not settings:
+            return ""
+        return "<iotune>" + "".join(f"<{k}>{v}</{k}>" for k, v in settings.items()) + "</iotune>"
 
     def stats(self, groups: int, with_monitor: bool) -> dict[str, Any]:
         """The stat groups asked for, as libvirt reports them; what needs the job only with it.

@@ -46,9 +46,19 @@ MIGRATION = {
 }
 
 
+IOTUNE = {
+    "total_bytes_sec": 50 * 2**20,
+    "read_iops_sec": 400,
+    "write_iops_sec": 200,
+    "write_iops_sec_max": 1000,
+    "write_iops_sec_max_length": 10,
+    "size_iops_sec": 16384,
+}
+
+
 def realistic_domain() -> FakeDomain:
-    """4 vCPUs, 3 disks, 2 NICs, balloon statistics, perf events, 2 I/O threads, a dirty-rate
-    measurement, a migration under way and Nova's metadata."""
+    """4 vCPUs, 3 disks (the first throttled), 2 NICs, balloon statistics, perf events, 2 I/O
+    threads, a dirty-rate measurement, a migration under way and Nova's metadata."""
     return FakeDomain(
         "web-01",
         7,
@@ -60,6 +70,7 @@ def realistic_domain() -> FakeDomain:
         iothreads=(1, 2),
         job=MIGRATION,
         metadata=NOVA,
+        iotune={"vda": IOTUNE},
     )
 
 
@@ -191,3 +202,25 @@ def test_memory_used_is_what_the_guest_sees_less_what_it_could_use_and_absent_wi
     assert value(series, "libvirt_domain_memory_used_bytes", domain="guest") == available - usable
     assert value(series, "libvirt_domain_memory_current_bytes", domain="no-driver") == 1_048_576 * 1024
     assert value(series, "libvirt_domain_memory_used_bytes", domain="no-driver") is None, "never a made-up 0"
+
+
+def test_a_disk_s_throttles_are_exported_from_its_xml_with_no_call_of_their_own() -> None:
+    host = FakeHost([realistic_domain()])
+    harness = sampled(host, frozenset(COLLECTOR_DEFAULTS))
+    series = harness.scrape()
+
+    def limit(name: str, device: str = "vda") -> float | None:
+        return value(series, f"libvirt_domain_block_limit_{name}", domain="web-01", device=device)
+
+    assert limit("total_bytes_per_second") == 50 * 2**20
+    assert limit("read_requests_per_second") == 400
+    assert limit("write_requests_per_second") == 200
+    assert limit("burst_write_requests_per_second") == 1000
+    assert limit("burst_write_requests_duration_seconds") == 10
+    assert limit("request_size_bytes") == 16384
+    assert limit("read_bytes_per_second") is None, "a throttle not set has no series"
+    assert limit("total_bytes_per_second", device="vdb") is None
+    assert {method for _, method in host.calls} <= {
+        "XMLDesc", "controlInfo", "getCPUStats", "survey stats", "domainListGetStats", "blockInfo",
+        "jobStats", "lookupByUUID", "listAllStoragePools",
+    }  # fmt: skip

@@ -94,3 +94,25 @@ def test_a_tenants_huge_metadata_value_is_cut_to_a_label_sized_prefix() -> None:
     assert openstack.instance_name == "x" * MAX_METADATA_VALUE
     assert openstack.flavor == openstack.user_name == openstack.project_id == "x" * MAX_METADATA_VALUE
     assert (openstack.user_id, openstack.project_name) == ("u-1", "ops")
+
+
+def test_a_disk_s_throttles_are_read_and_what_sets_no_limit_is_left_out() -> None:
+    xml = """<domain><devices><disk type='file' device='disk'>
+      <source file='/images/a.qcow2'/><target dev='vda' bus='virtio'/>
+      <iotune>
+        <total_bytes_sec>52428800</total_bytes_sec>
+        <read_iops_sec>400</read_iops_sec>
+        <write_iops_sec>0</write_iops_sec>
+        <write_iops_sec_max>1000</write_iops_sec_max>
+        <write_iops_sec_max_length>10</write_iops_sec_max_length>
+        <group_name>tenant-7</group_name>
+        <size_iops_sec>-1</size_iops_sec>
+      </iotune></disk></devices></domain>"""
+    (disk,) = parse_domain_xml(xml).disks
+    assert disk.iotune == (
+        ("total_bytes_sec", 52_428_800),
+        ("read_iops_sec", 400),
+        ("write_iops_sec_max", 1000),
+        ("write_iops_sec_max_length", 10),
+    )
+    assert parse_domain_xml(XML).disks[0].iotune == ()
