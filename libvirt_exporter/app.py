@@ -50,7 +50,7 @@ class Exporter:
         self.connection = MainConnection(config.libvirt_uri, self.runner, config.connect_deadline, opener)
         self.dispatcher = Dispatcher(self.runner, self.connection)
         self.host = host if host is not None else LocalHost()
-        self.inventory = Inventory(self.dispatcher, self.host, config.include_inactive)
+        self.inventory = Inventory(self.dispatcher, self.host, config.include_inactive, config.metadata)
         self.storage = StorageSampler(
             config.sampler(SamplerName.STORAGE), self.store, self.inventory, self.host
         )
@@ -79,6 +79,7 @@ class Exporter:
             self.samplers,
             config.collectors,
             busy_for=self.bulk.config.deadline,
+            metadata_labels=tuple(field.label for field in config.metadata),
         )
         process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=process)

@@ -46,6 +46,20 @@ class OpenStackInstance:
 
 
 @dataclass(frozen=True)
+class MetadataField:
+    """An element's text or an attribute in a domain's <metadata>, exported as a label
+    (`--libvirt.metadata`, parsed in config.py)."""
+
+    namespace: str
+    """The XML namespace (URI) of the application's element under <metadata>."""
+    path: tuple[str, ...]
+    """Element names from that element down (the first names it), each in the namespace."""
+    attribute: str
+    """An attribute of the last element; empty for the element's text."""
+    label: str
+
+
+@dataclass(frozen=True)
 class DomainDescription:
     uuid: str
     os_type: str
@@ -54,6 +68,11 @@ class DomainDescription:
     disks: tuple[Disk, ...]
     interfaces: tuple[Interface, ...]
     openstack: OpenStackInstance | None = None
+    title: str = ""
+    description_text: str = ""
+    """The domain's <description>, whitespace collapsed."""
+    metadata: tuple[str, ...] = ()
+    """The value of each field asked for, in their order; empty where absent."""
 
 
 def _attr(element: Element | None, name: str) -> str:
@@ -118,6 +137,34 @@ def _bounded(text: str) -> str:
     return text[:MAX_METADATA_VALUE]
 
 
+def _label_text(text: str | None) -> str:
+    """Free text as a label value: on one line, whitespace runs as one space, bounded."""
+    return _bounded(" ".join((text or "").split()))
+
+
+def _in(namespace: str, element: Element, name: str) -> bool:
+    """Children of an application's element are in its namespace, or in none (unprefixed)."""
+    return element.tag in (f"{{{namespace}}}{name}", name)
+
+
+def _metadata_value(metadata: Element | None, field: MetadataField) -> str:
+    """The first match of the field's path; empty when it is absent."""
+    if metadata is None:
+        return ""
+    root, *below = field.path
+    found = next((e for e in metadata if e.tag == f"{{{field.namespace}}}{root}"), None)
+    for name in below:
+        if found is None:
+            return ""
+        found = next((child for child in found if _in(field.namespace, child, name)), None)
+    if found is None:
+        return ""
+    if field.attribute:
+        qualified = f"{{{field.namespace}}}{field.attribute}"
+        return _label_text(found.get(field.attribute, found.get(qualified)))
+    return _label_text(found.text)
+
+
 NOVA_NAMESPACE_PREFIX = "{http://openstack.org/xmlns/libvirt/nova/"
 
 
@@ -149,8 +196,9 @@ def _openstack(root: Element) -> OpenStackInstance | None:
     )
 
 
-def parse_domain_xml(xml: str) -> DomainDescription:
-    """Raises `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
+def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> DomainDescription:
+    """The description, with the value of each `metadata` field. Raises
+    `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
     root = SafeET.fromstring(xml)
     os_type = root.find("os/type")
     devices = root.find("devices")
@@ -164,4 +212,7 @@ def parse_domain_xml(xml: str) -> DomainDescription:
             tuple(_interface(i) for i in devices.findall("interface")) if devices is not None else ()
         ),
         openstack=_openstack(root),
+        title=_label_text(root.findtext("title")),
+        description_text=_label_text(root.findtext("description")),
+        metadata=tuple(_metadata_value(root.find("metadata"), field) for field in metadata),
     )

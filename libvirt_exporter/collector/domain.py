@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from libvirt_exporter.collector.families import KIBIBYTES, NANOSECONDS, Families, Kind, Spec, fields, gauge
@@ -49,6 +50,14 @@ MEMORY_USED = gauge(
 )
 """What operators read `current` as, wrongly: the guest's MemTotal - MemAvailable, the "used" of
 `free`, so that page cache the guest could drop counts as free (docs/metrics.md)."""
+METADATA_INFO = gauge(
+    "libvirt_domain_metadata_info",
+    "The domain's title and description, and one label per element or attribute of its <metadata> "
+    "named by --libvirt.metadata, from its XML, with value 1; each value on one line, at most 256 "
+    "characters.",
+    ("domain", "title", "description"),
+    source="domain XML <title>, <description>, <metadata>",
+)
 STATE = gauge(
     "libvirt_domain_state",
     "The domain's state and the reason for it, as words, with value 1 (last sample).",
@@ -152,6 +161,7 @@ MEMORY_BANDWIDTH_FIELDS = fields("memory", ("domain", "monitor", "node"), [
 SPECS = (
     INFO,
     OPENSTACK_INFO,
+    METADATA_INFO,
     STATE,
     INTERFACE_INFO,
     MEMORY_USED,
@@ -211,7 +221,12 @@ def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
             families.add(_BANDWIDTH_SPECS[field], (name, monitor, node), value)
 
 
-def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -> None:
+def metadata_info(labels: tuple[str, ...]) -> Spec:
+    """`libvirt_domain_metadata_info` with the labels of the `--libvirt.metadata` fields."""
+    return replace(METADATA_INFO, labels=METADATA_INFO.labels + labels)
+
+
+def _add_description(families: Families, entry: DomainEntry, interfaces: bool, metadata: Spec) -> None:
     description = entry.description
     if description is None:
         return
@@ -222,6 +237,9 @@ def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -
         labels = (entry.name, nova.instance_name, description.uuid, nova.flavor, nova.project_id,
                   nova.project_name, nova.user_id, nova.user_name)  # fmt: skip
         families.add(OPENSTACK_INFO, labels, 1)
+    values = (description.title, description.description_text, *description.metadata)
+    if any(values):  # where none is set, the family would say nothing
+        families.add(metadata, (entry.name, *values), 1)
     for interface in description.interfaces if interfaces else ():
         if interface.target:
             nic = (entry.name, interface.target, interface.mac, interface.source, interface.model)
@@ -231,8 +249,9 @@ def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -
 def collect(state: State) -> Families:
     families = Families()
     interfaces = "interface" in state.collectors
+    metadata = metadata_info(state.metadata_labels)
     for entry in state.domains:
-        _add_description(families, entry, interfaces)
+        _add_description(families, entry, interfaces, metadata)
         values = {
             key: value
             for sampler in (SamplerName.BULK, SamplerName.BASIC)  # the survey's values are the fresher

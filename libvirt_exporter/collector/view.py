@@ -54,6 +54,8 @@ class State:
     stuck_threads: int
     collectors: frozenset[str]
     """The enabled `--collector.<name>` switches."""
+    metadata_labels: tuple[str, ...]
+    """The labels of the `--libvirt.metadata` fields, in the order of each domain's values."""
     taken_at: float
     """Unix time: what the age of a sample is measured against."""
 
@@ -84,6 +86,7 @@ class View:
     collectors: frozenset[str]
     busy_for: float
     """Seconds a domain's monitor must have been busy to count as a hang signal (a deadline)."""
+    metadata_labels: tuple[str, ...] = ()
 
     def state(self) -> State:
         """The state as it is now; only on the hub, where no greenlet changes it meanwhile."""
@@ -111,6 +114,7 @@ class View:
             busy_threads=self.runner.busy_count(),
             stuck_threads=self.runner.stuck_count(),
             collectors=self.collectors,
+            metadata_labels=self.metadata_labels,
             taken_at=time.time(),
         )
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -71,6 +72,9 @@ class FakeDomain:
     job: dict[str, Any] | None = None
     """A running background job's statistics (virDomainGetJobStats), if one runs."""
     metadata: str = ""
+    """What its <metadata> holds, as XML."""
+    title: str = ""
+    description: str = ""
     block_group: bool = True
     """False: the driver's bulk stats leave out the block group, as libvirt's test driver does."""
     storage: str = IMAGES
@@ -119,7 +123,8 @@ class FakeDomain:
             for i, n in enumerate(self.nics)
         )
         return (
-            f"<domain type='kvm'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
+            f"<domain type='kvm'><name>{escape(self.name)}</name><uuid>{self.uuid}</uuid>"
+            f"<title>{escape(self.title)}</title><description>{escape(self.description)}</description>"
             f"<metadata>{self.metadata}</metadata>"
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
             f"<devices>{disks}{nics}</devices></domain>"

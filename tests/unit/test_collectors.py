@@ -16,7 +16,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from libvirt_exporter.collector import block, domain, job, storage_pool
-from libvirt_exporter.config import COLLECTOR_DEFAULTS
+from libvirt_exporter.config import COLLECTOR_DEFAULTS, parse_metadata_flag
 from tests.exposition import as_prometheus_client_metrics, plain_text
 from tests.unit.conftest import Harness, domains_in, make_config, parse, value
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
@@ -58,7 +58,7 @@ IOTUNE = {
 
 def realistic_domain() -> FakeDomain:
     """4 vCPUs, 3 disks (the first throttled), 2 NICs, balloon statistics, perf events, 2 I/O
-    threads, a dirty-rate measurement, a migration under way and Nova's metadata."""
+    threads, a dirty-rate measurement, a migration under way, Nova's metadata and a title."""
     return FakeDomain(
         "web-01",
         7,
@@ -71,6 +71,7 @@ def realistic_domain() -> FakeDomain:
         job=MIGRATION,
         metadata=NOVA,
         iotune={"vda": IOTUNE},
+        title="Web shop, front 1",
     )
 
 
@@ -185,10 +186,13 @@ def test_label_values_are_escaped_whatever_the_domain_name_holds() -> None:
 
 def test_promtool_accepts_the_exposition_of_the_fake_host() -> None:
     """promtool lints the Prometheus text format (it reads OpenMetrics' HELP of a counter as missing)."""
+    harness = sampled(FakeHost([realistic_domain(), FakeDomain('q"uote', 2)]), frozenset(COLLECTOR_DEFAULTS))
+    _promtool_check(plain_text(harness.exporter.snapshot.current))
+
+
+def _promtool_check(body: bytes) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
-    harness = sampled(FakeHost([realistic_domain(), FakeDomain('q"uote', 2)]), frozenset(COLLECTOR_DEFAULTS))
-    body = plain_text(harness.exporter.snapshot.current)
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert check.returncode == 0, (check.stdout + check.stderr).decode()
 
@@ -224,3 +228,45 @@ def test_a_disk_s_throttles_are_exported_from_its_xml_with_no_call_of_their_own(
         "XMLDesc", "controlInfo", "getCPUStats", "survey stats", "domainListGetStats", "blockInfo",
         "jobStats", "lookupByUUID", "listAllStoragePools",
     }  # fmt: skip
+
+
+OPS = "https://example.com/ns/ops/1.0"
+
+
+def test_metadata_named_by_the_flags_title_and_description_are_labels_of_one_info_family() -> None:
+    hostile = '"} 1\nevil{a="b"} 1 ' + "z" * 10_000
+    tagged = FakeDomain(
+        "tagged",
+        1,
+        title="Shop front",
+        description="Serves the shop.\nOwned by web.",
+        metadata=f'<ops:service xmlns:ops="{OPS}"><ops:team>web</ops:team>'
+        f'<ops:owner email="alice@example.com"/></ops:service>',
+    )
+    tenant = FakeDomain("tenant", 2, title=hostile, metadata=f'<ops:service xmlns:ops="{OPS}"/>')
+    plain = FakeDomain("plain", 3)
+    flags = parse_metadata_flag(f"{OPS}=service/team,owner:service/owner/@email")
+    harness = Harness(FakeHost([tagged, tenant, plain]), replace(make_config(), metadata=flags))
+    harness.cycle(harness.exporter.bulk)
+    text = plain_text(harness.exporter.snapshot.current)
+    series = parse(text)
+    info = {
+        dict(labels)["domain"]: dict(labels)
+        for name, labels in series
+        if name == "libvirt_domain_metadata_info"
+    }
+    assert info["tagged"] == {
+        "domain": "tagged",
+        "title": "Shop front",
+        "description": "Serves the shop. Owned by web.",
+        "team": "web",
+        "owner": "alice@example.com",
+    }
+    assert info["tenant"]["title"] == " ".join(hostile.split())[:256]
+    assert (info["tenant"]["team"], info["tenant"]["owner"], info["tenant"]["description"]) == ("", "", "")
+    assert "plain" not in info, "a domain with none of them set has no series"
+    assert (
+        len([line for line in text.decode().splitlines() if line.startswith("libvirt_domain_metadata_info")])
+        == 2
+    )
+    _promtool_check(text)

@@ -8,6 +8,7 @@ from libvirt_exporter.domain_xml import (
     MAX_METADATA_VALUE,
     Disk,
     Interface,
+    MetadataField,
     OpenStackInstance,
     parse_domain_xml,
 )
@@ -116,3 +117,53 @@ def test_a_disk_s_throttles_are_read_and_what_sets_no_limit_is_left_out() -> Non
         ("write_iops_sec_max_length", 10),
     )
     assert parse_domain_xml(XML).disks[0].iotune == ()
+
+
+OPS = "https://example.com/ns/ops/1.0"
+
+
+def test_metadata_fields_title_and_description_are_read_as_one_line_each() -> None:
+    xml = f"""<domain><title>Shop front</title>
+      <description>Serves the shop.
+        Owned by the web team.</description>
+      <metadata>
+        <ops:service xmlns:ops="{OPS}" ops:tier="gold" region="eu-1">
+          <ops:team>  web  </ops:team>
+          <ops:owner email="alice@example.com">Alice</ops:owner>
+          <unprefixed>kept</unprefixed>
+        </ops:service>
+        <other:service xmlns:other="https://elsewhere.example/ns">
+          <other:team>not ours</other:team>
+        </other:service>
+      </metadata></domain>"""
+    fields = (
+        MetadataField(OPS, ("service", "team"), "", "team"),
+        MetadataField(OPS, ("service", "owner"), "email", "email"),
+        MetadataField(OPS, ("service",), "tier", "tier"),
+        MetadataField(OPS, ("service",), "region", "region"),
+        MetadataField(OPS, ("service", "unprefixed"), "", "unprefixed"),
+        MetadataField(OPS, ("service", "missing"), "", "missing"),
+        MetadataField(OPS, ("elsewhere",), "", "elsewhere"),
+    )
+    description = parse_domain_xml(xml, fields)
+    assert description.title == "Shop front"
+    assert description.description_text == "Serves the shop. Owned by the web team."
+    assert description.metadata == ("web", "alice@example.com", "gold", "eu-1", "kept", "", "")
+    assert parse_domain_xml(XML, fields).metadata == ("",) * len(fields)
+
+
+def test_a_tenants_hostile_metadata_stays_one_bounded_line() -> None:
+    huge = "y" * 100_000
+    xml = (
+        f"<domain><title>{huge}</title><description>a\nb\r\nc\td</description><metadata>"
+        f'<ops:service xmlns:ops="{OPS}"><ops:team>"}} 1\nevil{{a="b"}} 1&lt;/x&gt;</ops:team>'
+        f"<ops:owner>{huge}</ops:owner></ops:service></metadata></domain>"
+    )
+    fields = (
+        MetadataField(OPS, ("service", "team"), "", "team"),
+        MetadataField(OPS, ("service", "owner"), "", "owner"),
+    )
+    description = parse_domain_xml(xml, fields)
+    assert description.title == "y" * MAX_METADATA_VALUE
+    assert description.description_text == "a b c d"
+    assert description.metadata == ('"} 1 evil{a="b"} 1</x>', "y" * MAX_METADATA_VALUE)
