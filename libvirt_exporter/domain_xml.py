@@ -73,6 +73,8 @@ class DomainDescription:
     """The domain's <description>, whitespace collapsed."""
     metadata: tuple[str, ...] = ()
     """The value of each field asked for, in their order; empty where absent."""
+    vcpu_pins: tuple[tuple[int, str], ...] = ()
+    """Each pinned vCPU and the host CPUs it may run on, as libvirt writes a cpuset (`0-3,8`)."""
 
 
 def _attr(element: Element | None, name: str) -> str:
@@ -196,6 +198,29 @@ def _openstack(root: Element) -> OpenStackInstance | None:
     )
 
 
+MAX_VCPUS = 16384
+"""More than libvirt lets a QEMU domain have: a bound on the series a malformed count could make."""
+
+
+def _vcpu_pins(root: Element) -> tuple[tuple[int, str], ...]:
+    """From <cputune><vcpupin vcpu= cpuset=>, else the domain-wide <vcpu cpuset=>, per vCPU;
+    what virDomainGetVcpuPinInfo answers, without asking it (docs/libvirt-behaviour.md). A vCPU
+    free to run on any host CPU is left out."""
+    vcpu = root.find("vcpu")
+    try:
+        count = int((vcpu.text or "").strip()) if vcpu is not None else 0
+    except ValueError:
+        return ()
+    everywhere = _bounded(_attr(vcpu, "cpuset"))
+    pinned = {}
+    for pin in root.findall("cputune/vcpupin"):
+        number, cpuset = pin.get("vcpu", ""), pin.get("cpuset", "")
+        if number.isdigit() and cpuset:
+            pinned[int(number)] = _bounded(cpuset)
+    pins = ((number, pinned.get(number, everywhere)) for number in range(min(count, MAX_VCPUS)))
+    return tuple((number, cpuset) for number, cpuset in pins if cpuset)
+
+
 def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> DomainDescription:
     """The description, with the value of each `metadata` field. Raises
     `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
@@ -215,4 +240,5 @@ def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> Doma
         title=_label_text(root.findtext("title")),
         description_text=_label_text(root.findtext("description")),
         metadata=tuple(_metadata_value(root.find("metadata"), field) for field in metadata),
+        vcpu_pins=_vcpu_pins(root),
     )

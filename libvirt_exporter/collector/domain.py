@@ -58,6 +58,14 @@ METADATA_INFO = gauge(
     ("domain", "title", "description"),
     source="domain XML <title>, <description>, <metadata>",
 )
+VCPU_PINNING_INFO = gauge(
+    "libvirt_domain_vcpu_pinning_info",
+    "The host CPUs a pinned vCPU may run on (cpus, a cpuset such as 0-3,8), from the domain XML, "
+    "with value 1; a vCPU free to run on any host CPU has no series.",
+    ("domain", "vcpu", "cpus"),
+    source="domain XML <cputune><vcpupin>, <vcpu cpuset>",
+    collector="vcpu",
+)
 STATE = gauge(
     "libvirt_domain_state",
     "The domain's state and the reason for it, as words, with value 1 (last sample).",
@@ -164,6 +172,7 @@ SPECS = (
     METADATA_INFO,
     STATE,
     INTERFACE_INFO,
+    VCPU_PINNING_INFO,
     MEMORY_USED,
     *(spec for _, spec in SCALARS + VCPU_FIELDS + NET_FIELDS + IOTHREAD_FIELDS + MEMORY_BANDWIDTH_FIELDS),
 )
@@ -226,7 +235,9 @@ def metadata_info(labels: tuple[str, ...]) -> Spec:
     return replace(METADATA_INFO, labels=METADATA_INFO.labels + labels)
 
 
-def _add_description(families: Families, entry: DomainEntry, interfaces: bool, metadata: Spec) -> None:
+def _add_description(
+    families: Families, entry: DomainEntry, collectors: frozenset[str], metadata: Spec
+) -> None:
     description = entry.description
     if description is None:
         return
@@ -240,18 +251,19 @@ def _add_description(families: Families, entry: DomainEntry, interfaces: bool, m
     values = (description.title, description.description_text, *description.metadata)
     if any(values):  # where none is set, the family would say nothing
         families.add(metadata, (entry.name, *values), 1)
-    for interface in description.interfaces if interfaces else ():
+    for interface in description.interfaces if "interface" in collectors else ():
         if interface.target:
             nic = (entry.name, interface.target, interface.mac, interface.source, interface.model)
             families.add(INTERFACE_INFO, nic, 1)
+    for vcpu, cpus in description.vcpu_pins if "vcpu" in collectors else ():
+        families.add(VCPU_PINNING_INFO, (entry.name, str(vcpu), cpus), 1)
 
 
 def collect(state: State) -> Families:
     families = Families()
-    interfaces = "interface" in state.collectors
     metadata = metadata_info(state.metadata_labels)
     for entry in state.domains:
-        _add_description(families, entry, interfaces, metadata)
+        _add_description(families, entry, state.collectors, metadata)
         values = {
             key: value
             for sampler in (SamplerName.BULK, SamplerName.BASIC)  # the survey's values are the fresher

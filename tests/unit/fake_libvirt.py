@@ -75,6 +75,10 @@ class FakeDomain:
     """What its <metadata> holds, as XML."""
     title: str = ""
     description: str = ""
+    cpuset: str = ""
+    """The host CPUs all its vCPUs may run on (<vcpu cpuset=>); empty for any."""
+    vcpupin: dict[int, str] = field(default_factory=dict)
+    """Per vCPU, the host CPUs it is pinned to (<cputune><vcpupin>)."""
     block_group: bool = True
     """False: the driver's bulk stats leave out the block group, as libvirt's test driver does."""
     storage: str = IMAGES
@@ -125,10 +129,15 @@ class FakeDomain:
         return (
             f"<domain type='kvm'><name>{escape(self.name)}</name><uuid>{self.uuid}</uuid>"
             f"<title>{escape(self.title)}</title><description>{escape(self.description)}</description>"
-            f"<metadata>{self.metadata}</metadata>"
+            f"<metadata>{self.metadata}</metadata>{self._vcpus_xml()}"
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
             f"<devices>{disks}{nics}</devices></domain>"
         )
+
+    def _vcpus_xml(self) -> str:
+        cpuset = f" cpuset='{self.cpuset}'" if self.cpuset else ""
+        pins = "".join(f"<vcpupin vcpu='{v}' cpuset='{cpus}'/>" for v, cpus in self.vcpupin.items())
+        return f"<vcpu placement='static'{cpuset}>{self.vcpus}</vcpu><cputune>{pins}</cputune>"
 
     def _iotune(self, disk: str) -> str:
         settings = self.iotune.get(disk)

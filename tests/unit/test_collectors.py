@@ -58,7 +58,8 @@ IOTUNE = {
 
 def realistic_domain() -> FakeDomain:
     """4 vCPUs, 3 disks (the first throttled), 2 NICs, balloon statistics, perf events, 2 I/O
-    threads, a dirty-rate measurement, a migration under way, Nova's metadata and a title."""
+    threads, a dirty-rate measurement, a migration under way, Nova's metadata, a title and its vCPUs
+    pinned."""
     return FakeDomain(
         "web-01",
         7,
@@ -72,6 +73,7 @@ def realistic_domain() -> FakeDomain:
         metadata=NOVA,
         iotune={"vda": IOTUNE},
         title="Web shop, front 1",
+        vcpupin={0: "2", 1: "3", 2: "4-5", 3: "4-5"},
     )
 
 
@@ -270,3 +272,21 @@ def test_metadata_named_by_the_flags_title_and_description_are_labels_of_one_inf
         == 2
     )
     _promtool_check(text)
+
+
+def test_vcpu_pinning_comes_from_the_xml_and_goes_with_the_vcpu_collector() -> None:
+    host = FakeHost([realistic_domain(), FakeDomain("free", 2, vcpus=2)])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    pins = {
+        (dict(labels)["domain"], dict(labels)["vcpu"]): dict(labels)["cpus"]
+        for name, labels in series
+        if name == "libvirt_domain_vcpu_pinning_info"
+    }
+    assert pins == {
+        ("web-01", "0"): "2",
+        ("web-01", "1"): "3",
+        ("web-01", "2"): "4-5",
+        ("web-01", "3"): "4-5",
+    }
+    off = sampled(FakeHost([realistic_domain()]), frozenset(COLLECTOR_DEFAULTS) - {"vcpu"}).scrape()
+    assert not any(name == "libvirt_domain_vcpu_pinning_info" for name, _ in off)

@@ -167,3 +167,15 @@ def test_a_tenants_hostile_metadata_stays_one_bounded_line() -> None:
     assert description.title == "y" * MAX_METADATA_VALUE
     assert description.description_text == "a b c d"
     assert description.metadata == ('"} 1 evil{a="b"} 1</x>', "y" * MAX_METADATA_VALUE)
+
+
+def test_vcpu_pinning_is_read_per_vcpu_with_the_domain_wide_cpuset_for_the_others() -> None:
+    xml = """<domain><vcpu placement='static' current='3' cpuset='0-7'>4</vcpu>
+      <cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3-4,6'/>
+      <emulatorpin cpuset='0-1'/></cputune></domain>"""
+    assert parse_domain_xml(xml).vcpu_pins == ((0, "2"), (1, "3-4,6"), (2, "0-7"), (3, "0-7"))
+    unpinned = (
+        "<domain><vcpu placement='static'>2</vcpu><cputune><vcpupin vcpu='1' cpuset='5'/></cputune></domain>"
+    )
+    assert parse_domain_xml(unpinned).vcpu_pins == ((1, "5"),), "a vCPU free to run anywhere has none"
+    assert parse_domain_xml(XML).vcpu_pins == ()
