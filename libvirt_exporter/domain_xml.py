@@ -23,6 +23,11 @@ class Disk:
     """The numeric settings of its <iotune> (the throttles, their bursts, how long a burst may last,
     the size of an I/O counted as one request), as (element, value) pairs; libvirt writes only
     those that are set."""
+    type: str = ""
+    """Where its medium is: `file`, `block`, `network` (Ceph RBD, iSCSI, Gluster, NBD: `path` is
+    then the image's or LUN's name, with no host), `volume` (a pool's: `path` is pool/volume)."""
+    protocol: str = ""
+    """A network disk's protocol (`rbd`, `iscsi`, `gluster`, `nbd`, ...); empty for the others."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,17 @@ class Interface:
     mac: str
     source: str
     model: str
+    type: str = ""
+    """`bridge`, `network`, `direct` (macvtap), `ethernet`, `hostdev` (an SR-IOV VF passed through:
+    no host-side device, its source a PCI address), `vhostuser`, `user`, ..."""
+    alias: str = ""
+    """libvirt's name for the device (`net0`, `hostdev0`): the only one an interface with no
+    host-side device has."""
+
+    @property
+    def device(self) -> str:
+        """Its host-side device, else libvirt's alias: a hostdev NIC has no target device."""
+        return self.target or self.alias
 
 
 @dataclass(frozen=True)
@@ -109,15 +125,29 @@ def _disk(disk: Element) -> Disk:
         bus=_attr(target, "bus"),
         driver_type=_attr(disk.find("driver"), "type"),
         iotune=_iotune(disk),
+        type=disk.get("type", ""),
+        protocol=_attr(disk.find("source"), "protocol"),
     )
 
 
 def _interface_source(interface: Element) -> str:
+    """A bridge, network, host device or name; for a hostdev NIC, the PCI address of its VF."""
     source = interface.find("source")
     for attribute in ("bridge", "network", "dev", "name"):
         if source is not None and source.get(attribute):
             return source.get(attribute, "")
-    return ""
+    address = source.find("address") if source is not None else None
+    return _pci_address(address) if address is not None and address.get("type") == "pci" else ""
+
+
+def _pci_address(address: Element) -> str:
+    """`0000:03:10.2`, as lspci and sysfs write it, from libvirt's hexadecimal attributes."""
+    try:
+        parts = [int(address.get(name, "0"), 16) for name in ("domain", "bus", "slot", "function")]
+    except ValueError:
+        return ""
+    domain, bus, slot, function = parts
+    return f"{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
 
 
 def _interface(interface: Element) -> Interface:
@@ -126,6 +156,8 @@ def _interface(interface: Element) -> Interface:
         mac=_attr(interface.find("mac"), "address"),
         source=_interface_source(interface),
         model=_attr(interface.find("model"), "type"),
+        type=interface.get("type", ""),
+        alias=_attr(interface.find("alias"), "name"),
     )
 
 

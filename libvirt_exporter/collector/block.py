@@ -12,8 +12,10 @@ DD = ("domain", "device")
 
 INFO = gauge(
     "libvirt_domain_block_info",
-    "A disk of the domain, from its XML, with value 1.",
-    ("domain", "device", "path", "bus", "driver_type"),
+    "A disk of the domain, from its XML, with value 1: type says where its medium is (file, block, "
+    "network, volume); a network disk's path is its image's or LUN's name and protocol says which "
+    "(rbd, iscsi, gluster, nbd, ...).",
+    ("domain", "device", "path", "bus", "driver_type", "type", "protocol"),
     source="domain XML",
     collector="block",
 )
@@ -82,7 +84,16 @@ def collect(state: State) -> Families:
     families = Families()
     for entry in state.domains:
         for disk in entry.disks_with_media:
-            families.add(INFO, (entry.name, disk.target, disk.path, disk.bus, disk.driver_type), 1)
+            labels = (
+                entry.name,
+                disk.target,
+                disk.path,
+                disk.bus,
+                disk.driver_type,
+                disk.type,
+                disk.protocol,
+            )
+            families.add(INFO, labels, 1)
             _add_limits(families, entry.name, disk)
         sample = state.store.sample(SamplerName.BLOCK, entry.subject)
         if sample is None:

@@ -74,8 +74,10 @@ STATE = gauge(
 )
 INTERFACE_INFO = gauge(
     "libvirt_domain_interface_info",
-    "A network interface of the domain, from its XML, with value 1.",
-    ("domain", "device", "mac", "source", "model"),
+    "A network interface of the domain, from its XML, with value 1: device is its host-side device, "
+    "or libvirt's alias for one that has none (a hostdev NIC, an SR-IOV VF passed through, whose "
+    "source is the VF's PCI address); type is the interface's (bridge, network, direct, hostdev, ...).",
+    ("domain", "device", "mac", "source", "model", "type"),
     source="domain XML",
     collector="interface",
 )
@@ -251,10 +253,11 @@ def _add_description(
     values = (description.title, description.description_text, *description.metadata)
     if any(values):  # where none is set, the family would say nothing
         families.add(metadata, (entry.name, *values), 1)
-    for interface in description.interfaces if "interface" in collectors else ():
-        if interface.target:
-            nic = (entry.name, interface.target, interface.mac, interface.source, interface.model)
-            families.add(INTERFACE_INFO, nic, 1)
+    for nic in description.interfaces if "interface" in collectors else ():
+        if nic.device:
+            families.add(
+                INTERFACE_INFO, (entry.name, nic.device, nic.mac, nic.source, nic.model, nic.type), 1
+            )
     for vcpu, cpus in description.vcpu_pins if "vcpu" in collectors else ():
         families.add(VCPU_PINNING_INFO, (entry.name, str(vcpu), cpus), 1)
 

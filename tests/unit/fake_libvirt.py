@@ -13,6 +13,7 @@ the most calls it carried at once.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 import uuid
@@ -75,6 +76,9 @@ class FakeDomain:
     """What its <metadata> holds, as XML."""
     title: str = ""
     description: str = ""
+    devices: str = ""
+    """More devices for its XML (network disks, hostdev NICs); the disks among them are in its
+    block stats group too."""
     cpuset: str = ""
     """The host CPUs all its vCPUs may run on (<vcpu cpuset=>); empty for any."""
     vcpupin: dict[int, str] = field(default_factory=dict)
@@ -131,7 +135,7 @@ class FakeDomain:
             f"<title>{escape(self.title)}</title><description>{escape(self.description)}</description>"
             f"<metadata>{self.metadata}</metadata>{self._vcpus_xml()}"
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
-            f"<devices>{disks}{nics}</devices></domain>"
+            f"<devices>{disks}{nics}{self.devices}</devices></domain>"
         )
 
     def _vcpus_xml(self) -> str:
@@ -200,8 +204,9 @@ class FakeDomain:
                     {f"{prefix}.id": node, f"{prefix}.bytes.total": n * 4096, f"{prefix}.bytes.local": n}
                 )
         if groups & libvirt.VIR_DOMAIN_STATS_BLOCK and with_monitor and self.block_group:
-            stats["block.count"] = len(self.disks)
-            for index, disk in enumerate(self.disks):
+            disks = self.disks + tuple(re.findall(r"<disk\b.*?<target dev='([^']+)'", self.devices, re.S))
+            stats["block.count"] = len(disks)
+            for index, disk in enumerate(disks):
                 stats[f"block.{index}.name"] = disk
                 stats.update({f"block.{index}.{k}": v for k, v in self.block_counters().items()})
         if groups & libvirt.VIR_DOMAIN_STATS_DIRTYRATE:

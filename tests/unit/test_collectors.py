@@ -19,7 +19,7 @@ from libvirt_exporter.collector import block, domain, job, storage_pool
 from libvirt_exporter.config import COLLECTOR_DEFAULTS, parse_metadata_flag
 from tests.exposition import as_prometheus_client_metrics, plain_text
 from tests.unit.conftest import Harness, domains_in, make_config, parse, value
-from tests.unit.fake_libvirt import FakeDomain, FakeHost
+from tests.unit.fake_libvirt import IMAGES, FakeDomain, FakeHost
 
 GOLDEN = Path(__file__).parent / "golden"
 NOVA = (
@@ -290,3 +290,45 @@ def test_vcpu_pinning_comes_from_the_xml_and_goes_with_the_vcpu_collector() -> N
     }
     off = sampled(FakeHost([realistic_domain()]), frozenset(COLLECTOR_DEFAULTS) - {"vcpu"}).scrape()
     assert not any(name == "libvirt_domain_vcpu_pinning_info" for name, _ in off)
+
+
+NETWORK_DEVICES = """
+  <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+    <source protocol='rbd' name='volumes/volume-7f3a'><host name='ceph-mon1' port='6789'/></source>
+    <target dev='vdb' bus='virtio'/></disk>
+  <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+    <source protocol='iscsi' name='iqn.2013-07.com.example:storage/1'><host name='10.0.0.5'/></source>
+    <target dev='sdb' bus='scsi'/></disk>
+  <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/>
+    <source><address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x2'/></source>
+    <alias name='hostdev0'/></interface>
+"""
+
+
+def test_network_disks_and_a_hostdev_nic_are_exported_without_errors_saying_what_they_are() -> None:
+    host = FakeHost([FakeDomain("ceph-vm", 1, devices=NETWORK_DEVICES)])
+    harness = sampled(host, frozenset(COLLECTOR_DEFAULTS))
+    text = plain_text(harness.exporter.snapshot.current)
+    series = parse(text)
+    disks = {
+        dict(labels)["device"]: dict(labels) for name, labels in series if name == "libvirt_domain_block_info"
+    }
+    assert {device: (d["path"], d["type"], d["protocol"]) for device, d in disks.items()} == {
+        "vda": (f"{IMAGES}/ceph-vm-vda.qcow2", "file", ""),
+        "vdb": ("volumes/volume-7f3a", "network", "rbd"),
+        "sdb": ("iqn.2013-07.com.example:storage/1", "network", "iscsi"),
+    }
+    for device in ("vdb", "sdb"):
+        assert (
+            value(series, "libvirt_domain_block_capacity_bytes", domain="ceph-vm", device=device)
+            == 64 * 2**20
+        )
+    assert value(series, "libvirt_storage_domains", storage=IMAGES) == 1, (
+        "a network disk is on no local storage"
+    )
+    nic = {"domain": "ceph-vm", "device": "hostdev0", "mac": "52:54:00:6d:90:02", "model": ""}
+    assert value(series, "libvirt_domain_interface_info", **nic, source="0000:03:10.2", type="hostdev") == 1
+    for sampler in ("basic", "bulk", "block"):
+        assert value(series, "libvirt_domain_sample_errors_total", domain="ceph-vm", sampler=sampler) == 0
+        assert value(series, "libvirt_domain_sample_stale", domain="ceph-vm", sampler=sampler) == 0
+    _promtool_check(text)

@@ -48,11 +48,46 @@ def test_identity_disks_and_interfaces() -> None:
         "pc-q35-7.2",
     )
     assert description.disks == (
-        Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "virtio", "qcow2"),
-        Disk("vdb", "pool/web1-data", "virtio", "raw"),
-        Disk("sda", "", "sata", ""),
+        Disk("vda", "/var/lib/libvirt/images/web1.qcow2", "virtio", "qcow2", type="file"),
+        Disk("vdb", "pool/web1-data", "virtio", "raw", type="network", protocol="rbd"),
+        Disk("sda", "", "sata", "", type="file"),
     )
-    assert description.interfaces == (Interface("vnet3", "52:54:00:6b:3c:58", "br0", "virtio"),)
+    assert description.interfaces == (
+        Interface("vnet3", "52:54:00:6b:3c:58", "br0", "virtio", type="bridge"),
+    )
+
+
+def test_network_disks_and_nics_without_a_host_side_device_say_what_they_are() -> None:
+    xml = """<domain><devices>
+      <disk type='network' device='disk'>
+        <source protocol='iscsi' name='iqn.2013-07.com.example:storage/1'>
+          <host name='10.0.0.5' port='3260'/></source>
+        <target dev='sdb' bus='scsi'/></disk>
+      <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+        <source protocol='gluster' name='volume/images/db.img'><host name='gluster1'/></source>
+        <target dev='vdc' bus='virtio'/></disk>
+      <disk type='volume' device='disk'><source pool='ssd' volume='db-data'/>
+        <target dev='vdd' bus='virtio'/></disk>
+      <interface type='hostdev' managed='yes'>
+        <mac address='52:54:00:6d:90:02'/><driver name='vfio'/>
+        <source><address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x2'/></source>
+        <alias name='hostdev0'/></interface>
+      <interface type='network'><mac address='52:54:00:6d:90:03'/>
+        <source network='sriov-pool'/><alias name='hostdev1'/></interface>
+      <interface type='bridge'><mac address='52:54:00:6d:90:04'/><source bridge='br0'/>
+        <target dev='vnet7'/><model type='virtio'/><alias name='net0'/></interface>
+    </devices></domain>"""
+    description = parse_domain_xml(xml)
+    assert [(d.target, d.path, d.type, d.protocol) for d in description.disks] == [
+        ("sdb", "iqn.2013-07.com.example:storage/1", "network", "iscsi"),
+        ("vdc", "volume/images/db.img", "network", "gluster"),
+        ("vdd", "ssd/db-data", "volume", ""),
+    ]
+    assert [(i.device, i.source, i.type) for i in description.interfaces] == [
+        ("hostdev0", "0000:03:10.2", "hostdev"),
+        ("hostdev1", "sriov-pool", "network"),
+        ("vnet7", "br0", "bridge"),
+    ]
 
 
 def test_entity_expansion_is_refused() -> None:
