@@ -111,8 +111,9 @@ def _router(snapshot: Snapshot, telemetry_path: str) -> Callable[[dict[str, Any]
 
 
 def _status_page(exposition: Exposition, environ: dict[str, Any]) -> Answer:
-    """The status page rendered with the snapshot (status_page.py): no call to libvirt either."""
-    zipped, size = exposition.status_gzipped, exposition.status_size
+    """The status page of the snapshot (status_page.py), rendered in a thread by the first request
+    for it: it never calls libvirt either."""
+    zipped, size = gevent.get_hub().threadpool.spawn(exposition.status_page.gzipped).get()
     return _body(_HTML, zipped, size, environ, ("Vary", "Accept-Encoding"), ("Cache-Control", "no-cache"))
 
 

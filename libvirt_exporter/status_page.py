@@ -82,22 +82,24 @@ def _cell(state: State, sampler: SamplerState, subject: Subject) -> Cell:
     )
 
 
-def _domain_row(state: State, entry: DomainEntry) -> DomainRow:
+def _domain_row(
+    state: State, entry: DomainEntry, samplers: list[tuple[SamplerState, set[Subject]]]
+) -> DomainRow:
     subject = entry.subject
     basic = state.store.sample(SamplerName.BASIC, subject)
-    known = basic is not None and "state.state" in basic.values
     return DomainRow(
         entry.name,
-        state_name(basic.values) if basic is not None and known else "unknown",
+        state_name(basic.values) if basic is not None and "state.state" in basic.values else "unknown",
         tuple(sorted(state.hang_signals.get(entry.name, ()))),
-        tuple(_cell(state, sampler, subject) for sampler in state.samplers if subject in sampler.subjects),
+        tuple(_cell(state, sampler, subject) for sampler, subjects in samplers if subject in subjects),
     )
 
 
 def domain_rows(state: State) -> list[DomainRow]:
     """Every exported domain, stuck ones first, then stale ones, each group by name."""
+    samplers = [(sampler, set(sampler.subjects)) for sampler in state.samplers]
+    rows = [_domain_row(state, entry, samplers) for entry in state.domains]
     order = list(Verdict)
-    rows = [_domain_row(state, entry) for entry in state.domains]
     return sorted(rows, key=lambda row: (order.index(row.verdict), row.name))
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+
+from libvirt_exporter.exposition import Exposition
 
 
 @dataclass
@@ -71,6 +74,11 @@ class _Reader(HTMLParser):
             self._section += data
         if self._cell is not None:
             self._cell_text.append(data)
+
+
+def status_html(exposition: Exposition) -> str:
+    """The status page of a rendered snapshot, as a browser gets it."""
+    return gzip.decompress(exposition.status_page.gzipped()[0]).decode()
 
 
 def read_status_page(page: str) -> StatusPage:

@@ -18,8 +18,8 @@ import pytest
 
 from tests.exposition import Series, value
 from tests.integration.test_real_libvirt import SAMPLERS, scrape_until
-from tests.integration.vms import Exporter, TinyVM, VMFactory
 from tests.integration.vms import FAST_SAMPLING as ARGS
+from tests.integration.vms import Exporter, TinyVM, VMFactory
 from tests.status_page import StatusPage, read_status_page
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -78,7 +78,7 @@ def test_chromium_shows_the_frozen_vm_stuck_and_the_others_fresh(
     assert "stale" in row.cells["block"] and row.cell_classes["basic"] == "fresh"
     for name in healthy:
         assert page.domains[name].attributes["data-verdict"] == "fresh", page.domains[name].cells
-    assert list(page.domains)[0] == frozen.name, "the stuck VM comes first"
+    assert next(iter(page.domains)) == frozen.name, "the stuck VM comes first"
     assert page.scripts == 0
 
     for file_name, (width, height) in SCREENSHOTS.items():

@@ -126,7 +126,7 @@ class _Refreshing:
 
     @property
     def current(self) -> Exposition:
-        return Exposition(self.zipped, self.zipped, self.size, self.size, self.zipped, self.size)
+        return Exposition(self.zipped, self.zipped, self.size, self.size)
 
 
 def _scrape_whole(port: int) -> int:

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import gevent
 import pytest
 
+from libvirt_exporter import status_page
+from libvirt_exporter.collector.view import State
 from libvirt_exporter.http import make_server
 from libvirt_exporter.status_page import duration
-from tests.status_page import StatusPage, read_status_page
+from tests.status_page import StatusPage, read_status_page, status_html
 from tests.unit.conftest import DEADLINE, Harness, make_config, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 
@@ -20,7 +22,9 @@ NFS = "/mnt/nfs"
 
 def page_of(harness: Harness) -> StatusPage:
     harness.exporter.publish()
-    return read_status_page(gzip.decompress(harness.exporter.snapshot.current.status_gzipped).decode())
+    return read_status_page(
+        gzip.decompress(harness.exporter.snapshot.current.status_page.gzipped()[0]).decode()
+    )
 
 
 def round_of(harness: Harness) -> StatusPage:
@@ -94,7 +98,7 @@ def test_names_from_libvirt_are_escaped_and_the_page_runs_no_script() -> None:
     harness = Harness(host, make_config())
     harness.cycle(harness.exporter.bulk)
     harness.exporter.publish()
-    html = gzip.decompress(harness.exporter.snapshot.current.status_gzipped).decode()
+    html = status_html(harness.exporter.snapshot.current)
     assert "<script" not in html and "<img" not in html
     page = read_status_page(html)
     assert page.scripts == 0
@@ -128,7 +132,7 @@ def test_a_request_for_the_page_sends_no_call_to_libvirt(host: FakeHost) -> None
 def test_the_page_is_laid_out_for_a_phone() -> None:
     harness = Harness(FakeHost([FakeDomain("a", 1)]), make_config())
     harness.exporter.publish()
-    html = gzip.decompress(harness.exporter.snapshot.current.status_gzipped).decode()
+    html = status_html(harness.exporter.snapshot.current)
     assert '<meta name="viewport" content="width=device-width,initial-scale=1">' in html
     assert "@media (max-width:40rem)" in html  # the tables reflow into one card per domain
     harness.exporter.stop()
@@ -140,3 +144,29 @@ def test_the_page_is_laid_out_for_a_phone() -> None:
 )
 def test_durations_read_as_a_person_says_them(seconds: float, text: str) -> None:
     assert duration(seconds) == text
+
+
+def test_the_page_is_rendered_only_when_asked_for_once_per_snapshot(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendered after every cycle, the page would cost more than the metrics at 2,000 domains."""
+    renders: list[float] = []
+    real_render = status_page.render
+
+    def counted(state: State, telemetry_path: str) -> bytes:
+        renders.append(state.taken_at)
+        return real_render(state, telemetry_path)
+
+    monkeypatch.setattr(status_page, "render", counted)
+    harness = Harness(host, make_config())
+    round_of_cycles = (harness.exporter.bulk, harness.exporter.block)
+    for sampler in round_of_cycles * 3:
+        harness.cycle(sampler)
+    assert renders == []
+    snapshot = harness.exporter.snapshot.current
+    first, again = status_html(snapshot), status_html(snapshot)
+    assert first == again and len(renders) == 1
+    harness.cycle(harness.exporter.bulk)
+    status_html(harness.exporter.snapshot.current)
+    assert len(renders) == 2 and renders[1] > renders[0], "a new snapshot, a new page of its state"
+    harness.exporter.stop()
