@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import urllib.request
 from collections.abc import Iterator
 
@@ -22,9 +21,7 @@ NFS = "/mnt/nfs"
 
 def page_of(harness: Harness) -> StatusPage:
     harness.exporter.publish()
-    return read_status_page(
-        gzip.decompress(harness.exporter.snapshot.current.status_page.gzipped()[0]).decode()
-    )
+    return read_status_page(status_html(harness.exporter.snapshot.current))
 
 
 def round_of(harness: Harness) -> StatusPage:
