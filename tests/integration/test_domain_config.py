@@ -1,5 +1,6 @@
 """What a VM's configuration shows, on the real libvirtd: I/O throttles, metadata, title and
-description, vCPU pinning, the memory the guest uses, and a network disk.
+description, vCPU pinning, the memory the guest uses, and a network disk; and the measurement
+that vCPU pinning read from the XML is what virDomainGetVcpuPinInfo answers.
 
 One VM has all of them: it boots a real kernel (guest.py) so that its balloon driver reports the
 guest's figures, and its second disk is a network disk, an NBD export that qemu-nbd serves on
@@ -10,16 +11,20 @@ sees each change exported, read again from the XML after libvirt's event.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from libvirt_exporter.domain_xml import parse_domain_xml
 from tests.exposition import Series, value
 from tests.integration.conftest import open_connection
 from tests.integration.guest import GuestConfig, build_guest_kernel, start_guest_vm
@@ -29,7 +34,10 @@ from tests.integration.vms import (
     INTERVAL,
     Exporter,
     create_disk,
+    destroy_in_parallel,
+    domain_xml,
     find_free_port,
+    qemu_pid_of,
     wait_for,
 )
 from tests.integration.vms import FAST_SAMPLING as ARGS
@@ -224,3 +232,60 @@ def test_a_configured_vm_exports_each_family_with_the_right_values_and_its_chang
     assert took <= CHANGE_BOUND, f"the new metadata showed after {took:.1f} s"
     assert metadata_labels(series, vm)["tier"] == "silver"
     assert metadata_labels(series, vm)["owner"] == "", "the element set anew has no owner"
+
+
+PINNINGS = {
+    "none": ("<vcpu>2</vcpu>", ""),
+    "domain-wide": ("<vcpu cpuset='1'>2</vcpu>", ""),
+    "per-vcpu": ("<vcpu cpuset='0-1'>2</vcpu>", "<cputune><vcpupin vcpu='0' cpuset='0'/></cputune>"),
+}
+
+
+@pytest.fixture
+def pinned_vms(libvirt_conn: libvirt.virConnect, tmp_path: Path) -> Iterator[dict[str, libvirt.virDomain]]:
+    """Tiny VMs (no guest OS) with each kind of pinning: none, `<vcpu cpuset>`, `<vcpupin>`."""
+    started: dict[str, libvirt.virDomain] = {}
+    try:
+        for kind, (vcpu, cputune) in PINNINGS.items():
+            name = f"{DEFAULT_PREFIX}pin-{secrets.token_hex(3)}-{kind}"
+            disk = tmp_path / f"{name}.qcow2"
+            create_disk(disk)
+            xml = domain_xml(name, 2, [disk], ["vda"], f"lvp{secrets.token_hex(3)}")
+            xml = xml.replace("<vcpu>2</vcpu>", vcpu + cputune)
+            started[kind] = libvirt_conn.createXML(xml, 0)
+        yield started
+    finally:
+        destroy_in_parallel(list(started.values()))
+
+
+def test_pinning_read_from_the_xml_is_what_virDomainGetVcpuPinInfo_answers(
+    pinned_vms: dict[str, libvirt.virDomain],
+) -> None:
+    """The measurement behind reading pinning from the XML (docs/libvirt-behaviour.md): for every
+    vCPU the XML pins, the same CPUs as the call; a vCPU it does not pin may run on every host
+    CPU. Changed live, the XML follows at once; and the call answers for a stopped QEMU too."""
+    host_cpus = set(range(pinned_vms["none"].connect().getInfo()[2]))
+
+    def compare(dom: libvirt.virDomain) -> None:
+        from_xml = dict(parse_domain_xml(dom.XMLDesc(0)).vcpu_pins)
+        for vcpu, cpus in pins_by_the_api(dom).items():
+            assert cpus == (cpuset(from_xml[vcpu]) if vcpu in from_xml else host_cpus), (vcpu, dom.name())
+
+    for dom in pinned_vms.values():
+        compare(dom)
+    assert parse_domain_xml(pinned_vms["none"].XMLDesc(0)).vcpu_pins == ()
+    assert dict(parse_domain_xml(pinned_vms["per-vcpu"].XMLDesc(0)).vcpu_pins) == {0: "0", 1: "0-1"}
+
+    unpinned = pinned_vms["none"]
+    unpinned.pinVcpuFlags(1, (True, False), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    compare(unpinned)
+    assert parse_domain_xml(unpinned.XMLDesc(0)).vcpu_pins == ((1, "0"),)
+
+    pid = qemu_pid_of(unpinned.name())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        compare(unpinned)
+        assert time.monotonic() - started < 1.0, "the call waited on the stopped QEMU"
+    finally:
+        os.kill(pid, signal.SIGCONT)
