@@ -195,8 +195,8 @@ def _summary(state: State, rows: list[DomainRow]) -> str:
         f'<span class="badge stale">{counts[Verdict.STALE]} stale</span> '
         f'<span class="badge fresh">{counts[Verdict.FRESH]} fresh</span> of {len(rows)} domains; '
         f"threads running libvirt calls: {state.busy_threads} busy, {state.stuck_threads} stuck.</p>"
-        f'<p class="small">As of {taken}; this page is rendered after each sampling cycle and '
-        f"reloads every {REFRESH_SECONDS} s.</p>"
+        f'<p class="small">As of {taken}, the end of the latest sampling cycle; this page reloads '
+        f"every {REFRESH_SECONDS} s.</p>"
     )
 
 
@@ -263,7 +263,19 @@ def _domains_html(rows: list[DomainRow]) -> str:
     samplers.sort(key=order.index)
     header = ("domain", "verdict", "state", "hang signals", *(f"{name} values" for name in samplers))
     body = (_domain_html(row, samplers) for row in rows)
-    return _table("Domains", header, body, "No domain is exported.")
+    legend = "; ".join(
+        f"<b>{name}</b>: {SAMPLER_VALUES[name]}" for name in samplers if name in SAMPLER_VALUES
+    )
+    return _table("Domains", header, body, "No domain is exported.") + f'<p class="small">{legend}.</p>'
+
+
+SAMPLER_VALUES = {
+    SamplerName.BASIC: "state, CPU time, network counters (read without QEMU)",
+    SamplerName.BULK: "memory, vCPUs and what else QEMU's monitor reports",
+    SamplerName.BLOCK: "disks' I/O counters and sizes",
+    SamplerName.JOB: "a migration's or backup's progress",
+}
+"""What each sampler's column holds, said under the table."""
 
 
 def render(state: State, telemetry_path: str) -> bytes:
