@@ -66,7 +66,13 @@ def test_chromium_shows_the_frozen_vm_stuck_and_the_others_fresh(
     frozen, healthy = vms[1], [vms[0].name, vms[2].name]
     frozen.freeze()
     stopped = {"domain": frozen.name, "signal": "qemu_stopped"}
-    scrape_until(exporter, lambda s: value(s, "libvirt_domain_hang_signal", **stopped) == 1, timeout=30)
+    block = {"domain": frozen.name, "sampler": "block"}
+
+    def flagged(s: Series) -> bool:
+        signal = value(s, "libvirt_domain_hang_signal", **stopped) == 1
+        return signal and value(s, "libvirt_domain_sample_stale", **block) == 1
+
+    scrape_until(exporter, flagged, timeout=30)
 
     url = exporter.base_url + "/"
     page: StatusPage = read_status_page(chromium(tmp_path / "profile", "--dump-dom", url).decode())
