@@ -43,7 +43,7 @@ _UNITS = {"bytes": "bytes", "iops": "requests"}
 
 
 def _limit(field: str, name: str, help: str) -> tuple[str, Spec]:
-    source = f"domain XML <iotune><{field}>"
+    source = f"domain XML `<iotune><{field}>`"
     return field, gauge(name, f"{help}, from the domain XML.", DD, source=source, collector="block")
 
 

@@ -56,14 +56,14 @@ METADATA_INFO = gauge(
     "named by --libvirt.metadata, from its XML, with value 1; each value on one line, at most 256 "
     "characters.",
     ("domain", "title", "description"),
-    source="domain XML <title>, <description>, <metadata>",
+    source="domain XML `<title>`, `<description>`, `<metadata>`",
 )
 VCPU_PINNING_INFO = gauge(
     "libvirt_domain_vcpu_pinning_info",
     "The host CPUs a pinned vCPU may run on (cpus, a cpuset such as 0-3,8), from the domain XML, "
     "with value 1; a vCPU free to run on any host CPU has no series.",
     ("domain", "vcpu", "cpus"),
-    source="domain XML <cputune><vcpupin>, <vcpu cpuset>",
+    source="domain XML `<cputune><vcpupin>`, `<vcpu cpuset>`",
     collector="vcpu",
 )
 STATE = gauge(
