@@ -26,8 +26,8 @@ import pytest
 
 from libvirt_exporter.domain_xml import parse_domain_xml
 from tests.exposition import Series, value
-from tests.integration.conftest import open_connection
-from tests.integration.guest import GuestConfig, build_guest_kernel, start_guest_vm
+from tests.integration.conftest import running_guest_vm
+from tests.integration.guest import GuestConfig, build_guest_kernel
 from tests.integration.test_real_libvirt import SCHEDULING_SLACK, scrape_until
 from tests.integration.vms import (
     DEFAULT_PREFIX,
@@ -119,14 +119,8 @@ def configured_vm(libvirt_uri: str, tmp_path_factory: pytest.TempPathFactory) ->
             devices=_network_disk(port),
             elements=_elements(),
         )
-        conn = open_connection(libvirt_uri)
-        start_guest_vm(conn, name, guest, config)
-        conn.close()
-        yield name
-        with contextlib.suppress(libvirt.libvirtError):
-            conn = open_connection(libvirt_uri)
-            conn.lookupByName(name).destroy()
-            conn.close()
+        with running_guest_vm(libvirt_uri, name, guest, config):
+            yield name
 
 
 def cpuset(text: str) -> set[int]:
