@@ -1,8 +1,8 @@
 """The landing page `/`: which VMs are stale, which calls are stuck and since when, for an operator
 with no Grafana at hand.
 
-It is rendered from the same taken state as the metrics, in the render thread, after each cycle
-(exposition.py): a request for `/` picks bytes, as a scrape does, and never calls libvirt. Plain
+It is rendered from the same taken state as the metrics, in a thread, by the first request for it
+after each cycle, then kept (exposition.py `LazyPage`): a request for `/` never calls libvirt. Plain
 HTML and CSS that reflow on a phone; no script, so that nothing on it runs in the reader's browser.
 Every text that comes from libvirt or a tenant (domain, pool and storage names, the URI) is
 HTML-escaped.
