@@ -11,7 +11,7 @@ URI  = $(shell [ -S /run/libvirt/libvirt-sock-ro ] && virsh -r -c qemu:///system
          >/dev/null 2>&1 && echo qemu:///system || echo test:///default)
 ARGS =
 
-.PHONY: deps test lint run docs rules dashboards deb bench bench-real clean
+.PHONY: deps test lint run docs rules dashboards deb bench bench-real bench-outage clean
 
 # deps: build packages, the venv and the project with its test extras. The stamp
 # makes a re-run free until pyproject.toml changes.
@@ -77,6 +77,12 @@ bench: deps
 bench-real: deps
 	flock /tmp/system-libvirtd.lock sh -c \
 	  'bash scripts/ensure-libvirtd.sh && $(VENV)/bin/python -m benchmarks.real_libvirt'
+
+# bench-outage: hung VMs by the dozen (frozen QEMUs, a dead storage) on the system libvirtd with the
+# exporter's default flags; prints what stayed fresh, stuck threads and the signals caught.
+bench-outage: deps
+	flock /tmp/system-libvirtd.lock sh -c \
+	  'bash scripts/ensure-libvirtd.sh && $(VENV)/bin/python -m benchmarks.outage'
 
 # deb: dist/libvirt-exporter_<version>_<arch>.deb, a venv on Debian's python3 with the
 # systemd unit and /etc/default file (packaging/); installs its build packages as root.

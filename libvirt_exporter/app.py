@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import gc
 import signal
+from functools import partial
 
 import gevent
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from libvirt_exporter import status_page
 from libvirt_exporter.calls import CallRunner
 from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.view import View
 from libvirt_exporter.config import Config
 from libvirt_exporter.connection import DomainsChanged, MainConnection, Opener
 from libvirt_exporter.cycle import Rounds, run_forever
-from libvirt_exporter.exposition import Snapshot
+from libvirt_exporter.exposition import Snapshot, TakenState
 from libvirt_exporter.host import HostAccess, LocalHost
 from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
@@ -49,7 +51,7 @@ class Exporter:
         self.connection = MainConnection(config.libvirt_uri, self.runner, config.connect_deadline, opener)
         self.dispatcher = Dispatcher(self.runner, self.connection)
         self.host = host if host is not None else LocalHost()
-        self.inventory = Inventory(self.dispatcher, self.host, config.include_inactive)
+        self.inventory = Inventory(self.dispatcher, self.host, config.include_inactive, config.metadata)
         self.storage = StorageSampler(
             config.sampler(SamplerName.STORAGE), self.store, self.inventory, self.host
         )
@@ -90,11 +92,22 @@ class Exporter:
             self.samplers,
             config.collectors,
             busy_for=self.bulk.config.deadline,
+            metadata_labels=tuple(field.label for field in config.metadata),
         )
         process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=process)
-        self.snapshot = Snapshot(SnapshotCollector(self.view).freeze, process)
+        self.collector = SnapshotCollector(self.view)
+        self.snapshot = Snapshot(self.take_state, process)
         self._greenlets: list[gevent.Greenlet] = []
+
+    def take_state(self) -> TakenState:
+        """The state as it is now (on the hub), and what renders it: the families and the status
+        page of the same moment."""
+        state = self.view.state()
+        return TakenState(
+            partial(self.collector.collect, state),
+            partial(status_page.render, state, self.config.telemetry_path),
+        )
 
     def publish(self) -> None:
         """Render a new snapshot for the scrapes to come."""

@@ -22,6 +22,7 @@ from libvirt_exporter.config import (
     WebLimits,
     parse_bounded_duration,
     parse_listen_address,
+    parse_metadata_flag,
 )
 from libvirt_exporter.logs import FORMATS, LEVELS, get_logger, setup_logging
 from libvirt_exporter.samplers import SamplerName
@@ -155,6 +156,15 @@ def _parser() -> argparse.ArgumentParser:
         "each also holds one of libvirtd's workers (20 by default, shared by every client)",
     )
     parser.add_argument(
+        "--libvirt.metadata",
+        dest="metadata",
+        action="append",
+        default=[],
+        help="export elements or attributes of the domains' <metadata> as labels of "
+        "libvirt_domain_metadata_info: NAMESPACE=[LABEL:]PATH[,...], e.g. "
+        "'https://example.com/ops=ops/team,owner:ops/owner/@email'; repeatable",
+    )
+    parser.add_argument(
         "--libvirt.include-inactive",
         dest="include_inactive",
         action="store_true",
@@ -230,6 +240,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
             args.include_inactive,
             args.web_config_file,
             web=_web_limits(args),
+            metadata=tuple(field for flag in args.metadata for field in parse_metadata_flag(flag)),
         )
         if config.web_config_file:
             load_web_config(config.web_config_file)  # a file that cannot work stops us here

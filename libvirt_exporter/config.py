@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from libvirt_exporter.domain_xml import MetadataField
 from libvirt_exporter.samplers import SamplerName
 
 _DURATION_UNITS = {
@@ -108,6 +109,51 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+_XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+"""An element or attribute name without a prefix: the namespace is given once for all."""
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+RESERVED_LABELS = ("domain", "title", "description")
+"""The labels `libvirt_domain_metadata_info` has whatever the flags say."""
+METADATA_SYNTAX = "NAMESPACE=[LABEL:]PATH[,...], PATH as element/element/@attribute"
+
+
+def parse_metadata_flag(text: str) -> tuple[MetadataField, ...]:
+    """One `--libvirt.metadata`: an XML namespace, `=`, then the elements or attributes to export,
+    each a path from the namespace's element under <metadata> (`instance/owner/@email`), with the
+    label's name before a colon or, without one, the path's last name (`email`)."""
+    namespace, sep, items = text.rpartition("=")
+    if not sep or not namespace.strip() or any(c.isspace() for c in namespace) or not items:
+        raise ConfigError(f"--libvirt.metadata={text}: expected {METADATA_SYNTAX}")
+    return tuple(_metadata_field(text, namespace, item) for item in items.split(","))
+
+
+def _metadata_field(flag: str, namespace: str, item: str) -> MetadataField:
+    label, _, path_text = item.rpartition(":")
+    names = path_text.split("/")
+    attribute = names.pop()[1:] if names[-1].startswith("@") else None
+    wrong = f"--libvirt.metadata={flag}:"
+    checked = names if attribute is None else [*names, attribute]
+    if not names or not all(_XML_NAME.match(name) for name in checked):
+        raise ConfigError(f"{wrong} {path_text!r} is not a path ({METADATA_SYNTAX})")
+    label = label or (attribute or names[-1]).replace("-", "_").replace(".", "_")
+    if not _LABEL_NAME.match(label) or label.startswith("__"):
+        raise ConfigError(f"{wrong} {label!r} is not a label name")
+    if label in RESERVED_LABELS:
+        raise ConfigError(f"{wrong} the label {label!r} is taken; name it LABEL:{path_text}")
+    return MetadataField(namespace, tuple(names), attribute or "", label)
+
+
+def check_metadata_labels(fields: tuple[MetadataField, ...]) -> None:
+    """Two fields may not share a label, whichever flags they come from."""
+    seen: set[str] = set()
+    for field in fields:
+        if field.label in seen:
+            raise ConfigError(
+                f"--libvirt.metadata: the label {field.label!r} is given twice; name one LABEL:PATH"
+            )
+        seen.add(field.label)
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """How often one sampler runs, and how long one of its calls may run before it counts as stuck."""
@@ -179,8 +225,11 @@ class Config:
     web_config_file: str = ""
     connect_deadline: float = 10.0
     web: WebLimits = WebLimits()
+    metadata: tuple[MetadataField, ...] = ()
+    """What to export from each domain's <metadata> as labels (`--libvirt.metadata`)."""
 
     def __post_init__(self) -> None:
+        check_metadata_labels(self.metadata)
         if not self.telemetry_path.startswith("/") or self.telemetry_path == "/":
             raise ConfigError(f"telemetry path {self.telemetry_path!r} must start with / and not be / itself")
         if self.max_concurrent_calls < 1:

@@ -271,6 +271,8 @@ class MainConnection:
                 libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                 libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
                 libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE,  # I/O throttles, vCPU pinning changed live
+                libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,  # <metadata>, title, description
             ):
                 callback_ids.append(
                     conn.domainEventRegisterAny(None, event_id, self._domain_event_callback, None)
@@ -287,7 +289,8 @@ class MainConnection:
         self._close_signal.send((generation, reason))
 
     def _domain_event_callback(self, _conn: Any, dom: Any, *_details: Any) -> None:
-        """Called by libvirt in its event-loop thread for lifecycle and device events."""
+        """Called by libvirt in its event-loop thread for lifecycle, device, tunable and metadata
+        events: the domain's XML is read again at the next survey."""
         self._event_signal.send(dom.name())
 
     def _closed_by_libvirt(self, closes: list[tuple[int, int]]) -> None:

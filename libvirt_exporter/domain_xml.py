@@ -19,6 +19,15 @@ class Disk:
     path: str
     bus: str
     driver_type: str
+    iotune: tuple[tuple[str, int], ...] = ()
+    """The numeric settings of its <iotune> (the throttles, their bursts, how long a burst may last,
+    the size of an I/O counted as one request), as (element, value) pairs; libvirt writes only
+    those that are set."""
+    type: str = ""
+    """Where its medium is: `file`, `block`, `network` (Ceph RBD, iSCSI, Gluster, NBD: `path` is
+    then the image's or LUN's name, with no host), `volume` (a pool's: `path` is pool/volume)."""
+    protocol: str = ""
+    """A network disk's protocol (`rbd`, `iscsi`, `gluster`, `nbd`, ...); empty for the others."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,17 @@ class Interface:
     mac: str
     source: str
     model: str
+    type: str = ""
+    """`bridge`, `network`, `direct` (macvtap), `ethernet`, `hostdev` (an SR-IOV VF passed through:
+    no host-side device, its source a PCI address), `vhostuser`, `user`, ..."""
+    alias: str = ""
+    """libvirt's name for the device (`net0`, `hostdev0`): the only one an interface with no
+    host-side device has."""
+
+    @property
+    def device(self) -> str:
+        """Its host-side device, else libvirt's alias: a hostdev NIC has no target device."""
+        return self.target or self.alias
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,20 @@ class OpenStackInstance:
 
 
 @dataclass(frozen=True)
+class MetadataField:
+    """An element's text or an attribute in a domain's <metadata>, exported as a label
+    (`--libvirt.metadata`, parsed in config.py)."""
+
+    namespace: str
+    """The XML namespace (URI) of the application's element under <metadata>."""
+    path: tuple[str, ...]
+    """Element names from that element down (the first names it), each in the namespace."""
+    attribute: str
+    """An attribute of the last element; empty for the element's text."""
+    label: str
+
+
+@dataclass(frozen=True)
 class DomainDescription:
     uuid: str
     os_type: str
@@ -50,6 +84,13 @@ class DomainDescription:
     disks: tuple[Disk, ...]
     interfaces: tuple[Interface, ...]
     openstack: OpenStackInstance | None = None
+    title: str = ""
+    description_text: str = ""
+    """The domain's <description>, whitespace collapsed."""
+    metadata: tuple[str, ...] = ()
+    """The value of each field asked for, in their order; empty where absent."""
+    vcpu_pins: tuple[tuple[int, str], ...] = ()
+    """Each pinned vCPU and the host CPUs it may run on, as libvirt writes a cpuset (`0-3,8`)."""
 
 
 def _attr(element: Element | None, name: str) -> str:
@@ -69,6 +110,13 @@ def _disk_source(disk: Element) -> str:
     return ""
 
 
+def _iotune(disk: Element) -> tuple[tuple[str, int], ...]:
+    """The settings that are positive whole numbers (0 means no limit; `group_name` is a name)."""
+    iotune = disk.find("iotune")
+    found = ((child.tag, (child.text or "").strip()) for child in (iotune if iotune is not None else ()))
+    return tuple((tag, int(text)) for tag, text in found if text.isdigit() and int(text) > 0)
+
+
 def _disk(disk: Element) -> Disk:
     target = disk.find("target")
     return Disk(
@@ -76,15 +124,30 @@ def _disk(disk: Element) -> Disk:
         path=_disk_source(disk),
         bus=_attr(target, "bus"),
         driver_type=_attr(disk.find("driver"), "type"),
+        iotune=_iotune(disk),
+        type=disk.get("type", ""),
+        protocol=_attr(disk.find("source"), "protocol"),
     )
 
 
 def _interface_source(interface: Element) -> str:
+    """A bridge, network, host device or name; for a hostdev NIC, the PCI address of its VF."""
     source = interface.find("source")
     for attribute in ("bridge", "network", "dev", "name"):
         if source is not None and source.get(attribute):
             return source.get(attribute, "")
-    return ""
+    address = source.find("address") if source is not None else None
+    return _pci_address(address) if address is not None and address.get("type") == "pci" else ""
+
+
+def _pci_address(address: Element) -> str:
+    """`0000:03:10.2`, as lspci and sysfs write it, from libvirt's hexadecimal attributes."""
+    try:
+        parts = [int(address.get(name, "0"), 16) for name in ("domain", "bus", "slot", "function")]
+    except ValueError:
+        return ""
+    domain, bus, slot, function = parts
+    return f"{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
 
 
 def _interface(interface: Element) -> Interface:
@@ -93,6 +156,8 @@ def _interface(interface: Element) -> Interface:
         mac=_attr(interface.find("mac"), "address"),
         source=_interface_source(interface),
         model=_attr(interface.find("model"), "type"),
+        type=interface.get("type", ""),
+        alias=_attr(interface.find("alias"), "name"),
     )
 
 
@@ -104,6 +169,34 @@ columns hold 255 characters."""
 
 def _bounded(text: str) -> str:
     return text[:MAX_METADATA_VALUE]
+
+
+def _label_text(text: str | None) -> str:
+    """Free text as a label value: on one line, whitespace runs as one space, bounded."""
+    return _bounded(" ".join((text or "").split()))
+
+
+def _in(namespace: str, element: Element, name: str) -> bool:
+    """Children of an application's element are in its namespace, or in none (unprefixed)."""
+    return element.tag in (f"{{{namespace}}}{name}", name)
+
+
+def _metadata_value(metadata: Element | None, field: MetadataField) -> str:
+    """The first match of the field's path; empty when it is absent."""
+    if metadata is None:
+        return ""
+    root, *below = field.path
+    found = next((e for e in metadata if e.tag == f"{{{field.namespace}}}{root}"), None)
+    for name in below:
+        if found is None:
+            return ""
+        found = next((child for child in found if _in(field.namespace, child, name)), None)
+    if found is None:
+        return ""
+    if field.attribute:
+        qualified = f"{{{field.namespace}}}{field.attribute}"
+        return _label_text(found.get(field.attribute, found.get(qualified)))
+    return _label_text(found.text)
 
 
 NOVA_NAMESPACE_PREFIX = "{http://openstack.org/xmlns/libvirt/nova/"
@@ -137,8 +230,32 @@ def _openstack(root: Element) -> OpenStackInstance | None:
     )
 
 
-def parse_domain_xml(xml: str) -> DomainDescription:
-    """Raises `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
+MAX_VCPUS = 16384
+"""More than libvirt lets a QEMU domain have: a bound on the series a malformed count could make."""
+
+
+def _vcpu_pins(root: Element) -> tuple[tuple[int, str], ...]:
+    """From <cputune><vcpupin vcpu= cpuset=>, else the domain-wide <vcpu cpuset=>, per vCPU;
+    what virDomainGetVcpuPinInfo answers, without asking it (docs/libvirt-behaviour.md). A vCPU
+    free to run on any host CPU is left out."""
+    vcpu = root.find("vcpu")
+    try:
+        count = int((vcpu.text or "").strip()) if vcpu is not None else 0
+    except ValueError:
+        return ()
+    everywhere = _bounded(_attr(vcpu, "cpuset"))
+    pinned = {}
+    for pin in root.findall("cputune/vcpupin"):
+        number, cpuset = pin.get("vcpu", ""), pin.get("cpuset", "")
+        if number.isdigit() and cpuset:
+            pinned[int(number)] = _bounded(cpuset)
+    pins = ((number, pinned.get(number, everywhere)) for number in range(min(count, MAX_VCPUS)))
+    return tuple((number, cpuset) for number, cpuset in pins if cpuset)
+
+
+def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> DomainDescription:
+    """The description, with the value of each `metadata` field. Raises
+    `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
     root = SafeET.fromstring(xml)
     os_type = root.find("os/type")
     devices = root.find("devices")
@@ -152,4 +269,8 @@ def parse_domain_xml(xml: str) -> DomainDescription:
             tuple(_interface(i) for i in devices.findall("interface")) if devices is not None else ()
         ),
         openstack=_openstack(root),
+        title=_label_text(root.findtext("title")),
+        description_text=_label_text(root.findtext("description")),
+        metadata=tuple(_metadata_value(root.find("metadata"), field) for field in metadata),
+        vcpu_pins=_vcpu_pins(root),
     )

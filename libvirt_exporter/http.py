@@ -7,7 +7,6 @@ holds a whole plain body per client and never lets authentication starve renderi
 
 from __future__ import annotations
 
-import html
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from typing import Any
 import gevent
 from gevent.pywsgi import WSGIServer
 
-from libvirt_exporter import __version__
 from libvirt_exporter.basic_auth import BasicAuth, Verdict
 from libvirt_exporter.config import WebLimits
 from libvirt_exporter.exposition import (
@@ -39,18 +37,8 @@ PLAIN_CHUNK = 64 * 1024
 ZIPPED_SLICE = 4 * 1024
 """Bytes of gzip fed to the inflater at a time, so that no step copies more than this."""
 
-_LANDING = """<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>libvirt exporter</title></head>
-<body>
-<h1>libvirt exporter</h1>
-<p>Version {version}. Values come from a snapshot refreshed in the background: a scrape never
-waits for libvirt or QEMU.</p>
-<p><a href="{path}">Metrics</a></p>
-</body>
-</html>
-"""
 _PLAIN = "text/plain; charset=utf-8"
+_HTML = "text/html; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -109,8 +97,6 @@ def make_app(snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | No
 
 
 def _router(snapshot: Snapshot, telemetry_path: str) -> Callable[[dict[str, Any]], Answer]:
-    landing = _LANDING.format(version=html.escape(__version__), path=html.escape(telemetry_path)).encode()
-
     def route(environ: dict[str, Any]) -> Answer:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
         if path not in (telemetry_path, "/"):
@@ -118,21 +104,34 @@ def _router(snapshot: Snapshot, telemetry_path: str) -> Callable[[dict[str, Any]
         if method not in ("GET", "HEAD"):
             return _NOT_ALLOWED
         if path == "/":
-            return Answer.whole("200 OK", "text/html; charset=utf-8", landing)
+            return _status_page(snapshot.current, environ)
         return _metrics(snapshot.current, environ)
 
     return route
+
+
+def _status_page(exposition: Exposition, environ: dict[str, Any]) -> Answer:
+    """The status page of the snapshot (status_page.py), rendered in a thread by the first request
+    for it: it never calls libvirt either."""
+    zipped, size = gevent.get_hub().threadpool.spawn(exposition.status_page.gzipped).get()
+    return _body(_HTML, zipped, size, environ, ("Vary", "Accept-Encoding"), ("Cache-Control", "no-cache"))
 
 
 def _metrics(exposition: Exposition, environ: dict[str, Any]) -> Answer:
     openmetrics = wants_openmetrics(environ.get("HTTP_ACCEPT", ""))
     content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
     zipped = exposition.openmetrics_gzipped if openmetrics else exposition.text_gzipped
-    vary = ("Vary", "Accept, Accept-Encoding")
-    if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
-        return Answer.whole("200 OK", content_type, zipped, ("Content-Encoding", "gzip"), vary)
     size = exposition.openmetrics_size if openmetrics else exposition.text_size
-    return Answer("200 OK", content_type, _inflated(zipped), size, (vary,))
+    return _body(content_type, zipped, size, environ, ("Vary", "Accept, Accept-Encoding"))
+
+
+def _body(
+    content_type: str, zipped: bytes, size: int, environ: dict[str, Any], *headers: tuple[str, str]
+) -> Answer:
+    """A body kept gzipped: as it is to a client that accepts gzip, else unzipped as it is read."""
+    if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
+        return Answer.whole("200 OK", content_type, zipped, ("Content-Encoding", "gzip"), *headers)
+    return Answer("200 OK", content_type, _inflated(zipped), size, headers)
 
 
 def _inflated(zipped: bytes) -> Iterator[bytes]:

@@ -18,7 +18,7 @@ from typing import Any
 import libvirt
 
 from libvirt_exporter.calls import CallKey, Domain, Outcome, Status
-from libvirt_exporter.domain_xml import Disk, DomainDescription, parse_domain_xml
+from libvirt_exporter.domain_xml import Disk, DomainDescription, MetadataField, parse_domain_xml
 from libvirt_exporter.host import HostAccess, storage_of
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe, is_missing_domain
@@ -154,10 +154,18 @@ class HangSignal:
 class Inventory:
     """Which domains exist now, and what the host shows of each; the `basic` sampler surveys."""
 
-    def __init__(self, dispatcher: Dispatcher, host: HostAccess, include_inactive: bool = False) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        host: HostAccess,
+        include_inactive: bool = False,
+        metadata: tuple[MetadataField, ...] = (),
+    ) -> None:
         self._dispatcher = dispatcher
         self._host = host
         self._include_inactive = include_inactive
+        self._metadata = metadata
+        """What to read from each domain's <metadata> (`--libvirt.metadata`)."""
         self._entries: dict[str, DomainEntry] = {}
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
         self.unresponsive_storages: frozenset[str] = frozenset()
@@ -183,7 +191,7 @@ class Inventory:
                 counts[storage] = counts.get(storage, 0) + 1
         return counts
 
-    def storages_probed(self, answered: set[str], unanswered: set[str]) -> None:
+    def storages_probed(self, answered: set[str], unanswered: frozenset[str]) -> None:
         """Storages probed again outside the survey (samplers/storage.py `recheck`)."""
         self.unresponsive_storages = (self.unresponsive_storages - answered) | unanswered
 
@@ -228,7 +236,7 @@ class Inventory:
         entries = {}
         for seen in read.domains:
             if seen.xml is not None:
-                self._descriptions[seen.name] = (seen.id, _parse(seen.name, seen.xml))
+                self._descriptions[seen.name] = (seen.id, _parse(seen.name, seen.xml, self._metadata))
             description = self._descriptions.get(seen.name, (0, None))[1]
             entry = DomainEntry(
                 name=seen.name,
@@ -263,9 +271,9 @@ def _busy_seconds(control: list[int] | None) -> float:
     return control[2] / 1000.0
 
 
-def _parse(name: str, xml: str) -> DomainDescription | None:
+def _parse(name: str, xml: str, metadata: tuple[MetadataField, ...]) -> DomainDescription | None:
     try:
-        return parse_domain_xml(xml)
+        return parse_domain_xml(xml, metadata)
     except Exception as error:
         log.warning("cannot parse domain XML", domain=name, err=str(error))
         return None

@@ -25,9 +25,12 @@ readonly LIBVIRT_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-cli
 #   prometheus-libvirt-exporter  the peer that `make bench-real` compares against
 #   bindfs fuse3                 storage that stops answering: disk images on a FUSE mount whose
 #                                daemon is stopped, as on a dead NFS server
+#   chromium fonts-liberation    a real browser loads the status page with a VM frozen and takes
+#                                the README's screenshots (the font is a recommendation of
+#                                chromium's, which --no-install-recommends would leave out)
 readonly TEST_PACKAGES=(prometheus systemd systemd-container linux-image-amd64 busybox-static cpio
                         python3-venv python3-dev libvirt-dev gcc pkg-config
-                        prometheus-libvirt-exporter bindfs fuse3)
+                        prometheus-libvirt-exporter bindfs fuse3 chromium fonts-liberation)
 
 log() { echo "ensure-libvirtd: $*" >&2; }
 

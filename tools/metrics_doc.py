@@ -133,6 +133,33 @@ def collector_default(name: str) -> bool:
         ) from None
 
 
+MEMORY_USED_NOTE = """\
+`libvirt_domain_memory_used_bytes` is `balloon.available` - `balloon.usable`: the memory the guest
+OS sees less the memory it could still use without swapping, that is the guest's `MemTotal` -
+`MemAvailable`, what `free` calls used. Page cache that the guest can drop counts as free.
+`libvirt_domain_memory_current_bytes` is not usage: it is what the balloon leaves the guest.
+
+Both figures come from the guest's virtio balloon driver (Linux's `virtio_balloon`, Windows'
+`balloon` driver from virtio-win), and QEMU asks the driver for them only when the balloon has a
+statistics period. Without the driver or the period, the guest's figures (`usable`, `available`,
+`unused`, `disk_caches`, swap and faults) and `libvirt_domain_memory_used_bytes` are absent, never
+0. Set the period, in seconds, in the domain's XML:
+
+```xml
+<devices>
+  <memballoon model='virtio'>
+    <stats period='10'/>
+  </memballoon>
+</devices>
+```
+
+or on a running domain with `virsh dommemstat DOMAIN --period 10 --live` (`--config` as well to
+keep it).
+"""
+GROUP_NOTES = {"balloon": MEMORY_USED_NOTE}
+"""Prose after a collector's switch line, for what a table row cannot say."""
+
+
 def _group_intro(collector: str) -> str:
     if not collector:
         return "## Always on\n\nNo `--collector.*` switch turns these families off.\n"
@@ -140,7 +167,8 @@ def _group_intro(collector: str) -> str:
         switch = f"Enabled by default; `--no-collector.{collector}` turns it off."
     else:
         switch = f"Off by default; `--collector.{collector}` turns it on."
-    return f"## Collector `{collector}`\n\n{switch}\n"
+    note = f"\n{GROUP_NOTES[collector]}" if collector in GROUP_NOTES else ""
+    return f"## Collector `{collector}`\n\n{switch}\n{note}"
 
 
 def render_families(specs: Iterable[Spec]) -> str:

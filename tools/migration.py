@@ -225,13 +225,13 @@ INOVEX: tuple[Rename, ...] = (
     Rename(
         "libvirt_domain_memory_stats_used_percent",
         None,
-        "compute it: `100 * (1 - libvirt_domain_memory_usable_bytes"
-        " / libvirt_domain_memory_available_bytes)`",
+        "compute it: `100 * libvirt_domain_memory_used_bytes / libvirt_domain_memory_available_bytes`",
     ),
     Rename(
         "libvirt_domain_block_stats_info",
         "libvirt_domain_block_info",
-        "labels `device`, `path`, `bus`, `driver_type`; no cache, discard, protocol or serial",
+        "labels `device`, `path`, `bus`, `driver_type`, `type` (their `disk_type`), `protocol` (their "
+        "`source_protocol`); no cache, discard or serial",
     ),
     Rename("libvirt_domain_block_stats_read_bytes_total", "libvirt_domain_block_read_bytes_total"),
     Rename("libvirt_domain_block_stats_read_requests_total", "libvirt_domain_block_read_requests_total"),
@@ -253,7 +253,7 @@ INOVEX: tuple[Rename, ...] = (
     Rename(
         "libvirt_domain_interface_stats_info",
         "libvirt_domain_interface_info",
-        "labels `device`, `mac`, `source`, `model`; no interface type or MTU",
+        "labels `device`, `mac`, `source`, `model`, `type` (their `interface_type`); no MTU",
     ),
     *_INTERFACE_COUNTERS,
     Rename("libvirt_domain_vcpu_current", "libvirt_domain_vcpus_current"),

@@ -7,7 +7,6 @@ rendered after a sampling cycle, never when Prometheus scrapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import partial
 
 from libvirt_exporter.collector import block, domain, exporter, health, job, storage_pool
 from libvirt_exporter.collector.families import Families
@@ -29,16 +28,12 @@ SPECS = exporter.SPECS + health.SPECS + domain.SPECS + block.SPECS + job.SPECS +
 class SnapshotCollector:
     """The collectors that are on, over the whole cached state.
 
-    `freeze` takes the state on the hub; what it returns collects the families in the render
-    thread, one group at a time, so that each group's rows are gone once they are formatted.
+    `collect` runs in the render thread, over a state taken on the hub, one group at a time, so
+    that each group's rows are gone once they are formatted.
     """
 
     def __init__(self, view: View) -> None:
-        self._view = view
         self._collectors = ALWAYS + tuple(c for name, c in SWITCHED.items() if name in view.collectors)
-
-    def freeze(self) -> Callable[[], Iterator[Families]]:
-        return partial(self.collect, self._view.state())
 
     def collect(self, state: State) -> Iterator[Families]:
         return (collect(state) for collect in self._collectors)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from libvirt_exporter.collector.families import KIBIBYTES, NANOSECONDS, Families, Kind, Spec, fields, gauge
@@ -37,6 +38,34 @@ OPENSTACK_INFO = gauge(
     ),
     source="domain XML <nova:instance>",
 )
+MEMORY_USED = gauge(
+    "libvirt_domain_memory_used_bytes",
+    "Memory the guest uses: what its OS sees less what it could still use without swapping "
+    "(balloon.available - balloon.usable); needs the guest's balloon driver and a stats period "
+    "(last sample).",
+    D,
+    KIB,
+    source="balloon.available, balloon.usable",
+    collector="balloon",
+)
+"""What operators read `current` as, wrongly: the guest's MemTotal - MemAvailable, the "used" of
+`free`, so that page cache the guest could drop counts as free (docs/metrics.md)."""
+METADATA_INFO = gauge(
+    "libvirt_domain_metadata_info",
+    "The domain's title and description, and one label per element or attribute of its <metadata> "
+    "named by --libvirt.metadata, from its XML, with value 1; each value on one line, at most 256 "
+    "characters.",
+    ("domain", "title", "description"),
+    source="domain XML `<title>`, `<description>`, `<metadata>`",
+)
+VCPU_PINNING_INFO = gauge(
+    "libvirt_domain_vcpu_pinning_info",
+    "The host CPUs a pinned vCPU may run on (cpus, a cpuset such as 0-3,8), from the domain XML, "
+    "with value 1; a vCPU free to run on any host CPU has no series.",
+    ("domain", "vcpu", "cpus"),
+    source="domain XML `<cputune><vcpupin>`, `<vcpu cpuset>`",
+    collector="vcpu",
+)
 STATE = gauge(
     "libvirt_domain_state",
     "The domain's state and the reason for it, as words, with value 1 (last sample).",
@@ -45,8 +74,10 @@ STATE = gauge(
 )
 INTERFACE_INFO = gauge(
     "libvirt_domain_interface_info",
-    "A network interface of the domain, from its XML, with value 1.",
-    ("domain", "device", "mac", "source", "model"),
+    "A network interface of the domain, from its XML, with value 1: device is its host-side device, "
+    "or libvirt's alias for one that has none (a hostdev NIC, an SR-IOV VF passed through, whose "
+    "source is the VF's PCI address); type is the interface's (bridge, network, direct, hostdev, ...).",
+    ("domain", "device", "mac", "source", "model", "type"),
     source="domain XML",
     collector="interface",
 )
@@ -140,8 +171,11 @@ MEMORY_BANDWIDTH_FIELDS = fields("memory", ("domain", "monitor", "node"), [
 SPECS = (
     INFO,
     OPENSTACK_INFO,
+    METADATA_INFO,
     STATE,
     INTERFACE_INFO,
+    VCPU_PINNING_INFO,
+    MEMORY_USED,
     *(spec for _, spec in SCALARS + VCPU_FIELDS + NET_FIELDS + IOTHREAD_FIELDS + MEMORY_BANDWIDTH_FIELDS),
 )
 
@@ -187,6 +221,8 @@ def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
     for key, spec in SCALARS:
         if key in stats:
             families.add(spec, (name,), stats[key])
+    if "balloon.available" in stats and "balloon.usable" in stats:
+        families.add(MEMORY_USED, (name,), stats["balloon.available"] - stats["balloon.usable"])
     by_group = devices(stats)
     _add_devices(families, VCPU_FIELDS, name, by_group.get("vcpu", []))
     _add_devices(families, NET_FIELDS, name, by_group.get("net", []))
@@ -196,7 +232,14 @@ def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
             families.add(_BANDWIDTH_SPECS[field], (name, monitor, node), value)
 
 
-def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -> None:
+def metadata_info(labels: tuple[str, ...]) -> Spec:
+    """`libvirt_domain_metadata_info` with the labels of the `--libvirt.metadata` fields."""
+    return replace(METADATA_INFO, labels=METADATA_INFO.labels + labels)
+
+
+def _add_description(
+    families: Families, entry: DomainEntry, collectors: frozenset[str], metadata: Spec
+) -> None:
     description = entry.description
     if description is None:
         return
@@ -207,17 +250,23 @@ def _add_description(families: Families, entry: DomainEntry, interfaces: bool) -
         labels = (entry.name, nova.instance_name, description.uuid, nova.flavor, nova.project_id,
                   nova.project_name, nova.user_id, nova.user_name)  # fmt: skip
         families.add(OPENSTACK_INFO, labels, 1)
-    for interface in description.interfaces if interfaces else ():
-        if interface.target:
-            nic = (entry.name, interface.target, interface.mac, interface.source, interface.model)
-            families.add(INTERFACE_INFO, nic, 1)
+    values = (description.title, description.description_text, *description.metadata)
+    if any(values):  # where none is set, the family would say nothing
+        families.add(metadata, (entry.name, *values), 1)
+    for nic in description.interfaces if "interface" in collectors else ():
+        if nic.device:
+            families.add(
+                INTERFACE_INFO, (entry.name, nic.device, nic.mac, nic.source, nic.model, nic.type), 1
+            )
+    for vcpu, cpus in description.vcpu_pins if "vcpu" in collectors else ():
+        families.add(VCPU_PINNING_INFO, (entry.name, str(vcpu), cpus), 1)
 
 
 def collect(state: State) -> Families:
     families = Families()
-    interfaces = "interface" in state.collectors
+    metadata = metadata_info(state.metadata_labels)
     for entry in state.domains:
-        _add_description(families, entry, interfaces)
+        _add_description(families, entry, state.collectors, metadata)
         values = {
             key: value
             for sampler in (SamplerName.BULK, SamplerName.BASIC)  # the survey's values are the fresher

@@ -23,6 +23,8 @@ from libvirt_exporter.store import Key, Store
 class SamplerState:
     name: SamplerName
     stale_after: float
+    deadline: float
+    """How long one of its calls may run before it counts as stuck."""
     subjects: list[Subject]
     """The domains or pools it is expected to have fresh values for."""
 
@@ -46,12 +48,27 @@ class State:
     """Per domain, the signals that hold for it (inventory.HangSignal)."""
     storages: Mapping[str, int]
     """Each storage (mount point) running domains' disks live on, with how many domains use it."""
+    unresponsive_storages: frozenset[str]
+    """The storages that did not answer their latest probe."""
     busy_threads: int
     stuck_threads: int
     collectors: frozenset[str]
     """The enabled `--collector.<name>` switches."""
+    metadata_labels: tuple[str, ...]
+    """The labels of the `--libvirt.metadata` fields, in the order of each domain's values."""
     taken_at: float
     """Unix time: what the age of a sample is measured against."""
+
+    def stale(self, sampler: SamplerState, subject: Subject) -> bool:
+        """Whether the values served for `subject` by `sampler` are not current: libvirtd is
+        unreachable, there are none, its latest call brought none, or they are too old."""
+        sample = self.store.sample(sampler.name, subject)
+        return (
+            not self.up
+            or sample is None
+            or self.store.counters_of(sampler.name, subject).failing
+            or self.taken_at - sample.taken_at > sampler.stale_after
+        )
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,7 @@ class View:
     collectors: frozenset[str]
     busy_for: float
     """Seconds a domain's monitor must have been busy to count as a hang signal (a deadline)."""
+    metadata_labels: tuple[str, ...] = ()
 
     def state(self) -> State:
         """The state as it is now; only on the hub, where no greenlet changes it meanwhile."""
@@ -81,7 +99,10 @@ class View:
             domains=self.inventory.domains(),
             inactive_left_out=self.inventory.inactive_left_out(),
             store=store,
-            samplers=tuple(SamplerState(s.name, s.config.stale_after, s.subjects()) for s in self.samplers),
+            samplers=tuple(
+                SamplerState(s.name, s.config.stale_after, s.config.deadline, s.subjects())
+                for s in self.samplers
+            ),
             in_flight=self._in_flight_seconds(store),
             hang_signals={
                 entry.name: self.inventory.hang_signals(entry, busy_for=self.busy_for)
@@ -89,9 +110,11 @@ class View:
                 if entry.active
             },
             storages=self.inventory.storages(),
+            unresponsive_storages=self.inventory.unresponsive_storages,
             busy_threads=self.runner.busy_count(),
             stuck_threads=self.runner.stuck_count(),
             collectors=self.collectors,
+            metadata_labels=self.metadata_labels,
             taken_at=time.time(),
         )
 

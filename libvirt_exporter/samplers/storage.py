@@ -59,10 +59,7 @@ class StorageSampler(Sampler):
         storages = self._storages()
         self._store.forget(self._probed - set(storages))
         self._probed = set(storages)
-        self._sample_each((storage, partial(probe, self._host, storage.name)) for storage in storages)
-        self._inventory.unresponsive_storages = frozenset(
-            storage.name for storage in storages if self._store.counters_of(self.name, storage).failing
-        )
+        self._inventory.unresponsive_storages = self._probe(storages)
 
     def recheck(self, mount_points: tuple[str, ...]) -> None:
         """Probe these storages now (a call that touches their disks ran past its deadline): the
@@ -73,11 +70,13 @@ class StorageSampler(Sampler):
             for mount_point in mount_points
             if not self.runner.is_in_flight(CallKey(self.name, Storage(mount_point)))
         ]
-        self._sample_each((storage, partial(probe, self._host, storage.name)) for storage in storages)
-        failing = {
-            storage.name for storage in storages if self._store.counters_of(self.name, storage).failing
-        }
+        failing = self._probe(storages)
         self._inventory.storages_probed({storage.name for storage in storages} - failing, failing)
+
+    def _probe(self, storages: list[Storage]) -> frozenset[str]:
+        """Probe `storages` at once; the mount points of those that did not answer."""
+        self._sample_each((storage, partial(probe, self._host, storage.name)) for storage in storages)
+        return frozenset(s.name for s in storages if self._store.counters_of(self.name, s).failing)
 
     def _call(self, key: CallKey, read: Any, on_late: LateHandler) -> Outcome[Any]:
         return self.runner.run(key, lambda: read, self.config.deadline, on_late=on_late)

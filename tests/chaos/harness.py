@@ -129,6 +129,8 @@ class Run:
         self.hold_s = hold_s
         self._lock = threading.Lock()
         self._running: dict[threading.Thread, str] = {}
+        self._pending: list[str] = []
+        """Kinds not injected yet in this run."""
         self._started = time.monotonic()
 
     def execute(self) -> RunResult:
@@ -197,22 +199,22 @@ class Run:
     # --- faults -------------------------------------------------------------------
 
     def _inject(self, ctx: FaultContext) -> None:
-        pending = list(FAULTS)
-        self.rng.shuffle(pending)  # every kind once first, in random order
+        self._pending = list(FAULTS)
+        self.rng.shuffle(self._pending)  # every kind once first, in random order
         while ctx.now() < self.duration:
             if self._running_count() < MAX_PARALLEL:
-                kind = self._next_kind(pending)
+                kind = self._next_kind()
                 if kind is not None:
                     self._start_fault(ctx, kind)
             time.sleep(self.rng.uniform(0.5, 3.0))
         for thread in list(self._running):
             thread.join()
 
-    def _next_kind(self, pending: list[str]) -> str | None:
+    def _next_kind(self) -> str | None:
         """The next kind of fault the host can take now: a pending one first, else by WEIGHTS."""
-        for kind in pending:
+        for kind in self._pending:
             if self._can_start(kind):
-                pending.remove(kind)
+                self._pending.remove(kind)
                 return kind
         kinds = [kind for kind in WEIGHTS if self._can_start(kind)]
         if not kinds:
@@ -237,7 +239,10 @@ class Run:
         if kind == "storage_outage":
             held = self.host.storage_vms()
             enough = len(held) >= STORAGE_VMS[0] and not any(vm.claimed for vm in held)
-            return enough and "libvirtd_restart" not in running
+            # A restart waits for the storage to answer, and outages come back to back in a
+            # short run: none starts while the restart has yet to run once, or it might never.
+            restart_waits = "libvirtd_restart" in running or "libvirtd_restart" in self._pending
+            return enough and not restart_waits
         return bool(free)
 
     def _running_count(self) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.integration.guest import build_guest_kernel, start_guest_vm
+from tests.integration.guest import GuestConfig, GuestKernel, build_guest_kernel, start_guest_vm
 from tests.integration.vms import (
     DEFAULT_PREFIX,
     Exporter,
@@ -65,6 +65,24 @@ def open_connection(uri: str) -> libvirt.virConnect:
         return libvirt.open(uri)
     except libvirt.libvirtError as err:
         pytest.fail(f"{NO_LIBVIRTD.format(uri=uri)} ({err})", pytrace=False)
+
+
+@contextlib.contextmanager
+def running_guest_vm(
+    uri: str, name: str, guest: GuestKernel, config: GuestConfig | None = None
+) -> Iterator[str]:
+    """The guest VM `name` running for the duration of the block, destroyed afterwards."""
+    conn = open_connection(uri)
+    start_guest_vm(conn, name, guest, config or GuestConfig())
+    conn.close()
+    try:
+        yield name
+    finally:
+        # A new connection: tests restart libvirtd, which closes any connection opened before.
+        with contextlib.suppress(libvirt.libvirtError):
+            conn = open_connection(uri)
+            conn.lookupByName(name).destroy()
+            conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -133,16 +151,8 @@ def tiny_vms(make_tiny_vms: VMFactory) -> list[TinyVM]:
 def guest_vm(libvirt_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The name of a running VM with a real kernel whose balloon driver reports guest figures."""
     guest = build_guest_kernel(tmp_path_factory.mktemp("guest"))
-    conn = open_connection(libvirt_uri)
-    name = f"{DEFAULT_PREFIX}guest-{secrets.token_hex(3)}"
-    start_guest_vm(conn, name, guest)
-    conn.close()
-    yield name
-    # A new connection: tests restart libvirtd, which closes any connection opened before.
-    with contextlib.suppress(libvirt.libvirtError):
-        conn = open_connection(libvirt_uri)
-        conn.lookupByName(name).destroy()
-        conn.close()
+    with running_guest_vm(libvirt_uri, f"{DEFAULT_PREFIX}guest-{secrets.token_hex(3)}", guest) as name:
+        yield name
 
 
 # --- the exporter -----------------------------------------------------------------

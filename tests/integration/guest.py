@@ -84,13 +84,28 @@ def build_guest_kernel(workdir: Path) -> GuestKernel:
     return GuestKernel(kernel, initrd)
 
 
-def start_guest_vm(conn: libvirt.virConnect, name: str, guest: GuestKernel) -> libvirt.virDomain:
+@dataclass(frozen=True)
+class GuestConfig:
+    """What a test adds to the guest VM's XML."""
+
+    description: str = ""
+    """Said before the owner's pid (which tells a later run that the VM is a leftover)."""
+    vcpus: str = "<vcpu>1</vcpu>"
+    devices: str = ""
+    """More devices (disks)."""
+    elements: str = ""
+    """More elements of the domain (<title>, <metadata>, <cputune>)."""
+
+
+def start_guest_vm(
+    conn: libvirt.virConnect, name: str, guest: GuestKernel, config: GuestConfig = GuestConfig()
+) -> libvirt.virDomain:
     """A transient VM booting `guest`, with a balloon that polls the guest every 2 s."""
     xml = f"""<domain type='qemu'>
   <name>{name}</name>
-  <description>owner pid {os.getpid()}</description>
+  <description>{config.description}owner pid {os.getpid()}</description>
   <memory unit='MiB'>192</memory>
-  <vcpu>1</vcpu>
+  {config.vcpus}
   <os>
     <type arch='x86_64'>hvm</type>
     <kernel>{guest.kernel}</kernel>
@@ -98,7 +113,7 @@ def start_guest_vm(conn: libvirt.virConnect, name: str, guest: GuestKernel) -> l
     <cmdline>console=ttyS0 quiet panic=0</cmdline>
   </os>
   <devices>
-    <memballoon model='virtio'><stats period='2'/></memballoon>
-  </devices>
+    <memballoon model='virtio'><stats period='2'/></memballoon>{config.devices}
+  </devices>{config.elements}
 </domain>"""
     return conn.createXML(xml, 0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from libvirt_exporter.collector import SPECS
+from libvirt_exporter.collector import SPECS, block
 from tests.exposition import Series, domains_in, parse, value
 from tests.integration.vms import DEADLINE, INTERVAL, Exporter, LibvirtdControl, TinyVM, VMFactory
 from tests.integration.vms import FAST_SAMPLING as ARGS
@@ -190,6 +190,7 @@ GUEST_REPORTED = {
     # The balloon driver reports these from inside the guest; the test VMs run no guest OS.
     "libvirt_domain_memory_usable_bytes",
     "libvirt_domain_memory_available_bytes",
+    "libvirt_domain_memory_used_bytes",
     "libvirt_domain_memory_unused_bytes",
     "libvirt_domain_memory_disk_caches_bytes",
     "libvirt_domain_memory_swap_in_bytes_total",
@@ -199,6 +200,10 @@ GUEST_REPORTED = {
     "libvirt_domain_memory_stats_timestamp_seconds",
 }
 NOT_FROM_QEMU = {"libvirt_domain_block_errors_total"}  # QEMU has no per-disk error count
+CONFIGURED = {
+    spec.exposed_name for spec in block.SPECS if spec.name.startswith("libvirt_domain_block_limit_")
+} | {"libvirt_domain_vcpu_pinning_info"}
+"""What a VM has only when its XML sets it (throttles, pinning): test_domain_config.py's VM does."""
 
 
 def test_every_family_of_the_groups_the_vms_have_is_there_in_base_units(
@@ -216,6 +221,7 @@ def test_every_family_of_the_groups_the_vms_have_is_there_in_base_units(
         }
         - GUEST_REPORTED
         - NOT_FROM_QEMU
+        - CONFIGURED
         - {"libvirt_domain_openstack_info"}
     )
     present = {name for name, labels in series if dict(labels).get("domain") == vm.name}
@@ -230,6 +236,8 @@ def test_every_family_of_the_groups_the_vms_have_is_there_in_base_units(
     assert only("libvirt_domain_block_capacity_bytes", device=disk) == vm.disk_virtual_size_bytes
     assert 0 < only("libvirt_domain_block_allocation_bytes", device=disk) <= vm.disk_virtual_size_bytes
     assert only("libvirt_domain_memory_maximum_bytes") == 64 * 2**20
+    # A stats period but no guest OS, so no balloon driver: no guest figures, and no made-up usage.
+    assert value(series, "libvirt_domain_memory_used_bytes", domain=vm.name) is None
     assert 2**20 < only("libvirt_domain_memory_rss_bytes") < 2**31  # KiB became bytes
     assert 0 < only("libvirt_domain_cpu_time_seconds_total") < 600  # nanoseconds became seconds
     assert 0 < only("libvirt_domain_vcpu_time_seconds_total", vcpu="0") < 600
@@ -281,4 +289,8 @@ def test_a_guest_balloon_driver_s_figures_are_there_in_bytes(
     assert available is not None and usable is not None
     assert 64 * 2**20 < available <= 192 * 2**20  # KiB became bytes
     assert 0 < usable <= available
+    # What the guest uses is what its OS sees less what it could still use: here a busybox that
+    # sleeps, in a few MiB of the 192.
+    assert value(series, "libvirt_domain_memory_used_bytes", domain=guest_vm) == available - usable
+    assert 2**20 < available - usable < 128 * 2**20
     assert value(series, "libvirt_domain_memory_stats_timestamp_seconds", domain=guest_vm) > 1.7e9  # type: ignore[operator]

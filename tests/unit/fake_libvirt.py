@@ -13,6 +13,7 @@ the most calls it carried at once.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -71,6 +73,16 @@ class FakeDomain:
     job: dict[str, Any] | None = None
     """A running background job's statistics (virDomainGetJobStats), if one runs."""
     metadata: str = ""
+    """What its <metadata> holds, as XML."""
+    title: str = ""
+    description: str = ""
+    devices: str = ""
+    """More devices for its XML (network disks, hostdev NICs); the disks among them are in its
+    block stats group too."""
+    cpuset: str = ""
+    """The host CPUs all its vCPUs may run on (<vcpu cpuset=>); empty for any."""
+    vcpupin: dict[int, str] = field(default_factory=dict)
+    """Per vCPU, the host CPUs it is pinned to (<cputune><vcpupin>)."""
     block_group: bool = True
     """False: the driver's bulk stats leave out the block group, as libvirt's test driver does."""
     storage: str = IMAGES
@@ -79,6 +91,11 @@ class FakeDomain:
     """Its QEMU process is stopped (SIGSTOP): /proc shows it, and its monitor does not answer."""
     stuck_on_storage: bool = False
     """A call made its QEMU touch its dead storage: its main loop waits for the storage."""
+    iotune: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per disk target, the settings of its <iotune> (`total_bytes_sec`: 10485760, ...)."""
+    guest_balloon: bool = True
+    """False: no balloon driver in the guest, or no stats period: libvirt reports the balloon's
+    size and QEMU's RSS, none of the guest's own figures."""
 
     def __post_init__(self) -> None:
         self.frozen.set()  # set = thawed: waiting on it returns at once
@@ -105,7 +122,7 @@ class FakeDomain:
         disks = "".join(
             f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
             f"<source file='{self.storage}/{self.name}-{d}.qcow2'/>"
-            f"<target dev='{d}' bus='virtio'/></disk>"
+            f"<target dev='{d}' bus='virtio'/>{self._iotune(d)}</disk>"
             for d in self.disks
         )
         nics = "".join(
@@ -114,11 +131,23 @@ class FakeDomain:
             for i, n in enumerate(self.nics)
         )
         return (
-            f"<domain type='kvm'><name>{self.name}</name><uuid>{self.uuid}</uuid>"
-            f"<metadata>{self.metadata}</metadata>"
+            f"<domain type='kvm'><name>{escape(self.name)}</name><uuid>{self.uuid}</uuid>"
+            f"<title>{escape(self.title)}</title><description>{escape(self.description)}</description>"
+            f"<metadata>{self.metadata}</metadata>{self._vcpus_xml()}"
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
-            f"<devices>{disks}{nics}</devices></domain>"
+            f"<devices>{disks}{nics}{self.devices}</devices></domain>"
         )
+
+    def _vcpus_xml(self) -> str:
+        cpuset = f" cpuset='{self.cpuset}'" if self.cpuset else ""
+        pins = "".join(f"<vcpupin vcpu='{v}' cpuset='{cpus}'/>" for v, cpus in self.vcpupin.items())
+        return f"<vcpu placement='static'{cpuset}>{self.vcpus}</vcpu><cputune>{pins}</cputune>"
+
+    def _iotune(self, disk: str) -> str:
+        settings = self.iotune.get(disk)
+        if not settings:
+            return ""
+        return "<iotune>" + "".join(f"<{k}>{v}</{k}>" for k, v in settings.items()) + "</iotune>"
 
     def stats(self, groups: int, with_monitor: bool) -> dict[str, Any]:
         """The stat groups asked for, as libvirt reports them; what needs the job only with it.
@@ -175,8 +204,9 @@ class FakeDomain:
                     {f"{prefix}.id": node, f"{prefix}.bytes.total": n * 4096, f"{prefix}.bytes.local": n}
                 )
         if groups & libvirt.VIR_DOMAIN_STATS_BLOCK and with_monitor and self.block_group:
-            stats["block.count"] = len(self.disks)
-            for index, disk in enumerate(self.disks):
+            disks = self.disks + tuple(re.findall(r"<disk\b.*?<target dev='([^']+)'", self.devices, re.S))
+            stats["block.count"] = len(disks)
+            for index, disk in enumerate(disks):
                 stats[f"block.{index}.name"] = disk
                 stats.update({f"block.{index}.{k}": v for k, v in self.block_counters().items()})
         if groups & libvirt.VIR_DOMAIN_STATS_DIRTYRATE:
@@ -185,10 +215,10 @@ class FakeDomain:
 
     def _balloon(self, with_monitor: bool) -> dict[str, Any]:
         balloon = {"balloon.current": 1_048_576, "balloon.maximum": 2_097_152}
-        if with_monitor:  # the guest's own figures come through the monitor
-            balloon.update(
-                {"balloon.rss": 524_288, "balloon.usable": 700_000, "balloon.available": 1_000_000}
-            )
+        if with_monitor:  # QEMU's RSS and the guest's own figures come through the monitor
+            balloon["balloon.rss"] = 524_288
+        if with_monitor and self.guest_balloon:
+            balloon.update({"balloon.usable": 700_000, "balloon.available": 1_000_000})
             balloon.update(
                 {"balloon.swap_in": 0, "balloon.major_fault": 3, "balloon.last-update": 1_700_000_000}
             )

@@ -11,6 +11,7 @@ import pytest
 
 from libvirt_exporter.cli import parse_config
 from libvirt_exporter.config import ConfigError, parse_duration, parse_listen_address
+from libvirt_exporter.domain_xml import MetadataField
 
 
 def test_defaults() -> None:
@@ -30,6 +31,22 @@ def test_collector_switches_and_inactive_domains() -> None:
     assert config.enabled("block") and not config.enabled("perf") and not config.include_inactive
     config, _ = parse_config(["--no-collector.block", "--collector.perf", "--libvirt.include-inactive"])
     assert not config.enabled("block") and config.enabled("perf") and config.include_inactive
+
+
+def test_metadata_flags_name_a_namespace_and_paths_each_with_its_label() -> None:
+    config, _ = parse_config(
+        [
+            "--libvirt.metadata=https://example.com/ops?v=1=ops/team,mail:ops/owner/@email",
+            "--libvirt.metadata=urn:app=app/cost-center,app/@tier",
+        ]
+    )
+    assert config.metadata == (
+        MetadataField("https://example.com/ops?v=1", ("ops", "team"), "", "team"),
+        MetadataField("https://example.com/ops?v=1", ("ops", "owner"), "email", "mail"),
+        MetadataField("urn:app", ("app", "cost-center"), "", "cost_center"),
+        MetadataField("urn:app", ("app",), "tier", "tier"),
+    )
+    assert parse_config([])[0].metadata == ()
 
 
 def test_flags_are_read() -> None:
@@ -69,6 +86,15 @@ def test_flags_are_read() -> None:
         (["--web.read-timeout=500ms"], "--web.read-timeout=500ms: must be between 1s and 1h"),
         (["--web.write-timeout=2h"], "--web.write-timeout=2h: must be between 1s and 1h"),
         (["--web.max-connections=0"], "--web.max-connections must be at least 1"),
+        (["--libvirt.metadata=team"], "--libvirt.metadata=team: expected NAMESPACE=[LABEL:]PATH"),
+        (["--libvirt.metadata=urn:x=ops/@"], "'ops/@' is not a path"),
+        (["--libvirt.metadata=urn:x=ops/1st"], "'ops/1st' is not a path"),
+        (["--libvirt.metadata=urn:x=team-name:ops/team"], "'team-name' is not a label name"),
+        (["--libvirt.metadata=urn:x=ops/title"], "the label 'title' is taken; name it LABEL:ops/title"),
+        (
+            ["--libvirt.metadata=urn:x=ops/team", "--libvirt.metadata=urn:y=app/team"],
+            "the label 'team' is given twice",
+        ),
     ],
 )
 def test_a_wrong_flag_exits_2_with_one_line(flags: list[str], says: str) -> None:

@@ -16,10 +16,10 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from libvirt_exporter.collector import block, domain, job, storage_pool
-from libvirt_exporter.config import COLLECTOR_DEFAULTS
+from libvirt_exporter.config import COLLECTOR_DEFAULTS, parse_metadata_flag
 from tests.exposition import as_prometheus_client_metrics, plain_text
 from tests.unit.conftest import Harness, domains_in, make_config, parse, value
-from tests.unit.fake_libvirt import FakeDomain, FakeHost
+from tests.unit.fake_libvirt import IMAGES, FakeDomain, FakeHost
 
 GOLDEN = Path(__file__).parent / "golden"
 NOVA = (
@@ -46,9 +46,20 @@ MIGRATION = {
 }
 
 
+IOTUNE = {
+    "total_bytes_sec": 50 * 2**20,
+    "read_iops_sec": 400,
+    "write_iops_sec": 200,
+    "write_iops_sec_max": 1000,
+    "write_iops_sec_max_length": 10,
+    "size_iops_sec": 16384,
+}
+
+
 def realistic_domain() -> FakeDomain:
-    """4 vCPUs, 3 disks, 2 NICs, balloon statistics, perf events, 2 I/O threads, a dirty-rate
-    measurement, a migration under way and Nova's metadata."""
+    """4 vCPUs, 3 disks (the first throttled), 2 NICs, balloon statistics, perf events, 2 I/O
+    threads, a dirty-rate measurement, a migration under way, Nova's metadata, a title and its vCPUs
+    pinned."""
     return FakeDomain(
         "web-01",
         7,
@@ -60,6 +71,9 @@ def realistic_domain() -> FakeDomain:
         iothreads=(1, 2),
         job=MIGRATION,
         metadata=NOVA,
+        iotune={"vda": IOTUNE},
+        title="Web shop, front 1",
+        vcpupin={0: "2", 1: "3", 2: "4-5", 3: "4-5"},
     )
 
 
@@ -174,9 +188,147 @@ def test_label_values_are_escaped_whatever_the_domain_name_holds() -> None:
 
 def test_promtool_accepts_the_exposition_of_the_fake_host() -> None:
     """promtool lints the Prometheus text format (it reads OpenMetrics' HELP of a counter as missing)."""
+    harness = sampled(FakeHost([realistic_domain(), FakeDomain('q"uote', 2)]), frozenset(COLLECTOR_DEFAULTS))
+    _promtool_check(plain_text(harness.exporter.snapshot.current))
+
+
+def _promtool_check(body: bytes) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
-    harness = sampled(FakeHost([realistic_domain(), FakeDomain('q"uote', 2)]), frozenset(COLLECTOR_DEFAULTS))
-    body = plain_text(harness.exporter.snapshot.current)
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert check.returncode == 0, (check.stdout + check.stderr).decode()
+
+
+def test_memory_used_is_what_the_guest_sees_less_what_it_could_use_and_absent_without_its_figures() -> None:
+    host = FakeHost([FakeDomain("guest", 1), FakeDomain("no-driver", 2, guest_balloon=False)])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    available = value(series, "libvirt_domain_memory_available_bytes", domain="guest")
+    usable = value(series, "libvirt_domain_memory_usable_bytes", domain="guest")
+    assert available == 1_000_000 * 1024 and usable == 700_000 * 1024
+    assert value(series, "libvirt_domain_memory_used_bytes", domain="guest") == available - usable
+    assert value(series, "libvirt_domain_memory_current_bytes", domain="no-driver") == 1_048_576 * 1024
+    assert value(series, "libvirt_domain_memory_used_bytes", domain="no-driver") is None, "never a made-up 0"
+
+
+def test_a_disk_s_throttles_are_exported_from_its_xml_with_no_call_of_their_own() -> None:
+    host = FakeHost([realistic_domain()])
+    harness = sampled(host, frozenset(COLLECTOR_DEFAULTS))
+    series = harness.scrape()
+
+    def limit(name: str, device: str = "vda") -> float | None:
+        return value(series, f"libvirt_domain_block_limit_{name}", domain="web-01", device=device)
+
+    assert limit("total_bytes_per_second") == 50 * 2**20
+    assert limit("read_requests_per_second") == 400
+    assert limit("write_requests_per_second") == 200
+    assert limit("burst_write_requests_per_second") == 1000
+    assert limit("burst_write_requests_duration_seconds") == 10
+    assert limit("request_size_bytes") == 16384
+    assert limit("read_bytes_per_second") is None, "a throttle not set has no series"
+    assert limit("total_bytes_per_second", device="vdb") is None
+    assert {method for _, method in host.calls} <= {
+        "XMLDesc", "controlInfo", "getCPUStats", "survey stats", "domainListGetStats", "blockInfo",
+        "jobStats", "lookupByUUID", "listAllStoragePools",
+    }  # fmt: skip
+
+
+OPS = "https://example.com/ns/ops/1.0"
+
+
+def test_metadata_named_by_the_flags_title_and_description_are_labels_of_one_info_family() -> None:
+    hostile = '"} 1\nevil{a="b"} 1 ' + "z" * 10_000
+    tagged = FakeDomain(
+        "tagged",
+        1,
+        title="Shop front",
+        description="Serves the shop.\nOwned by web.",
+        metadata=f'<ops:service xmlns:ops="{OPS}"><ops:team>web</ops:team>'
+        f'<ops:owner email="alice@example.com"/></ops:service>',
+    )
+    tenant = FakeDomain("tenant", 2, title=hostile, metadata=f'<ops:service xmlns:ops="{OPS}"/>')
+    plain = FakeDomain("plain", 3)
+    flags = parse_metadata_flag(f"{OPS}=service/team,owner:service/owner/@email")
+    harness = Harness(FakeHost([tagged, tenant, plain]), replace(make_config(), metadata=flags))
+    harness.cycle(harness.exporter.bulk)
+    text = plain_text(harness.exporter.snapshot.current)
+    series = parse(text)
+    info = {
+        dict(labels)["domain"]: dict(labels)
+        for name, labels in series
+        if name == "libvirt_domain_metadata_info"
+    }
+    assert info["tagged"] == {
+        "domain": "tagged",
+        "title": "Shop front",
+        "description": "Serves the shop. Owned by web.",
+        "team": "web",
+        "owner": "alice@example.com",
+    }
+    assert info["tenant"]["title"] == " ".join(hostile.split())[:256]
+    assert (info["tenant"]["team"], info["tenant"]["owner"], info["tenant"]["description"]) == ("", "", "")
+    assert "plain" not in info, "a domain with none of them set has no series"
+    assert (
+        len([line for line in text.decode().splitlines() if line.startswith("libvirt_domain_metadata_info")])
+        == 2
+    )
+    _promtool_check(text)
+
+
+def test_vcpu_pinning_comes_from_the_xml_and_goes_with_the_vcpu_collector() -> None:
+    host = FakeHost([realistic_domain(), FakeDomain("free", 2, vcpus=2)])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    pins = {
+        (dict(labels)["domain"], dict(labels)["vcpu"]): dict(labels)["cpus"]
+        for name, labels in series
+        if name == "libvirt_domain_vcpu_pinning_info"
+    }
+    assert pins == {
+        ("web-01", "0"): "2",
+        ("web-01", "1"): "3",
+        ("web-01", "2"): "4-5",
+        ("web-01", "3"): "4-5",
+    }
+    off = sampled(FakeHost([realistic_domain()]), frozenset(COLLECTOR_DEFAULTS) - {"vcpu"}).scrape()
+    assert not any(name == "libvirt_domain_vcpu_pinning_info" for name, _ in off)
+
+
+NETWORK_DEVICES = """
+  <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+    <source protocol='rbd' name='volumes/volume-7f3a'><host name='ceph-mon1' port='6789'/></source>
+    <target dev='vdb' bus='virtio'/></disk>
+  <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+    <source protocol='iscsi' name='iqn.2013-07.com.example:storage/1'><host name='10.0.0.5'/></source>
+    <target dev='sdb' bus='scsi'/></disk>
+  <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/>
+    <source><address type='pci' domain='0x0000' bus='0x03' slot='0x10' function='0x2'/></source>
+    <alias name='hostdev0'/></interface>
+"""
+
+
+def test_network_disks_and_a_hostdev_nic_are_exported_without_errors_saying_what_they_are() -> None:
+    host = FakeHost([FakeDomain("ceph-vm", 1, devices=NETWORK_DEVICES)])
+    harness = sampled(host, frozenset(COLLECTOR_DEFAULTS))
+    text = plain_text(harness.exporter.snapshot.current)
+    series = parse(text)
+    disks = {
+        dict(labels)["device"]: dict(labels) for name, labels in series if name == "libvirt_domain_block_info"
+    }
+    assert {device: (d["path"], d["type"], d["protocol"]) for device, d in disks.items()} == {
+        "vda": (f"{IMAGES}/ceph-vm-vda.qcow2", "file", ""),
+        "vdb": ("volumes/volume-7f3a", "network", "rbd"),
+        "sdb": ("iqn.2013-07.com.example:storage/1", "network", "iscsi"),
+    }
+    for device in ("vdb", "sdb"):
+        assert (
+            value(series, "libvirt_domain_block_capacity_bytes", domain="ceph-vm", device=device)
+            == 64 * 2**20
+        )
+    assert value(series, "libvirt_storage_domains", storage=IMAGES) == 1, (
+        "a network disk is on no local storage"
+    )
+    nic = {"domain": "ceph-vm", "device": "hostdev0", "mac": "52:54:00:6d:90:02", "model": ""}
+    assert value(series, "libvirt_domain_interface_info", **nic, source="0000:03:10.2", type="hostdev") == 1
+    for sampler in ("basic", "bulk", "block"):
+        assert value(series, "libvirt_domain_sample_errors_total", domain="ceph-vm", sampler=sampler) == 0
+        assert value(series, "libvirt_domain_sample_stale", domain="ceph-vm", sampler=sampler) == 0
+    _promtool_check(text)

@@ -33,7 +33,7 @@ COST = 10
 """The cost the issue measured with; about 0.1 s a check here."""
 INTERVAL = 1.0
 QUIET_SECONDS = 6.0
-FLOOD_SECONDS = 30.0
+FLOOD_SECONDS = 15.0
 FLOOD_RATE = 25.0
 """Wrong passwords a second; the issue asks for at least 20."""
 
