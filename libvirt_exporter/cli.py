@@ -44,6 +44,15 @@ DISK_INTERVALS = {SamplerName.BLOCK: None, SamplerName.BLOCK_INFO: "5m"}
 under its deadline: the disks' counters each cycle (None: the bulk sampler's interval), their sizes,
 which change slowly and cost a round trip to QEMU per disk, every 5 minutes (docs/benchmarks.md)."""
 
+RETIRED_FLAGS = {
+    "--sampler.block.interval": "the disks' I/O counters come with each bulk cycle "
+    "(--sampler.bulk.interval), their sizes every --sampler.block_info.interval",
+    "--sampler.block.deadline": "the disks' values come with the bulk sampler's calls, under "
+    "--sampler.bulk.deadline",
+}
+"""Flags of earlier versions that no longer do anything: still accepted, so that a service whose
+flags name them starts after an upgrade, and each given one is logged with what took its place."""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -119,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
             default=deadline,
             help=f"how long a {name} call may run before it counts as a timeout; it never delays a scrape",
         )
+    for flag in RETIRED_FLAGS:
+        parser.add_argument(flag, dest=_retired_dest(flag), help=argparse.SUPPRESS)
     parser.add_argument(
         "--sampler.block_info.interval",
         dest="block_info_interval",
@@ -249,6 +260,16 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
     return config, args
 
 
+def _retired_dest(flag: str) -> str:
+    return "retired_" + flag.removeprefix("--").replace(".", "_")
+
+
+def warn_of_retired_flags(args: argparse.Namespace) -> None:
+    for flag, instead in RETIRED_FLAGS.items():
+        if getattr(args, _retired_dest(flag)) is not None:
+            log.warning("flag no longer has an effect", flag=flag, instead=instead)
+
+
 def _sampler(args: argparse.Namespace, name: SamplerName) -> SamplerConfig:
     interval = getattr(args, f"{name}_interval")
     deadline = getattr(args, f"{name}_deadline")
@@ -273,6 +294,7 @@ def _web_limits(args: argparse.Namespace) -> WebLimits:
 def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(argv)
     setup_logging(args.log_level, args.log_format)
+    warn_of_retired_flags(args)
     from libvirt_exporter.app import Exporter  # imports gevent and libvirt only once flags are good
 
     log.info("starting libvirt-exporter", version=__version__, uri=config.libvirt_uri)

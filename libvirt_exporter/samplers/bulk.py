@@ -24,7 +24,7 @@ and whoever first touches a hung QEMU's monitor blocks until QEMU resumes. So, b
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -62,6 +62,7 @@ HOST_WIDE = CallKey(SamplerName.BULK)
 HOST_WIDE_DISKS = CallKey(SamplerName.BLOCK)
 """The host-wide call with the block group: it can hang on storage, the other one cannot."""
 BLOCK_GROUP = int(libvirt.VIR_DOMAIN_STATS_BLOCK)
+IOTHREAD_GROUP = int(libvirt.VIR_DOMAIN_STATS_IOTHREAD)
 DISK_SAMPLERS = frozenset((SamplerName.BLOCK, SamplerName.BLOCK_INFO))
 """The samplers whose values make QEMU touch the disks."""
 
@@ -174,8 +175,8 @@ class BulkSampler(DomainSampler):
         calls = [
             gevent.spawn(self._sample_host_wide, key, entries, groups)
             for key, entries, groups in (
-                (HOST_WIDE_DISKS, with_disks, self.groups | BLOCK_GROUP),
-                (HOST_WIDE, without, self.groups),
+                (HOST_WIDE_DISKS, with_disks, self._own_groups(with_disks) | BLOCK_GROUP),
+                (HOST_WIDE, without, self._own_groups(without)),
             )
             if entries
         ]
@@ -212,9 +213,18 @@ class BulkSampler(DomainSampler):
                 asked.append(entry)
         return asked
 
+    def _own_groups(self, entries: Iterable[DomainEntry]) -> int:
+        """This sampler's groups for a call about `entries`. The I/O thread group only when one of
+        them defines I/O threads, or has an XML not read yet: libvirt asks every QEMU's monitor for
+        it, which answers nothing for the others. Kept when it is the only group: a call for no
+        group at all asks for every group."""
+        if any(e.description is None or e.description.iothreads for e in entries):
+            return self.groups
+        return (self.groups & ~IOTHREAD_GROUP) or self.groups
+
     def _groups_of(self, entry: DomainEntry) -> int:
         samplers = self._asked.get(entry.name, ())
-        bulk = self.groups if self.name in samplers else 0
+        bulk = self._own_groups((entry,)) if self.name in samplers else 0
         return bulk | (BLOCK_GROUP if SamplerName.BLOCK in samplers else 0)
 
     def _read_one(self, entry: DomainEntry) -> Read:

@@ -128,6 +128,21 @@ def test_port_in_use_is_one_clear_line() -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.splitlines()[-1]
 
 
+def test_a_retired_flag_is_accepted_and_logged_with_what_took_its_place() -> None:
+    """An upgraded service whose flags name one still starts (here it stops at once on the port)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = ("--sampler.block.interval=30s", "--sampler.block.deadline=5s")
+        result = subprocess.run(exporter_command(port, *flags), capture_output=True, text=True, timeout=30)
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.splitlines()[-1], result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "flag no longer has an effect" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "--sampler.block.interval" in warnings[0] and "--sampler.block_info.interval" in warnings[0]
+    assert "--sampler.block.deadline" in warnings[1] and "--sampler.bulk.deadline" in warnings[1]
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [

@@ -158,6 +158,23 @@ def test_turning_off_a_stat_group_removes_its_families_and_asks_libvirt_less(
     assert host.stat_groups_asked and not any(asked & group for asked in host.stat_groups_asked)
 
 
+def test_the_io_thread_group_is_asked_for_only_when_a_domain_defines_io_threads() -> None:
+    """libvirt asks each QEMU's monitor for it, whatever the domain's XML says: for none, no group."""
+    iothread = 128  # VIR_DOMAIN_STATS_IOTHREAD
+    host = FakeHost([FakeDomain("plain", 1), FakeDomain("other", 2)])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    assert not any(name == "libvirt_domain_iothread_poll_max_seconds" for name, _ in series)
+    monitor_calls = [asked for asked in host.stat_groups_asked if asked & 4]  # those with balloon
+    assert monitor_calls and not any(asked & iothread for asked in monitor_calls)
+
+    host = FakeHost([FakeDomain("plain", 1), FakeDomain("threaded", 2, iothreads=(1,))])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    assert any(asked & iothread for asked in host.stat_groups_asked)
+    assert (
+        value(series, "libvirt_domain_iothread_poll_max_seconds", domain="threaded", iothread="1") is not None
+    )
+
+
 def test_perf_and_dirty_rate_are_off_by_default_and_the_rest_on() -> None:
     assert {name for name, on in COLLECTOR_DEFAULTS.items() if not on} == {"perf", "dirtyrate"}
 
