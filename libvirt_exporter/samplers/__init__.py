@@ -16,6 +16,7 @@ class SamplerName(StrEnum):
     BLOCK = "block"
     JOB = "job"
     STORAGE_POOL = "storage_pool"
+    GUEST = "guest"
 
 
 class CycleFailed(Exception):

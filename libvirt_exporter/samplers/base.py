@@ -37,6 +37,8 @@ class Sampler:
     """
 
     name: ClassVar[SamplerName]
+    holds_domain: ClassVar[bool] = True
+    """Its calls hold their domain: no other call on it runs meanwhile (`CallKey.holds_domain`)."""
 
     def __init__(self, config: SamplerConfig, store: Store) -> None:
         self.config = config
@@ -58,7 +60,8 @@ class Sampler:
         gevent.joinall([gevent.spawn(self._sample_one, subject, read) for subject, read in reads])
 
     def _sample_one(self, subject: Subject, read: Any) -> None:
-        outcome = self._call(CallKey(self.name, subject), read, lambda late: self._record_late(subject, late))
+        key = CallKey(self.name, subject, self.holds_domain)
+        outcome = self._call(key, read, lambda late: self._record_late(subject, late))
         self._record(subject, outcome)
 
     def _record(self, subject: Subject, outcome: Outcome[Any]) -> None:

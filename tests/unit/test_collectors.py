@@ -98,7 +98,8 @@ class _DomainFamilies:
 
 
 def test_a_realistic_domain_renders_exactly_the_expected_exposition() -> None:
-    everything = frozenset(COLLECTOR_DEFAULTS)  # perf and dirty rate included
+    everything = frozenset(COLLECTOR_DEFAULTS) - {"guest"}  # perf and dirty rate included; the
+    # guest agent's families have tests of their own (test_guest.py)
     harness = sampled(FakeHost([realistic_domain()]), everything)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_DomainFamilies(harness))
@@ -158,8 +159,8 @@ def test_turning_off_a_stat_group_removes_its_families_and_asks_libvirt_less(
     assert host.stat_groups_asked and not any(asked & group for asked in host.stat_groups_asked)
 
 
-def test_perf_and_dirty_rate_are_off_by_default_and_the_rest_on() -> None:
-    assert {name for name, on in COLLECTOR_DEFAULTS.items() if not on} == {"perf", "dirtyrate"}
+def test_perf_dirty_rate_and_guest_are_off_by_default_and_the_rest_on() -> None:
+    assert {name for name, on in COLLECTOR_DEFAULTS.items() if not on} == {"perf", "dirtyrate", "guest"}
 
 
 def test_shut_off_domains_are_exported_only_when_asked_for() -> None:

@@ -1,0 +1,185 @@
+"""The guest sampler against a fake host: what the agent reports, and an agent that does not answer,
+refuses or is absent costing no more than a hung QEMU."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from libvirt_exporter.config import COLLECTOR_DEFAULTS
+from libvirt_exporter.samplers import SamplerName
+from tests.unit.conftest import DEADLINE, Harness, Series, make_config, value
+from tests.unit.fake_libvirt import FakeDomain, FakeHost
+
+GUEST_INFO: dict[str, Any] = {
+    "user.count": 2,
+    "os.id": "debian",
+    "os.name": "Debian GNU/Linux",
+    "os.pretty-name": "Debian GNU/Linux 12 (bookworm)",
+    "os.version": "12 (bookworm)",
+    "os.version-id": "12",
+    "os.machine": "x86_64",
+    "os.kernel-release": "6.1.0-57-amd64",
+    "os.kernel-version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3",
+    "timezone.name": "CET",
+    "timezone.offset": 3600,
+    "hostname": "web-01",
+    "fs.count": 3,
+    "fs.0.name": "vda1",
+    "fs.0.mountpoint": "/",
+    "fs.0.fstype": "ext4",
+    "fs.0.total-bytes": 38398976,
+    "fs.0.used-bytes": 5257216,
+    "fs.0.disk.count": 1,
+    "fs.0.disk.0.alias": "vda",
+    "fs.1.name": "sr0",
+    "fs.1.mountpoint": "/media/cdrom",
+    "fs.1.fstype": "iso9660",
+    "fs.1.total-bytes": 4096,
+    "fs.1.used-bytes": 4096,
+    "fs.2.name": "dm-0",
+    "fs.2.mountpoint": "/srv",
+    "fs.2.fstype": "xfs",
+    "fs.2.total-bytes": 2**30,
+    "fs.2.used-bytes": 2**29,
+    "if.count": 2,
+    "if.0.name": "lo",
+    "if.0.hwaddr": "00:00:00:00:00:00",
+    "if.0.addr.count": 1,
+    "if.0.addr.0.type": "ipv4",
+    "if.0.addr.0.addr": "127.0.0.1",
+    "if.0.addr.0.prefix": 8,
+    "if.1.name": "eth0",
+    "if.1.hwaddr": "52:54:00:00:00:01",
+    "if.1.addr.count": 2,
+    "if.1.addr.0.type": "ipv4",
+    "if.1.addr.0.addr": "192.0.2.10",
+    "if.1.addr.0.prefix": 24,
+    "if.1.addr.1.type": "ipv6",
+    "if.1.addr.1.addr": "2001:db8::10",
+    "if.1.addr.1.prefix": 64,
+}
+"""What libvirt 9.0 answered for the suite's booting guest, with a root, a CD and an XFS volume."""
+
+
+def agent_vm(name: str, agent: str | None = "connected") -> FakeDomain:
+    return FakeDomain(name, 1, agent=agent, guest_info=dict(GUEST_INFO))
+
+
+@pytest.fixture
+def host() -> FakeHost:
+    return FakeHost([agent_vm("vm"), agent_vm("gone", "disconnected"), agent_vm("plain", None)])
+
+
+@pytest.fixture
+def harness(host: FakeHost) -> Iterator[Harness]:
+    config = make_config()
+    harness = Harness(host, replace(config, collectors=config.collectors | {"guest"}))
+    yield harness
+    host.thaw_all()
+    harness.exporter.stop()
+
+
+def guest(series: Series, name: str, domain: str = "vm", **labels: str) -> float | None:
+    """The value of the one series of `name` whose labels include these; None if there is none."""
+    wanted = {"domain": domain, **labels}.items()
+    found = [v for (n, have), v in series.items() if n == name and wanted <= dict(have).items()]
+    assert len(found) <= 1, f"{len(found)} series of {name} match {dict(wanted)}"
+    return found[0] if found else None
+
+
+def test_agent_reports_file_systems_os_users_time_zone_and_addresses(harness: Harness) -> None:
+    series = harness.cycle(harness.exporter.guest)
+    root = {"mountpoint": "/", "fstype": "ext4", "device": "vda1"}
+    assert guest(series, "libvirt_domain_guest_filesystem_size_bytes", **root) == 38398976
+    assert guest(series, "libvirt_domain_guest_filesystem_used_bytes", **root) == 5257216
+    assert guest(series, "libvirt_domain_guest_filesystem_size_bytes", mountpoint="/srv") == 2**30
+    assert guest(series, "libvirt_domain_guest_filesystem_size_bytes", mountpoint="/media/cdrom") is None
+    os_labels = {"id": "debian", "version_id": "12", "kernel_release": "6.1.0-57-amd64"}
+    assert guest(series, "libvirt_domain_guest_os_info", **os_labels) == 1
+    assert guest(series, "libvirt_domain_guest_hostname_info", hostname="web-01") == 1
+    assert guest(series, "libvirt_domain_guest_users") == 2
+    assert guest(series, "libvirt_domain_guest_timezone_info", timezone="CET") == 1
+    assert guest(series, "libvirt_domain_guest_timezone_offset_seconds") == 3600
+    address = {"interface": "eth0", "hwaddr": "52:54:00:00:00:01", "type": "ipv6", "address": "2001:db8::10"}
+    assert guest(series, "libvirt_domain_guest_interface_address_info", prefix="64", **address) == 1
+    assert guest(series, "libvirt_domain_guest_interface_address_info", address="127.0.0.1") == 1
+    assert guest(series, "libvirt_domain_sample_stale", sampler="guest") == 0
+
+
+def test_the_agent_is_asked_on_a_read_write_lane_and_nothing_else_is(
+    harness: Harness, host: FakeHost
+) -> None:
+    exporter = harness.exporter
+    for sampler in (exporter.bulk, exporter.block, exporter.guest):
+        harness.cycle(sampler)
+    read_write = [conn for conn in host.connections if not conn.read_only]
+    assert sum(conn.served["vm"] for conn in read_write) == 1, "only the agent call goes read-write"
+    assert host.calls[("vm", "guestInfo")] == 1
+
+
+def test_no_agent_channel_no_call_and_no_series_a_disconnected_agent_is_flagged(
+    harness: Harness, host: FakeHost
+) -> None:
+    series = harness.cycle(harness.exporter.guest)
+    assert host.calls[("plain", "guestInfo")] == 0
+    assert host.calls[("gone", "guestInfo")] == 0, "nothing is asked of an agent libvirt says is gone"
+    assert guest(series, "libvirt_domain_sample_stale", domain="plain", sampler="guest") is None
+    assert guest(series, "libvirt_domain_sample_stale", domain="gone", sampler="guest") == 1
+    assert guest(series, "libvirt_domain_sample_skipped_total", domain="gone", sampler="guest") == 1
+
+
+def test_a_frozen_agent_costs_one_stuck_call_and_stops_no_other_sampler(
+    harness: Harness, host: FakeHost
+) -> None:
+    exporter = harness.exporter
+    harness.cycle(exporter.guest)
+    host.domains["vm"].agent_answers.clear()
+    first = harness.cycle(exporter.guest)
+    assert guest(first, "libvirt_domain_sample_timeouts_total", sampler="guest") == 1
+    assert guest(first, "libvirt_domain_sample_stale", sampler="guest") == 1
+    assert guest(first, "libvirt_domain_guest_filesystem_used_bytes", mountpoint="/") == 5257216
+    for _ in range(3):
+        harness.cycle(exporter.guest)
+        later = harness.cycle(exporter.block)
+    assert host.calls[("vm", "guestInfo")] == 2, "a second call was sent to a frozen agent"
+    assert guest(later, "libvirt_domain_sample_skipped_total", sampler="guest") == 3
+    assert value(later, "libvirt_sampler_threads", state="stuck") == 1
+    assert guest(later, "libvirt_domain_sample_stale", sampler="block") == 0, "the agent held up block"
+    assert guest(later, "libvirt_domain_block_read_requests_total", device="vda") == 3
+    host.domains["vm"].agent_answers.set()
+
+
+def test_a_refusal_is_counted_for_each_domain_and_logged_once(
+    harness: Harness, host: FakeHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    host.add(agent_vm("vm2"))
+    host.agent_denied = True
+    with caplog.at_level(logging.INFO):
+        harness.cycle(harness.exporter.guest)
+        series = harness.cycle(harness.exporter.guest)
+    for domain in ("vm", "vm2"):
+        assert guest(series, "libvirt_domain_sample_errors_total", domain=domain, sampler="guest") == 2
+        assert guest(series, "libvirt_domain_sample_stale", domain=domain, sampler="guest") == 1
+    guest_lines = [r for r in caplog.records if "guest" in r.name or "guest" in r.getMessage()]
+    assert [r.levelno for r in guest_lines] == [logging.ERROR], [r.getMessage() for r in guest_lines]
+    assert "docs/security.md" in guest_lines[0].getMessage()
+
+
+def test_the_guest_sampler_is_off_by_default(host: FakeHost) -> None:
+    assert not COLLECTOR_DEFAULTS["guest"]
+    harness = Harness(host, make_config())
+    try:
+        assert harness.exporter.guest not in harness.exporter.looped
+        assert all(conn.read_only for conn in host.connections)
+    finally:
+        harness.exporter.stop()
+
+
+def test_the_guest_deadline_is_its_own(harness: Harness) -> None:
+    assert harness.exporter.guest.config.name is SamplerName.GUEST
+    assert harness.exporter.guest.config.deadline == DEADLINE
