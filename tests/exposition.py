@@ -28,6 +28,15 @@ def value(series: Series, name: str, **labels: str) -> float | None:
     return series.get((name, frozenset(labels.items())))
 
 
+def value_including(series: Series, name: str, **labels: str) -> float | None:
+    """The value of the one series of `name` whose labels include these (an `_info` family's
+    series, say, named by a few of its labels); None if there is none."""
+    wanted = labels.items()
+    found = [v for (n, have), v in series.items() if n == name and wanted <= dict(have).items()]
+    assert len(found) <= 1, f"{len(found)} series of {name} match {labels}"
+    return found[0] if found else None
+
+
 def domains_in(series: Series) -> set[str]:
     return {dict(labels)["domain"] for _, labels in series if "domain" in dict(labels)}
 

@@ -206,6 +206,14 @@ def start_guest_vm(
     return conn.createXML(xml, 0)
 
 
+@dataclass(frozen=True)
+class GuestVM:
+    """A running guest VM: its name, and its files on the host."""
+
+    name: str
+    files: GuestFiles
+
+
 class GuestConsole:
     """The guest's serial console: commands to its init, and the lines it answers."""
 

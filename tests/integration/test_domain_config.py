@@ -27,7 +27,7 @@ import pytest
 from libvirt_exporter.domain_xml import parse_domain_xml
 from tests.exposition import Series, value
 from tests.integration.conftest import running_guest_vm
-from tests.integration.guest import GuestConfig, build_guest_kernel
+from tests.integration.guest import GuestConfig, GuestKernel
 from tests.integration.test_real_libvirt import SCHEDULING_SLACK, scrape_until
 from tests.integration.vms import (
     DEFAULT_PREFIX,
@@ -105,10 +105,11 @@ def _network_disk(port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def configured_vm(libvirt_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def configured_vm(
+    libvirt_uri: str, guest_kernel: GuestKernel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A running VM with a booting guest, throttles on an NBD disk, metadata and pinned vCPUs."""
     workdir = tmp_path_factory.mktemp("configured")
-    guest = build_guest_kernel(workdir)
     image = workdir / "data.qcow2"
     create_disk(image)
     name = f"{DEFAULT_PREFIX}configured-{secrets.token_hex(3)}"
@@ -119,7 +120,7 @@ def configured_vm(libvirt_uri: str, tmp_path_factory: pytest.TempPathFactory) ->
             devices=_network_disk(port),
             elements=_elements(),
         )
-        with running_guest_vm(libvirt_uri, name, guest, config):
+        with running_guest_vm(libvirt_uri, name, guest_kernel, workdir, config):
             yield name
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from libvirt_exporter.config import COLLECTOR_DEFAULTS
 from libvirt_exporter.samplers import SamplerName
+from tests.exposition import value_including
 from tests.unit.conftest import DEADLINE, Harness, Series, make_config, value
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 
@@ -85,11 +86,7 @@ def harness(host: FakeHost) -> Iterator[Harness]:
 
 
 def guest(series: Series, name: str, domain: str = "vm", **labels: str) -> float | None:
-    """The value of the one series of `name` whose labels include these; None if there is none."""
-    wanted = {"domain": domain, **labels}.items()
-    found = [v for (n, have), v in series.items() if n == name and wanted <= dict(have).items()]
-    assert len(found) <= 1, f"{len(found)} series of {name} match {dict(wanted)}"
-    return found[0] if found else None
+    return value_including(series, name, domain=domain, **labels)
 
 
 def test_agent_reports_file_systems_os_users_time_zone_and_addresses(harness: Harness) -> None:
