@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.exposition import Series, value, value_including
+from tests.exposition import Series, assert_promtool_accepts, value, value_including
 from tests.integration.guest import DATA_FILL_MIB, HOSTNAME, GuestConsole, GuestVM
 from tests.integration.test_real_libvirt import SCHEDULING_SLACK, scrape_until
 from tests.integration.vms import Exporter, TinyVM
@@ -87,6 +87,7 @@ def test_the_guest_agent_reports_the_file_systems_the_guest_sees(
     loopback = {"interface": "lo", "type": "ipv4", "address": "127.0.0.1", "prefix": "8"}
     assert guest_value(series, "libvirt_domain_guest_interface_address_info", name, **loopback) == 1
     assert stale(series, name, "guest") == 0
+    assert_promtool_accepts(exporter.scrape())
     for vm in tiny_vms:  # no agent channel: never asked, nothing to flag
         guest_series = [
             n for n, labels in series if n.startswith("libvirt_domain_guest_") and vm.name in str(labels)

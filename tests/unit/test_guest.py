@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
@@ -14,61 +13,7 @@ from libvirt_exporter.config import COLLECTOR_DEFAULTS
 from libvirt_exporter.samplers import SamplerName
 from tests.exposition import value_including
 from tests.unit.conftest import DEADLINE, Harness, Series, make_config, value
-from tests.unit.fake_libvirt import FakeDomain, FakeHost
-
-GUEST_INFO: dict[str, Any] = {
-    "user.count": 2,
-    "os.id": "debian",
-    "os.name": "Debian GNU/Linux",
-    "os.pretty-name": "Debian GNU/Linux 12 (bookworm)",
-    "os.version": "12 (bookworm)",
-    "os.version-id": "12",
-    "os.machine": "x86_64",
-    "os.kernel-release": "6.1.0-57-amd64",
-    "os.kernel-version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3",
-    "timezone.name": "CET",
-    "timezone.offset": 3600,
-    "hostname": "web-01",
-    "fs.count": 3,
-    "fs.0.name": "vda1",
-    "fs.0.mountpoint": "/",
-    "fs.0.fstype": "ext4",
-    "fs.0.total-bytes": 38398976,
-    "fs.0.used-bytes": 5257216,
-    "fs.0.disk.count": 1,
-    "fs.0.disk.0.alias": "vda",
-    "fs.1.name": "sr0",
-    "fs.1.mountpoint": "/media/cdrom",
-    "fs.1.fstype": "iso9660",
-    "fs.1.total-bytes": 4096,
-    "fs.1.used-bytes": 4096,
-    "fs.2.name": "dm-0",
-    "fs.2.mountpoint": "/srv",
-    "fs.2.fstype": "xfs",
-    "fs.2.total-bytes": 2**30,
-    "fs.2.used-bytes": 2**29,
-    "if.count": 2,
-    "if.0.name": "lo",
-    "if.0.hwaddr": "00:00:00:00:00:00",
-    "if.0.addr.count": 1,
-    "if.0.addr.0.type": "ipv4",
-    "if.0.addr.0.addr": "127.0.0.1",
-    "if.0.addr.0.prefix": 8,
-    "if.1.name": "eth0",
-    "if.1.hwaddr": "52:54:00:00:00:01",
-    "if.1.addr.count": 2,
-    "if.1.addr.0.type": "ipv4",
-    "if.1.addr.0.addr": "192.0.2.10",
-    "if.1.addr.0.prefix": 24,
-    "if.1.addr.1.type": "ipv6",
-    "if.1.addr.1.addr": "2001:db8::10",
-    "if.1.addr.1.prefix": 64,
-}
-"""What libvirt 9.0 answered for the suite's booting guest, with a root, a CD and an XFS volume."""
-
-
-def agent_vm(name: str, agent: str | None = "connected") -> FakeDomain:
-    return FakeDomain(name, 1, agent=agent, guest_info=dict(GUEST_INFO))
+from tests.unit.fake_libvirt import FakeHost, agent_vm
 
 
 @pytest.fixture
