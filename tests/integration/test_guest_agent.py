@@ -15,18 +15,15 @@ import pytest
 from tests.exposition import Series, assert_promtool_accepts, value, value_including
 from tests.integration.guest import DATA_FILL_MIB, HOSTNAME, GuestConsole, GuestVM
 from tests.integration.test_real_libvirt import SCHEDULING_SLACK, scrape_until
-from tests.integration.vms import Exporter, TinyVM
+from tests.integration.vms import DEADLINE, FAST_SAMPLING, INTERVAL, Exporter, TinyVM
 
-INTERVAL, DEADLINE = 2.0, 1.0
-GUEST_ARGS = (
+GUEST_SAMPLING = (
     "--collector.guest",
-    "--sampler.max-stuck-calls=3",
-    *(
-        f"--sampler.{name}.{setting}={seconds:g}s"
-        for name in ("bulk", "block", "guest")
-        for setting, seconds in (("interval", INTERVAL), ("deadline", DEADLINE))
-    ),
+    f"--sampler.guest.interval={INTERVAL:g}s",
+    f"--sampler.guest.deadline={DEADLINE:g}s",
 )
+"""The guest sampler on, as often as FAST_SAMPLING's."""
+GUEST_ARGS = (*FAST_SAMPLING, *GUEST_SAMPLING, "--sampler.max-stuck-calls=3")
 BOOT_TIMEOUT = 120.0
 """Debian's kernel boots under pure emulation (TCG) in about 7 s here; a loaded machine, far slower."""
 STALE_WITHIN = INTERVAL + DEADLINE + SCHEDULING_SLACK
