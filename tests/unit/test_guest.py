@@ -7,13 +7,16 @@ import logging
 from collections.abc import Iterator
 from dataclasses import replace
 
+import libvirt
 import pytest
 
+from libvirt_exporter.app import Exporter
+from libvirt_exporter.cli import parse_config
 from libvirt_exporter.config import COLLECTOR_DEFAULTS
-from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.cycle import run_cycle_and_record
 from tests.exposition import value_including
-from tests.unit.conftest import DEADLINE, Harness, Series, make_config, value
-from tests.unit.fake_libvirt import FakeHost, agent_vm
+from tests.unit.conftest import Harness, Series, make_config, value, wait_for
+from tests.unit.fake_libvirt import FakeConnection, FakeHost, agent_vm
 
 
 @pytest.fixture
@@ -122,6 +125,38 @@ def test_the_guest_sampler_is_off_by_default(host: FakeHost) -> None:
         harness.exporter.stop()
 
 
-def test_the_guest_deadline_is_its_own(harness: Harness) -> None:
-    assert harness.exporter.guest.config.name is SamplerName.GUEST
-    assert harness.exporter.guest.config.deadline == DEADLINE
+def test_an_agent_that_connects_is_asked_once_libvirt_s_agent_event_came(
+    harness: Harness, host: FakeHost
+) -> None:
+    harness.cycle(harness.exporter.guest)
+    assert host.calls[("gone", "guestInfo")] == 0
+    registered = {event for conn in host.open_connections() for event, _ in conn.event_registrations.values()}
+    assert libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE in registered
+    xml_reads = host.calls[("gone", "XMLDesc")]
+    host.domains["gone"].agent = "connected"
+    host.emit_event(host.domains["gone"])
+    wait_for(lambda: host.calls[("gone", "XMLDesc")] > xml_reads)  # the event's survey read it again
+    series = harness.cycle(harness.exporter.guest)
+    assert host.calls[("gone", "guestInfo")] == 1
+    assert guest(series, "libvirt_domain_sample_stale", domain="gone", sampler="guest") == 0
+
+
+def test_the_guest_lanes_open_read_write_at_the_guest_uri(host: FakeHost) -> None:
+    config, _ = parse_config(["--collector.guest", "--sampler.guest.uri=qemu+ssh://hv1/system"])
+    assert config.enabled("guest")
+    opened: list[str] = []
+
+    def open_read_write(uri: str) -> FakeConnection:
+        opened.append(uri)
+        return host.open_read_write(uri)
+
+    exporter = Exporter(config, opener=host.open, host=host, guest_opener=open_read_write)
+    exporter.follow_changes()
+    try:
+        assert exporter.connection.connect_once()
+        exporter.refresh_inventory()
+        run_cycle_and_record(exporter.guest, exporter.store)
+        assert opened == ["qemu+ssh://hv1/system"]
+        assert host.calls[("vm", "guestInfo")] == 1
+    finally:
+        exporter.stop()
