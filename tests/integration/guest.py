@@ -11,7 +11,7 @@ machine's nested KVM that kernel printed nothing and never reached its init.
 Its init then serves commands on its serial console, which the host reaches on a unix socket
 (`GuestConsole`): `df` prints what the guest itself reports of its file systems, `agent-stop` and
 `agent-cont` send SIGSTOP and SIGCONT to qemu-ga, so that a test can freeze the agent inside the
-guest while the VM runs on.
+guest while the VM runs on, and `agent-kill` and `agent-start` end it and start it again.
 """
 
 from __future__ import annotations
@@ -46,14 +46,16 @@ mount -t ext4 /dev/vda /data && dd if=/dev/zero of=/data/fill bs=1M count={fill}
 for port in /sys/class/virtio-ports/*; do
   [ "$(cat $port/name)" = {channel} ] && agent=/dev/${{port##*/}}
 done
-/usr/sbin/qemu-ga -m virtio-serial -p $agent -t /run &
-pid=$!
+start_agent() {{ /usr/sbin/qemu-ga -m virtio-serial -p $agent -t /run & pid=$!; }}
+start_agent
 stty -F /dev/ttyS0 raw -echo
 while read -r command < /dev/ttyS0; do
   case $command in
     df) {{ echo "df-begin"; df -k /data; echo "df-end"; }} > /dev/ttyS0 ;;
     agent-stop) kill -STOP $pid; echo "agent-stopped" > /dev/ttyS0 ;;
     agent-cont) kill -CONT $pid; echo "agent-continued" > /dev/ttyS0 ;;
+    agent-kill) kill $pid; wait $pid; echo "agent-killed" > /dev/ttyS0 ;;
+    agent-start) start_agent; echo "agent-started" > /dev/ttyS0 ;;
   esac
 done
 """

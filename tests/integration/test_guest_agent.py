@@ -1,6 +1,6 @@
 """The guest sampler on the real libvirtd: a guest running Debian's qemu-ga reports its file systems
-as the guest itself sees them, and an agent frozen inside the guest costs one stuck call, is
-flagged, and holds up no scrape, no other sampler and no other VM.
+as the guest itself sees them; an agent frozen inside the guest costs one stuck call, is flagged,
+and holds up no scrape, no other sampler and no other VM; an agent that left gets no call at all.
 
 The guest is the suite's booting guest (guest.py): its init answers `df` on the serial console
 and stops or continues qemu-ga when told to. The tiny VMs have no agent channel at all.
@@ -123,4 +123,26 @@ def test_a_frozen_agent_is_flagged_and_holds_up_no_scrape_sampler_or_vm(
             assert stale(later, vm.name, "block") == 0
     finally:
         console.ask("agent-cont", until="agent-continued", timeout=10)
+    scrape_until(exporter, lambda s: stale(s, name, "guest") == 0, STALE_WITHIN + INTERVAL)
+
+
+def test_an_agent_that_leaves_is_not_asked_and_is_flagged_until_it_is_back(
+    agent_guest: GuestVM, console: GuestConsole, run_exporter: Callable[..., Exporter]
+) -> None:
+    """qemu-ga ended inside the guest: libvirt marks its channel disconnected and says so with an
+    agent-lifecycle event, on which the survey reads the XML again; no call goes to the domain."""
+    name = agent_guest.name
+    exporter = run_exporter(*GUEST_ARGS)
+    scrape_until(exporter, lambda s: stale(s, name, "guest") == 0, BOOT_TIMEOUT)
+
+    console.ask("agent-kill", until="agent-killed", timeout=10)
+    try:
+        gone, _ = scrape_until(exporter, lambda s: skipped(s, name) >= 2, 2 * (INTERVAL + SCHEDULING_SLACK))
+        assert stale(gone, name, "guest") == 1
+        assert value(gone, "libvirt_domain_sample_timeouts_total", domain=name, sampler="guest") == 0
+        assert value(gone, "libvirt_domain_sample_errors_total", domain=name, sampler="guest") == 0
+        assert value(gone, "libvirt_sampler_threads", state="stuck") == 0
+        assert stale(gone, name, "block") == 0
+    finally:
+        console.ask("agent-start", until="agent-started", timeout=10)
     scrape_until(exporter, lambda s: stale(s, name, "guest") == 0, STALE_WITHIN + INTERVAL)
