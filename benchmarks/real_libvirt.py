@@ -1,15 +1,18 @@
 """This exporter against Debian's `prometheus-libvirt-exporter` on a real libvirtd: `make bench-real`.
 
-Both scrape the same host, with the same tiny QEMU VMs (tests/integration/vms.py), in the same run,
+All run on the same host, with the same tiny QEMU VMs (tests/integration/vms.py), in the same run,
 one after the other so that libvirtd's CPU can be told apart (its idle CPU, measured first with no
-exporter, is taken off). Prometheus scrapes once per interval; Debian's exporter asks libvirt for
-everything in each scrape, this one once per sampling cycle, so a scrape interval costs:
-
-- Debian's: one scrape (its CPU, and libvirtd's);
-- ours: one sampling cycle, with no scrape meanwhile, plus one scrape of the snapshot.
+exporter, is taken off). Prometheus scrapes once per interval (15 s by default); Debian's exporter
+asks libvirt for everything in each scrape, this one once per sampling cycle. So each exporter runs
+for a few intervals, scraped once per interval, and the CPU it and libvirtd used over them is
+divided by their number: for Debian's that is one scrape's cost, for ours one sampling cycle's
+(with its share of the disks' sizes, read on a cadence of their own, spread over the cycles) and
+one scrape of the snapshot. Ours runs twice: with its default collectors, and with those that export
+what Debian's does (`ABOUT_DEBIANS`).
 
 Then the same with one VM frozen (SIGSTOP on its QEMU), scraped with Prometheus' default timeout.
-It prints the machine, one table of figures and one of ratios (Debian's figure / ours).
+It prints the machine, one table of figures (default collectors) with ratios (Debian's figure /
+ours), and one of the host's CPU per interval for each exporter with its ratio to Debian's.
 
 It uses the system libvirtd, which others share: `make bench-real` holds /tmp/system-libvirtd.lock
 while it runs, and the VMs it starts are destroyed at the end, frozen ones thawed first.
@@ -50,6 +53,10 @@ SCRAPE_TIMEOUT_SECONDS = 10.0
 """Prometheus' default scrape_timeout."""
 START_TIMEOUT_SECONDS = 30.0
 MIB = 1024 * 1024
+ABOUT_DEBIANS = tuple(
+    f"--no-collector.{name}" for name in ("vcpu", "balloon", "iothread", "memory", "job", "storage_pool")
+)
+"""Our collectors that export about what Debian's does: state, CPU time, interfaces, disks."""
 
 
 @dataclass
@@ -107,15 +114,15 @@ class Process:
 
 
 @contextlib.contextmanager
-def ours(workdir: Path, interval: float) -> Iterator[Process]:
+def ours(workdir: Path, interval: float, collectors: Sequence[str] = ()) -> Iterator[Process]:
     port = free_port()
     flags = [
         f"--sampler.{name}.{setting}={seconds:g}s"
-        for name in ("bulk", "block", "job")
+        for name in ("bulk", "job")
         for setting, seconds in (("interval", interval), ("deadline", min(interval, 5.0)))
     ]
     command = [sys.executable, "-m", "libvirt_exporter", f"--web.listen-address=127.0.0.1:{port}", *flags]
-    process = Process([*command, f"--libvirt.uri={URI}"], port, workdir / "ours.log")
+    process = Process([*command, *collectors, f"--libvirt.uri={URI}"], port, workdir / "ours.log")
     try:
         yield process
     finally:
@@ -170,13 +177,16 @@ def wait_until_answering(process: Process) -> None:
     wait_for(answers, START_TIMEOUT_SECONDS, "Debian's exporter to answer")
 
 
-def scrape_for(process: Process, count: int, seconds: float) -> list[float | None]:
-    """`count` scrapes spread over `seconds` (back to back when they take longer)."""
+def scrape_for(process: Process, count: int, seconds: float, spaced: bool = False) -> list[float | None]:
+    """`count` scrapes spread over `seconds` (back to back when they take longer); `spaced`: and
+    until the end of the last one's share of `seconds`."""
     results: list[float | None] = []
     started = time.monotonic()
     for index in range(count):
         time.sleep(max(0.0, started + index * seconds / count - time.monotonic()))
         results.append(process.scraper.scrape())
+    if spaced:
+        time.sleep(max(0.0, started + seconds - time.monotonic()))
     return results
 
 
@@ -187,24 +197,45 @@ def idle_libvirtd_rate(seconds: float) -> float:
     return (libvirtd_cpu() - before) / seconds
 
 
-def measure_ours(workdir: Path, vms: list[TinyVM], args: argparse.Namespace, idle_rate: float) -> Figures:
-    with ours(workdir, args.interval) as process:
+@dataclass
+class HostCpu:
+    """What an exporter cost the host per scrape interval, in CPU seconds."""
+
+    exporter: float
+    libvirtd: float
+
+    @property
+    def total(self) -> float:
+        return self.exporter + self.libvirtd
+
+
+def cpu_per_interval(process: Process, args: argparse.Namespace, idle_rate: float) -> HostCpu:
+    """The exporter's and libvirtd's CPU over `args.cycles` intervals, scraped once in each, as
+    Prometheus does, divided by their number; libvirtd's idle CPU taken off."""
+    window = args.cycles * args.interval
+    exporter_before, libvirtd_before = cpu_seconds(process.pid), libvirtd_cpu()
+    scrape_for(process, args.cycles, window, spaced=True)
+    return HostCpu(
+        exporter=(cpu_seconds(process.pid) - exporter_before) / args.cycles,
+        libvirtd=(libvirtd_cpu() - libvirtd_before - idle_rate * window) / args.cycles,
+    )
+
+
+def measure_ours(
+    workdir: Path,
+    vms: list[TinyVM],
+    args: argparse.Namespace,
+    idle_rate: float,
+    collectors: Sequence[str] = (),
+) -> Figures:
+    with ours(workdir, args.interval, collectors) as process:
         wait_until_sampled(process, vms)
-        window = args.cycles * args.interval
-        exporter_before, libvirtd_before = cpu_seconds(process.pid), libvirtd_cpu()
-        time.sleep(window)
-        exporter_per_cycle = (cpu_seconds(process.pid) - exporter_before) / args.cycles
-        libvirtd_per_cycle = (libvirtd_cpu() - libvirtd_before - idle_rate * window) / args.cycles
-        scrape_seconds = args.interval * 2
-        exporter_before = cpu_seconds(process.pid)
-        results = scrape_for(process, args.scrapes, scrape_seconds)
-        scrape_cpu = (
-            cpu_seconds(process.pid) - exporter_before - exporter_per_cycle * scrape_seconds / args.interval
-        )
+        host = cpu_per_interval(process, args, idle_rate)
+        results = scrape_for(process, args.scrapes, args.interval * 2)
         return Figures(
             latencies=[r for r in results if r is not None],
-            exporter_cpu_per_interval=exporter_per_cycle + max(0.0, scrape_cpu) / args.scrapes,
-            libvirtd_cpu_per_interval=libvirtd_per_cycle,
+            exporter_cpu_per_interval=host.exporter,
+            libvirtd_cpu_per_interval=host.libvirtd,
             peak_rss_kib=status_value(process.pid, "VmHWM"),
             threads=status_value(process.pid, "Threads"),
             series=series_count(scrape_text(process)),
@@ -214,15 +245,12 @@ def measure_ours(workdir: Path, vms: list[TinyVM], args: argparse.Namespace, idl
 def measure_debians(workdir: Path, args: argparse.Namespace, idle_rate: float) -> Figures:
     with debians(workdir) as process:
         wait_until_answering(process)
-        exporter_before, libvirtd_before, started = cpu_seconds(process.pid), libvirtd_cpu(), time.monotonic()
+        host = cpu_per_interval(process, args, idle_rate)
         results = scrape_for(process, args.debian_scrapes, 0)
-        elapsed = time.monotonic() - started
-        answered = [r for r in results if r is not None]
-        count = len(results)
         return Figures(
-            latencies=answered,
-            exporter_cpu_per_interval=(cpu_seconds(process.pid) - exporter_before) / count,
-            libvirtd_cpu_per_interval=(libvirtd_cpu() - libvirtd_before - idle_rate * elapsed) / count,
+            latencies=[r for r in results if r is not None],
+            exporter_cpu_per_interval=host.exporter,
+            libvirtd_cpu_per_interval=host.libvirtd,
             peak_rss_kib=status_value(process.pid, "VmHWM"),
             threads=status_value(process.pid, "Threads"),
             series=series_count(scrape_text(process)),
@@ -246,8 +274,8 @@ def measure_ours_frozen(workdir: Path, vms: list[TinyVM], args: argparse.Namespa
     with ours(workdir, args.interval) as process:
         wait_until_sampled(process, vms)
         frozen.freeze()
-        # The block or the bulk sampler's call gets stuck, whichever touches QEMU first; the block
-        # values go stale either way.
+        # The bulk sampler's call gets stuck on it (the host-wide one, or the VM's own when its
+        # disks' sizes are due), and the block values it brings go stale with it.
         stale = f'libvirt_domain_sample_stale{{domain="{frozen.name}",sampler="block"}} 1.0'
         wait_for(
             lambda: stale.encode() in scrape_text(process),
@@ -336,6 +364,27 @@ def report(vms: int, mine: Figures, theirs: Figures, mine_frozen: Frozen, theirs
     return table((f"{vms} VMs", "libvirt-exporter", "Debian's", "Debian's / ours"), rows)
 
 
+def cpu_report(interval: float, theirs: Figures, configurations: Sequence[tuple[str, Figures]]) -> str:
+    """The host's CPU per scrape interval, libvirtd's and the exporter's, and the total's ratio to
+    Debian's exporter: what issue 16's targets are set in."""
+
+    def row(name: str, figures: Figures) -> tuple[str, ...]:
+        total = figures.libvirtd_cpu_per_interval + figures.exporter_cpu_per_interval
+        debians = theirs.libvirtd_cpu_per_interval + theirs.exporter_cpu_per_interval
+        return (
+            name,
+            f"{figures.libvirtd_cpu_per_interval * 1e3:.1f} ms",
+            f"{figures.exporter_cpu_per_interval * 1e3:.1f} ms",
+            f"{total * 1e3:.1f} ms",
+            f"{total / debians:.2f}x" if debians > 0 else "-",
+        )
+
+    headers = (f"CPU per {interval:g} s interval", "libvirtd", "exporter", "total", "vs Debian's")
+    return table(
+        headers, [row("Debian's", theirs), *(row(name, figures) for name, figures in configurations)]
+    )
+
+
 def default_vm_count() -> int:
     """As many as the memory holds with room to spare (64 MiB guests, QEMU's own memory), 20 to 60."""
     return max(20, min(60, meminfo_kib("MemAvailable") * 1024 // (512 * MIB)))
@@ -348,8 +397,10 @@ def meminfo_kib(key: str) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="This exporter against Debian's on a real libvirtd.")
     parser.add_argument("--vms", type=int, default=default_vm_count(), help="tiny VMs to start")
-    parser.add_argument("--interval", type=float, default=5.0, help="our sampling interval, seconds")
-    parser.add_argument("--cycles", type=int, default=4, help="our cycles the CPU is measured over")
+    parser.add_argument(
+        "--interval", type=float, default=15.0, help="our sampling interval and the scrape interval, seconds"
+    )
+    parser.add_argument("--cycles", type=int, default=4, help="scrape intervals the CPU is measured over")
     parser.add_argument("--scrapes", type=int, default=200, help="scrapes of our exporter")
     parser.add_argument("--debian-scrapes", type=int, default=50, help="scrapes of Debian's exporter")
     parser.add_argument("--frozen-debian-scrapes", type=int, default=3, help="with a VM frozen (10 s each)")
@@ -372,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{len(vms)} tiny VMs running", file=sys.stderr, flush=True)
             idle_rate = idle_libvirtd_rate(args.idle_seconds)
             mine = measure_ours(workdir, vms, args, idle_rate)
+            mine_as_debians = measure_ours(workdir, vms, args, idle_rate, ABOUT_DEBIANS)
             theirs = measure_debians(workdir, args, idle_rate)
             mine_frozen = measure_ours_frozen(workdir, vms, args)
             theirs_frozen = measure_debians_frozen(workdir, args)
@@ -379,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             destroy_vms(conn, vms)
             conn.close()
     print(report(len(vms), mine, theirs, mine_frozen, theirs_frozen))
+    print()
+    configurations = [("ours, default collectors", mine), ("ours, about Debian's families", mine_as_debians)]
+    print(cpu_report(args.interval, theirs, configurations))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ SAMPLED = 20
 """Every SAMPLED-th scrape's body is kept and its health figures read once the timing is over."""
 SCENARIOS = ("healthy", "frozen", "half-hung", "half-hung-late")
 LATE_OUTAGE_CYCLE = 2
-"""The block cycle in which the storage dies in `half-hung-late`: before the CPU is measured."""
+"""The bulk cycle in which the storage dies in `half-hung-late`: before the CPU is measured."""
 KIND_WORDS = {OUTAGE: "storage", "stopped": "stopped", FROZEN: "frozen"}
 HEADERS = (
     "domains",
@@ -190,7 +190,7 @@ class Result:
         return [
             str(self.domains),
             describe_hung(self.hung)
-            + (" dying in a block cycle" if self.scenario == "half-hung-late" else ""),
+            + (" dying in a bulk cycle" if self.scenario == "half-hung-late" else ""),
             str(self.series),
             f"{self.text_bytes / 1e6:.2f} MB",
             f"{self.gzip_bytes / 1e6:.3f} MB",
@@ -341,7 +341,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated, run at each size: healthy; frozen (every --hung-every-th domain "
         "frozen, nothing shows it); half-hung (every second domain hung: most on a storage that "
         "stops answering, a fifth with their QEMU stopped, --frozen of them frozen); half-hung-late "
-        "(the same, but the storage dies as a block cycle sends its calls, after the round's probe)",
+        "(the same, but the storage dies as a bulk cycle sends its calls, after the round's probe)",
     )
     parser.add_argument(
         "--late-sizes", default="500", help="the sizes half-hung-late runs at (of --sizes), comma-separated"

@@ -10,8 +10,8 @@ mount table, `HostAccess`) replaced by the fake host of the unit tests, holding 
   disks on one storage that stops answering (a dead NFS server; their QEMUs keep running), a fifth
   of them have their QEMU stopped (SIGSTOP, which /proc shows), and `--frozen` of those are frozen
   instead (no signal anywhere). The storage stops answering before the exporter starts, or, with
-  `--late-outage=N`, as the N-th block cycle sends its calls: after that round's probe found the
-  storage answering, as when it dies in the middle of a round.
+  `--late-outage=N`, as the N-th bulk cycle sends its calls (which read the disks' counters):
+  after that round's probe found the storage answering, as when it dies in the middle of a round.
 
 At the start of each bulk cycle it prints `cycle <process CPU seconds>`, so that the benchmark can
 tell what each sampling cycle cost, exactly, in this process. The fake host runs in this process
@@ -28,8 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from libvirt_exporter.app import Exporter
-from libvirt_exporter.cli import SAMPLER_DEFAULTS, parse_config
+from libvirt_exporter.cli import DISK_INTERVALS, SAMPLER_DEFAULTS, parse_config
+from libvirt_exporter.config import parse_duration
 from libvirt_exporter.logs import setup_logging
+from libvirt_exporter.samplers import SamplerName
 from tests.unit.fake_libvirt import IMAGES, FakeDomain, FakeHost
 
 FROZEN = "frozen"
@@ -95,6 +97,15 @@ def simulated_host(domains: int, hung: dict[str, str], outage_now: bool = True) 
     return host
 
 
+def sizes_interval(interval: str) -> float:
+    """How often disk sizes are read when every sampler runs every `interval`: as much more
+    seldom than the bulk sampler's cycles as by default (5 minutes against 15 s), so that the
+    cycles measured bear their share of the sizes' calls, spread over the cycles as they are."""
+    bulk_default = parse_duration(SAMPLER_DEFAULTS[SamplerName.BULK][0])
+    sizes_default = parse_duration(DISK_INTERVALS[SamplerName.BLOCK_INFO] or "")
+    return parse_duration(interval) * sizes_default / bulk_default
+
+
 def report_cycle_starts(run_cycle: Callable[[], None]) -> Callable[[], None]:
     def reported() -> None:
         print(f"cycle {time.process_time():.6f}", flush=True)
@@ -104,7 +115,7 @@ def report_cycle_starts(run_cycle: Callable[[], None]) -> Callable[[], None]:
 
 
 def outage_at_cycle(cycle: int, host: FakeHost, sample: Callable[[], None]) -> Callable[[], None]:
-    """`sample` (a block cycle's calls, sent once the round's probe is over) that, in its `cycle`-th
+    """`sample` (a bulk cycle's calls, sent once the round's probe is over) that, in its `cycle`-th
     run, first makes the storage stop answering."""
     cycles = 0
 
@@ -128,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--late-outage",
         type=int,
         default=0,
-        help="the storage dies in the n-th block cycle; 0: before the start",
+        help="the storage dies in the n-th bulk cycle; 0: before the start",
     )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interval", default="2s", help="interval of every sampler")
@@ -139,13 +150,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in SAMPLER_DEFAULTS
         for setting, value in (("interval", args.interval), ("deadline", args.deadline))
     ]
+    samplers.append(f"--sampler.block_info.interval={sizes_interval(args.interval):g}s")
     config, _ = parse_config([f"--web.listen-address=127.0.0.1:{args.port}", *samplers, *exporter_flags])
     setup_logging("error", "logfmt")  # hung domains would log a warning per call
     hung = hangs(args.domains, args.hung_every, args.half_hung, args.frozen)
     host = simulated_host(args.domains, hung, outage_now=not args.late_outage)
     exporter = Exporter(config, opener=host.open, host=host)
     if args.late_outage and OUTAGE in hung.values():
-        exporter.block._sample = outage_at_cycle(args.late_outage, host, exporter.block._sample)  # type: ignore[method-assign]
+        exporter.bulk._sample = outage_at_cycle(args.late_outage, host, exporter.bulk._sample)  # type: ignore[method-assign]
     exporter.bulk.run_cycle = report_cycle_starts(exporter.bulk.run_cycle)  # type: ignore[method-assign]
     exporter.serve_forever()
     host.thaw_all()  # on SIGTERM: the threads stuck on hung domains and storage return, and it exits

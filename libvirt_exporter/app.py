@@ -29,6 +29,7 @@ from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import DomainParts, Sampler
 from libvirt_exporter.samplers.basic import BasicSampler
 from libvirt_exporter.samplers.block import BlockSampler
+from libvirt_exporter.samplers.block_info import BlockInfoSampler
 from libvirt_exporter.samplers.bulk import BulkSampler, stat_groups
 from libvirt_exporter.samplers.guest import GuestSampler
 from libvirt_exporter.samplers.job import JobSampler
@@ -63,8 +64,13 @@ class Exporter:
         parts = DomainParts(self.dispatcher, self.store, self.inventory, self.storage)
         self.basic = BasicSampler(config.sampler(SamplerName.BASIC), parts, self.storage, config.collectors)
         groups = stat_groups(config.collectors)
-        self.bulk = BulkSampler(config.sampler(SamplerName.BULK), parts, self.basic, groups)
-        self.block = BlockSampler(config.sampler(SamplerName.BLOCK), parts, self.basic)
+        bulk = config.sampler(SamplerName.BULK)
+        self.block = BlockSampler(config.sampler(SamplerName.BLOCK), self.store, self.inventory)
+        self.block_info = BlockInfoSampler(
+            config.sampler(SamplerName.BLOCK_INFO), self.store, self.inventory, bulk.interval
+        )
+        disks = (self.block, self.block_info) if config.enabled("block") else None
+        self.bulk = BulkSampler(bulk, parts, self.basic, groups, disks)
         self.job = JobSampler(config.sampler(SamplerName.JOB), parts, self.basic)
         self.guest_dispatcher = Dispatcher(self.runner, self.connection, guest_opener, config.guest_uri)
         """Read-write lanes for the guest sampler alone, opened only when it runs."""
@@ -73,13 +79,20 @@ class Exporter:
         self.storage_pools = StoragePoolSampler(
             config.sampler(SamplerName.STORAGE_POOL), self.dispatcher, self.store
         )
-        self.looped: tuple[Sampler, ...] = tuple(
-            sampler
-            for sampler in (self.bulk, self.block, self.job, self.storage_pools, self.guest)
-            if sampler is self.bulk or config.enabled(sampler.name)
+        switched = ((self.job, "job"), (self.storage_pools, "storage_pool"), (self.guest, "guest"))
+        self.looped: tuple[Sampler, ...] = (
+            self.bulk,
+            *(sampler for sampler, collector in switched if config.enabled(collector)),
         )
         """The samplers that run on their interval; the round's first runs the survey (`basic`)."""
-        self.samplers: tuple[Sampler, ...] = (self.basic, self.storage, *self.looped)
+        self.samplers: tuple[Sampler, ...] = (
+            self.basic,
+            self.storage,
+            self.bulk,
+            *(disks or ()),
+            *self.looped[1:],
+        )
+        """Every sampler whose values are served; the disks' come with the bulk sampler's cycles."""
         self.view = View(
             self.connection,
             self.inventory,

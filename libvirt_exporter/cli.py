@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import NoReturn
 
 from libvirt_exporter import __version__
@@ -35,13 +36,25 @@ often as the most frequent of the others: their deadline when no flag gives one,
 the bulk sampler's (None: the bulk sampler's)."""
 SAMPLER_DEFAULTS = {
     SamplerName.BULK: ("15s", "5s"),
-    SamplerName.BLOCK: ("15s", "5s"),
     SamplerName.JOB: ("15s", "5s"),
     SamplerName.STORAGE_POOL: ("60s", "10s"),
     SamplerName.GUEST: ("60s", "5s"),
 }
 """Each sampler's interval and deadline; the guest agent's calls cost the guest most, so its
 sampler runs least often."""
+DISK_INTERVALS = {SamplerName.BLOCK: None, SamplerName.BLOCK_INFO: "5m"}
+"""The samplers whose values come with the bulk sampler's calls (samplers/block.py, block_info.py),
+under its deadline: the disks' counters each cycle (None: the bulk sampler's interval), their sizes,
+which change slowly and cost a round trip to QEMU per disk, every 5 minutes (docs/benchmarks.md)."""
+
+RETIRED_FLAGS = {
+    "--sampler.block.interval": "the disks' I/O counters come with each bulk cycle "
+    "(--sampler.bulk.interval), their sizes every --sampler.block_info.interval",
+    "--sampler.block.deadline": "the disks' values come with the bulk sampler's calls, under "
+    "--sampler.bulk.deadline",
+}
+"""Flags of earlier versions that no longer do anything: still accepted, so that a service whose
+flags name them starts after an upgrade, and each given one is logged with what took its place."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
             default=deadline,
             help=f"how long a {name} call may run before it counts as a timeout; it never delays a scrape",
         )
+    for flag in RETIRED_FLAGS:
+        parser.add_argument(flag, dest=_retired_dest(flag), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sampler.block_info.interval",
+        dest="block_info_interval",
+        default=DISK_INTERVALS[SamplerName.BLOCK_INFO],
+        help="how often each disk's capacity, allocation and physical size are read again, with the "
+        "bulk sampler's calls; the disks' I/O counters come with every bulk cycle",
+    )
     parser.add_argument(
         "--sampler.basic.deadline",
         dest="basic_deadline",
@@ -201,6 +223,23 @@ def _survey_samplers(
     return tuple(survey)
 
 
+def _disk_samplers(
+    samplers: tuple[SamplerConfig, ...], args: argparse.Namespace
+) -> tuple[SamplerConfig, ...]:
+    """The disks' samplers: the bulk sampler's deadline, and its interval or their own."""
+    bulk = next(s for s in samplers if s.name is SamplerName.BULK)
+    disks = []
+    for name, default in DISK_INTERVALS.items():
+        flag = f"--sampler.{name}.interval"
+        interval = (
+            parse_bounded_duration(getattr(args, f"{name}_interval"), flag, MIN_INTERVAL, MAX_INTERVAL)
+            if default is not None
+            else bulk.interval
+        )
+        disks.append(replace(bulk, name=name, interval=interval))
+    return tuple(disks)
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Namespace]:
     """Flags to a validated Config; any mistake exits 2 with one line."""
     parser = _parser()
@@ -208,7 +247,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
     try:
         host, port = parse_listen_address(args.listen_address)
         samplers = tuple(_sampler(args, name) for name in SAMPLER_DEFAULTS)
-        samplers += _survey_samplers(samplers, args)
+        samplers += _survey_samplers(samplers, args) + _disk_samplers(samplers, args)
         collectors = frozenset(name for name in COLLECTOR_DEFAULTS if getattr(args, f"collector_{name}"))
         config = Config(
             host,
@@ -230,6 +269,16 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
     except ConfigError as error:
         parser.error(str(error))
     return config, args
+
+
+def _retired_dest(flag: str) -> str:
+    return "retired_" + flag.removeprefix("--").replace(".", "_")
+
+
+def warn_of_retired_flags(args: argparse.Namespace) -> None:
+    for flag, instead in RETIRED_FLAGS.items():
+        if getattr(args, _retired_dest(flag)) is not None:
+            log.warning("flag no longer has an effect", flag=flag, instead=instead)
 
 
 def _sampler(args: argparse.Namespace, name: SamplerName) -> SamplerConfig:
@@ -256,6 +305,7 @@ def _web_limits(args: argparse.Namespace) -> WebLimits:
 def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(argv)
     setup_logging(args.log_level, args.log_format)
+    warn_of_retired_flags(args)
     from libvirt_exporter.app import Exporter  # imports gevent and libvirt only once flags are good
 
     log.info("starting libvirt-exporter", version=__version__, uri=config.libvirt_uri)

@@ -16,19 +16,24 @@ log = get_logger(__name__)
 
 
 def run_cycle_and_record(sampler: Sampler, store: Store) -> None:
-    """One cycle, with its duration and success recorded for the sampler-health metrics."""
+    """One cycle, with its duration and success recorded for the sampler-health metrics, under
+    each name the sampler's cycles stand for."""
     name = sampler.name
     started = time.monotonic()
+    succeeded = False
     try:
         sampler.run_cycle()
+        succeeded = True
     except CycleFailed as error:
-        store.cycle_failed(name, time.monotonic() - started)
         log.warning("sampling cycle failed", sampler=name, err=str(error))
     except Exception:
-        store.cycle_failed(name, time.monotonic() - started)
         log.exception("sampling cycle failed", sampler=name)
-    else:
-        store.cycle_succeeded(name, time.monotonic() - started, time.time())
+    duration = time.monotonic() - started
+    for account in sampler.accounts():
+        if succeeded:
+            store.cycle_succeeded(account, duration, time.time())
+        else:
+            store.cycle_failed(account, duration)
 
 
 class Rounds:

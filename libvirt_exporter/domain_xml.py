@@ -91,6 +91,8 @@ class DomainDescription:
     """The value of each field asked for, in their order; empty where absent."""
     vcpu_pins: tuple[tuple[int, str], ...] = ()
     """Each pinned vCPU and the host CPUs it may run on, as libvirt writes a cpuset (`0-3,8`)."""
+    iothreads: bool = False
+    """It defines I/O threads (`<iothreads>`, `<iothreadids>`): only then has its QEMU any."""
     agent: str | None = None
     """The state of its QEMU guest-agent channel as libvirt writes it (`connected`, `disconnected`,
     empty while unknown); None when it has none."""
@@ -264,6 +266,11 @@ def _vcpu_pins(root: Element) -> tuple[tuple[int, str], ...]:
     return tuple((number, cpuset) for number, cpuset in pins if cpuset)
 
 
+def _defines_iothreads(root: Element) -> bool:
+    count = (root.findtext("iothreads") or "").strip()
+    return (count.isdigit() and int(count) > 0) or root.find("iothreadids/iothread") is not None
+
+
 def _agent_state(devices: Element | None) -> str | None:
     """From <channel><target type='virtio' name='org.qemu.guest_agent.0' state=...>: libvirt
     updates the state when QEMU sees the guest open or close the channel's port."""
@@ -293,5 +300,6 @@ def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> Doma
         description_text=_label_text(root.findtext("description")),
         metadata=tuple(_metadata_value(root.find("metadata"), field) for field in metadata),
         vcpu_pins=_vcpu_pins(root),
+        iothreads=_defines_iothreads(root),
         agent=_agent_state(devices),
     )

@@ -168,15 +168,17 @@ def _table(caption: str, header: Iterable[str], rows: Iterable[str], empty: str)
     return f"<h2>{_e(caption)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _stuck_calls(state: State) -> list[tuple[float, str, SamplerName]]:
-    """Every call past its deadline, longest first: (seconds, what it is about, sampler)."""
+def _stuck_calls(state: State) -> list[tuple[float, str, str]]:
+    """Every call past its deadline, longest first: (seconds, what it is about, the samplers whose
+    values it was to bring). A call counts in flight for each sampler whose values it brings (the
+    bulk sampler's bring the block sampler's), at the same age: one row each."""
     deadlines = {sampler.name: sampler.deadline for sampler in state.samplers}
-    calls = [
-        (seconds, str(subject), sampler)
-        for (sampler, subject), seconds in state.in_flight.items()
-        if seconds > deadlines.get(sampler, float("inf"))
-    ]
-    return sorted(calls, key=lambda call: (-call[0], call[1]))
+    calls: dict[tuple[float, str], list[str]] = {}
+    for (sampler, subject), seconds in state.in_flight.items():
+        if seconds > deadlines.get(sampler, float("inf")):
+            calls.setdefault((seconds, str(subject)), []).append(sampler)
+    rows = [(seconds, about, ", ".join(samplers)) for (seconds, about), samplers in calls.items()]
+    return sorted(rows, key=lambda call: (-call[0], call[1]))
 
 
 def _summary(state: State, rows: list[DomainRow]) -> str:
@@ -249,9 +251,9 @@ code{word-break:break-all}
 
 def _stuck_calls_html(state: State) -> str:
     rows = (
-        f'<tr><th scope="row">{_e(about)}</th><td data-label="sampler">{_e(sampler)}</td>'
+        f'<tr><th scope="row">{_e(about)}</th><td data-label="sampler">{_e(samplers)}</td>'
         f'<td data-label="stuck for">{duration(seconds)}</td></tr>'
-        for seconds, about, sampler in _stuck_calls(state)
+        for seconds, about, samplers in _stuck_calls(state)
     )
     return _table("Stuck calls", ("about", "sampler", "stuck for"), rows, "No call runs past its deadline.")
 

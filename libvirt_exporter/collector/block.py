@@ -1,10 +1,13 @@
-"""Per-disk families from the `block` sampler, and each disk's identity from the domain XML."""
+"""Per-disk families: I/O counters from the `block` sampler, sizes from the `block_info` sampler (a
+slower cadence), and each disk's identity from the domain XML."""
 
 from __future__ import annotations
 
+from libvirt_exporter.calls import Domain
 from libvirt_exporter.collector.families import NANOSECONDS, Families, Kind, Spec, fields, gauge
 from libvirt_exporter.collector.view import State
 from libvirt_exporter.domain_xml import Disk
+from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.stat_keys import devices
 
@@ -22,7 +25,7 @@ INFO = gauge(
 
 G, C = Kind.GAUGE, Kind.COUNTER
 # fmt: off
-FIELDS = fields("block", ("domain", "device"), [  # block.N.<field>
+COUNTERS = fields("block", DD, [  # block.N.<field>, from the block stats group
     ("rd.reqs", C, "libvirt_domain_block_read_requests", "Read requests", 1),
     ("rd.bytes", C, "libvirt_domain_block_read_bytes", "Bytes read", 1),
     ("rd.times", C, "libvirt_domain_block_read_time_seconds", "Time spent reading", NANOSECONDS),
@@ -32,11 +35,21 @@ FIELDS = fields("block", ("domain", "device"), [  # block.N.<field>
     ("fl.reqs", C, "libvirt_domain_block_flush_requests", "Flush requests", 1),
     ("fl.times", C, "libvirt_domain_block_flush_time_seconds", "Time spent flushing", NANOSECONDS),
     ("errors", C, "libvirt_domain_block_errors", "I/O errors, where the hypervisor reports them", 1),
-    ("capacity", G, "libvirt_domain_block_capacity_bytes", "Size of the disk as the guest sees it", 1),
-    ("allocation", G, "libvirt_domain_block_allocation_bytes", "Host bytes the image of the disk uses", 1),
-    ("physical", G, "libvirt_domain_block_physical_bytes", "Size of the disk's image on the host", 1),
 ])
 # fmt: on
+SIZES_CADENCE = (
+    "(read every --sampler.block_info.interval, 5 minutes by default: "
+    'libvirt_domain_sample_timestamp_seconds{sampler="block_info"} says when)'
+)
+SIZES = {
+    field: gauge(name, f"{help} {SIZES_CADENCE}.", DD, source="virDomainGetBlockInfo", collector="block")
+    for field, name, help in (
+        ("capacity", "libvirt_domain_block_capacity_bytes", "Size of the disk as the guest sees it"),
+        ("allocation", "libvirt_domain_block_allocation_bytes", "Host bytes the image of the disk uses"),
+        ("physical", "libvirt_domain_block_physical_bytes", "Size of the disk's image on the host"),
+    )
+}
+"""From the block_info sampler, by the disk's target name."""
 
 _DIRECTIONS = {"total": "reads and writes together", "read": "reads", "write": "writes"}
 _UNITS = {"bytes": "bytes", "iops": "requests"}
@@ -70,7 +83,7 @@ LIMITS = _limits()
 """Read from the XML the survey already has, with no call of their own; a throttle not set (or
 set to 0, none) has no series."""
 
-SPECS = (INFO, *(spec for _, spec in FIELDS), *(spec for _, spec in LIMITS))
+SPECS = (INFO, *(spec for _, spec in COUNTERS), *SIZES.values(), *(spec for _, spec in LIMITS))
 
 
 def _add_limits(families: Families, domain: str, disk: Disk) -> None:
@@ -95,12 +108,29 @@ def collect(state: State) -> Families:
             )
             families.add(INFO, labels, 1)
             _add_limits(families, entry.name, disk)
-        sample = state.store.sample(SamplerName.BLOCK, entry.subject)
-        if sample is None:
-            continue
-        for device, stats in devices(sample.values).get("block", ()):
-            for field, spec in FIELDS:
-                value = stats.get(field)
-                if value is not None and value >= 0:  # libvirt reports -1 for "not supported"
-                    families.add(spec, (entry.name, device), value)
+        _add_counters(families, state, entry.name, entry.subject)
+        _add_sizes(families, state, entry)
     return families
+
+
+def _add_counters(families: Families, state: State, name: str, subject: Domain) -> None:
+    sample = state.store.sample(SamplerName.BLOCK, subject)
+    if sample is None:
+        return
+    for device, stats in devices(sample.values).get("block", ()):
+        for field, spec in COUNTERS:
+            value = stats.get(field)
+            if value is not None and value >= 0:  # libvirt reports -1 for "not supported"
+                families.add(spec, (name, device), value)
+
+
+def _add_sizes(families: Families, state: State, entry: DomainEntry) -> None:
+    """The sizes of the disks the domain has now: a disk removed since they were read has none."""
+    sample = state.store.sample(SamplerName.BLOCK_INFO, entry.subject)
+    if sample is None:
+        return
+    for disk in entry.disks_with_media:
+        for field, spec in SIZES.items():
+            value = sample.values.get(f"{disk.target}.{field}")
+            if value is not None:
+                families.add(spec, (entry.name, disk.target), value)

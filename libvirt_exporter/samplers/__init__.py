@@ -14,6 +14,7 @@ class SamplerName(StrEnum):
     STORAGE = "storage"
     BULK = "bulk"
     BLOCK = "block"
+    BLOCK_INFO = "block_info"
     JOB = "job"
     STORAGE_POOL = "storage_pool"
     GUEST = "guest"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import gevent
+import gevent.pool
 
 from libvirt_exporter.calls import CallKey, Domain, LateHandler, Outcome, Status, Subject
 from libvirt_exporter.config import SamplerConfig
@@ -20,8 +21,14 @@ from libvirt_exporter.store import Sample, Store
 
 log = get_logger(__name__)
 
-Read = Callable[[Lane], Mapping[str, Any]]
+Read = Callable[[Lane], Any]
 """Reads one subject's values on the lane it is given (see Dispatcher.call)."""
+SENDERS_AT_ONCE = 16
+"""Greenlets that send a cycle's calls, one subject after another: the calls run a few at a time
+anyway (`--sampler.max-concurrent-calls`), and a greenlet per subject, all started at once, held
+the hub for milliseconds at each cycle's start at 500 domains, which scrapes waited for
+(docs/benchmarks.md). Each waits at most a deadline for its subject's call, so the cycle still
+ends."""
 
 
 def read_domain_stats(domain: Any, groups: int, lane: Lane) -> Mapping[str, Any]:
@@ -55,21 +62,41 @@ class Sampler:
         """Send one call under the sampler's deadline."""
         raise NotImplementedError
 
+    def accounts(self) -> tuple[SamplerName, ...]:
+        """The names its cycles are recorded under: its own, and those of the values its calls
+        bring for another sampler (the bulk sampler's bring the block sampler's)."""
+        return (self.name,)
+
     def _sample_each(self, reads: Iterable[tuple[Subject, Any]]) -> None:
-        """Sample each (subject, read) at once, and return when each returned or timed out."""
-        gevent.joinall([gevent.spawn(self._sample_one, subject, read) for subject, read in reads])
+        """Sample each (subject, read), SENDERS_AT_ONCE at a time, and return when each returned or
+        timed out."""
+        senders = gevent.pool.Pool(SENDERS_AT_ONCE)
+        for subject, read in reads:
+            senders.spawn(self._sample_one, subject, read)  # waits while every sender is busy
+        senders.join()
 
     def _sample_one(self, subject: Subject, read: Any) -> None:
         key = CallKey(self.name, subject, self.holds_domain)
         outcome = self._call(key, read, lambda late: self._record_late(subject, late))
         self._record(subject, outcome)
 
+    def _offer(self, subject: Subject, values: Any, taken_at: float) -> None:
+        """Keep what a call returned (its values, unless the sampler's reads return more)."""
+        self._store.offer(self.name, subject, Sample(values, taken_at))
+
+    def _accounts_of(self, subject: Subject) -> tuple[SamplerName, ...]:
+        """The names a call for `subject` that brought nothing counts against."""
+        return (self.name,)
+
     def _record(self, subject: Subject, outcome: Outcome[Any]) -> None:
         """Store the values of a call that returned, or count why there are none."""
         if outcome.status is Status.OK and outcome.call is not None:
-            self._store.offer(self.name, subject, Sample(outcome.value or {}, outcome.call.started_at))
+            self._offer(subject, outcome.value or {}, outcome.call.started_at)
             return
-        self._store.count_failure(self.name, subject, outcome.status)
+        for name in self._accounts_of(subject):
+            self._store.count_failure(name, subject, outcome.status)
+            if outcome.status is Status.TIMEOUT and outcome.call is not None and name != self.name:
+                self._store.blame(name, subject, outcome.call)  # in flight for each value it brings
         if outcome.status is Status.ERROR:
             err = describe(outcome.error or Exception())
             log.info("call failed", sampler=self.name, subject=subject, err=err)
@@ -135,7 +162,8 @@ class DomainSampler(LibvirtSampler):
     """A sampler of domains, which it takes from the round's survey of the host."""
 
     needs_storage: ClassVar[bool] = False
-    """Its calls make QEMU touch the domain's disks: none goes to a domain on unresponsive storage."""
+    """Its calls make QEMU touch the domain's disks: none goes to a domain on unresponsive storage.
+    A sampler whose calls touch the disks of some domains only says which in `_touches_disks`."""
 
     def __init__(self, config: SamplerConfig, parts: DomainParts, survey: Surveyor | None = None) -> None:
         super().__init__(config, parts.dispatcher, parts.store)
@@ -166,28 +194,39 @@ class DomainSampler(LibvirtSampler):
             key, read, self.config.deadline, on_late=on_late, still_wanted=still_wanted
         )
 
+    def _touches_disks(self, subject: Domain) -> bool:
+        """Whether this cycle's call for the domain makes its QEMU touch the disks."""
+        return self.needs_storage
+
     def _still_callable(self, subject: Domain) -> bool:
         """Waits for the probe of a storage of the domain that is suspected dead (at most the
         probe's deadline): a call to a healthy storage goes on, one to a dead storage does not."""
         entry = self._inventory.get(subject.name)
         if entry is None:
             return False
-        for recheck in [self._rechecks[s] for s in entry.storages if s in self._rechecks]:
-            recheck.join()
-        return not self._hung(entry)
+        touches_disks = self._touches_disks(subject)
+        if touches_disks:
+            for recheck in [self._rechecks[s] for s in entry.storages if s in self._rechecks]:
+                recheck.join()
+        return not self._hung(entry, touches_disks)
 
     def _record(self, subject: Subject, outcome: Outcome[Any]) -> None:
         """A call that touches the disks and runs past its deadline may have met storage that died
         after the round's probe: its storages are probed again at once, and the calls for them
         still queued wait for the verdict (`_still_callable`). A frozen QEMU also makes such a call
         run past its deadline: the probe then answers, and nothing else is held up for long."""
-        if outcome.status is Status.TIMEOUT and self.needs_storage and isinstance(subject, Domain):
-            entry = self._inventory.get(subject.name)
-            if entry is not None:
-                self._suspect(tuple(s for s in entry.storages if s not in self._rechecks))
+        if (
+            outcome.status is Status.TIMEOUT
+            and isinstance(subject, Domain)
+            and self._touches_disks(subject)
+            and (entry := self._inventory.get(subject.name)) is not None
+        ):
+            self._suspect(entry.storages)
         super()._record(subject, outcome)
 
     def _suspect(self, storages: tuple[str, ...]) -> None:
+        """Probe these storages again, those not being probed again already."""
+        storages = tuple(s for s in storages if s not in self._rechecks)
         if not storages:
             return
         recheck = gevent.spawn(self._storage.recheck, storages)
@@ -203,14 +242,15 @@ class DomainSampler(LibvirtSampler):
         stuck too. The skip is counted and flags the values stale."""
         ready = []
         for entry in entries:
-            if self._hung(entry):
-                self._store.count_failure(self.name, Domain(entry.name), Status.SKIPPED)
+            if self._hung(entry, self.needs_storage):
+                for name in self._accounts_of(entry.subject):
+                    self._store.count_failure(name, entry.subject, Status.SKIPPED)
             else:
                 ready.append(entry)
         return ready
 
-    def _hung(self, entry: DomainEntry) -> bool:
+    def _hung(self, entry: DomainEntry, touches_disks: bool) -> bool:
         signals = self._inventory.hang_signals(entry, busy_for=self.config.deadline)
-        if not self.needs_storage:
+        if not touches_disks:
             signals.discard(HangSignal.STORAGE_UNRESPONSIVE)
         return bool(signals)

@@ -1,29 +1,33 @@
-"""The `block` sampler: I/O counters and capacity / allocation / physical size of every disk.
+"""The `block` values: each running domain's disk I/O counters, read with the bulk sampler's calls.
 
-Sizes come from virDomainGetBlockInfo, disk by disk; the I/O counters of all the domain's disks from
-one read of its block stats group, which asks QEMU once where virDomainBlockStatsFlags asks it once
-per disk (docs/benchmarks.md). The group's own `allocation` and `physical` mean other things than
-blockInfo's (the highest offset written; what blockInfo calls allocation), so blockInfo's replace them.
+The counters of all a domain's disks come from its block stats group, which asks QEMU once where
+virDomainBlockStatsFlags asks it once per disk (docs/benchmarks.md), and the bulk sampler asks for
+that group in the calls it sends anyway: one host-wide call for every domain whose disks may be
+touched, where a call of its own per domain would take each domain's job a second time each cycle
+(and often meet the bulk call holding it), and cost a call, a thread hand-off and a round trip to
+libvirtd each. So this sampler has no cycle of its own: it names the values, says which domains they
+are expected for, and the bulk sampler's cycles are recorded under its name too.
 
-Both calls need the domain's job and QEMU monitor, so on a hung VM they hang: each domain gets one
-read under its own deadline, and none while the domain's monitor is stuck on another call. The
-"block-info call stuck for N minutes" alert watches `libvirt_domain_call_in_flight_seconds`.
+The group makes QEMU touch the disks: no domain whose storage does not answer its probe is asked
+for it (samplers/bulk.py). Disk sizes come from virDomainGetBlockInfo on a slower cadence of their
+own (samplers/block_info.py). The "block-info call stuck for N minutes" alert watches
+`libvirt_domain_call_in_flight_seconds` with these values stale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import libvirt
 
-from libvirt_exporter.domain_xml import Disk
-from libvirt_exporter.inventory import DomainEntry
-from libvirt_exporter.lanes import Lane
+from libvirt_exporter.calls import Subject
+from libvirt_exporter.config import SamplerConfig
+from libvirt_exporter.inventory import DomainEntry, Inventory
 from libvirt_exporter.libvirt_client import is_unsupported
 from libvirt_exporter.samplers import SamplerName
-from libvirt_exporter.samplers.base import DomainSampler, read_domain_stats
+from libvirt_exporter.samplers.base import Sampler
+from libvirt_exporter.store import Store
 
 _FLAGS_FIELDS = {
     "rd_operations": "rd.reqs",
@@ -39,11 +43,19 @@ _FLAGS_FIELDS = {
 """virDomainBlockStatsFlags' names of the block group's fields."""
 _BLOCK_STATS_FIELDS = ("rd.reqs", "rd.bytes", "wr.reqs", "wr.bytes", "errors")
 """The fields of the older virDomainBlockStats' tuple, in its order."""
+BLOCK_KEYS = "block."
+"""The prefix of the block group's keys."""
 
 
-def _disk_by_disk(domain: Any, targets: list[str]) -> dict[str, Any]:
-    """The block group's keys read disk by disk, for a driver whose group lacks the counters
-    (libvirt's test driver): virDomainBlockStatsFlags, or virDomainBlockStats where it lacks that."""
+def has_counters(disks: Mapping[str, Any]) -> bool:
+    """Whether the block group's keys hold I/O counters: they do not while another call holds the
+    domain's job (NOWAIT), nor from a driver that leaves them out (libvirt's test driver)."""
+    return any(key.endswith(".rd.reqs") for key in disks)
+
+
+def disk_by_disk(domain: Any, targets: list[str]) -> dict[str, Any]:
+    """Runs in a pool thread: the block group's keys read disk by disk, for a driver whose group
+    lacks the counters: virDomainBlockStatsFlags, or virDomainBlockStats where it lacks that."""
     stats: dict[str, Any] = {"block.count": len(targets)}
     for number, target in enumerate(targets):
         try:
@@ -61,32 +73,17 @@ def _disk_by_disk(domain: Any, targets: list[str]) -> dict[str, Any]:
     return stats
 
 
-def read_disks(domain: Any, disks: tuple[Disk, ...], lane: Lane) -> Mapping[str, Any]:
-    """Runs in a pool thread: the block group's keys of the domain's disks, with blockInfo's sizes."""
-    if not disks:
-        return {}
-    domain = lane.domain(domain)
-    sizes = {disk.target: domain.blockInfo(disk.target, 0) for disk in disks}
-    stats = dict(read_domain_stats(domain, libvirt.VIR_DOMAIN_STATS_BLOCK, lane))
-    if not any(key.endswith(".rd.reqs") for key in stats):
-        stats = _disk_by_disk(domain, list(sizes))
-    for number in range(int(stats.get("block.count", 0))):
-        size = sizes.get(stats.get(f"block.{number}.name", ""))
-        if size is not None:
-            for field, value in zip(("capacity", "allocation", "physical"), size, strict=True):
-                stats[f"block.{number}.{field}"] = value
-    return stats
+class BlockSampler(Sampler):
+    """The block values' name, and the domains they are expected for: the running ones."""
 
-
-class BlockSampler(DomainSampler):
     name = SamplerName.BLOCK
-    needs_storage = True
+
+    def __init__(self, config: SamplerConfig, store: Store, inventory: Inventory) -> None:
+        super().__init__(config, store)
+        self._inventory = inventory
 
     def entries(self) -> list[DomainEntry]:
         return [entry for entry in self._inventory.domains() if entry.active]
 
-    def _sample(self) -> None:
-        ready = self._callable(self.entries())
-        self._sample_each(
-            (entry.subject, partial(read_disks, entry.domain, entry.disks_with_media)) for entry in ready
-        )
+    def subjects(self) -> list[Subject]:
+        return [entry.subject for entry in self.entries()]

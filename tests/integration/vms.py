@@ -412,12 +412,15 @@ class LibvirtdControl:
 
 INTERVAL = 2.0
 DEADLINE = 1.0
-FAST_SAMPLING = tuple(
-    f"--sampler.{name}.{setting}={seconds:g}s"
-    for name in ("bulk", "block")
-    for setting, seconds in (("interval", INTERVAL), ("deadline", DEADLINE))
+SIZES_INTERVAL = 10 * INTERVAL
+FAST_SAMPLING = (
+    f"--sampler.bulk.interval={INTERVAL:g}s",
+    f"--sampler.bulk.deadline={DEADLINE:g}s",
+    f"--sampler.block_info.interval={SIZES_INTERVAL:g}s",
 )
-"""Exporter flags for tests: a cycle every 2 s, a call stuck after 1 s."""
+"""Exporter flags for tests: a cycle every 2 s, a call stuck after 1 s; the disks' sizes every
+10 cycles, so that a test sees both the host-wide call that reads the disks' counters and the
+domains' own calls that read their sizes too, spread over the cycles."""
 
 
 def find_free_port() -> int:

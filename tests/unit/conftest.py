@@ -22,8 +22,20 @@ DEADLINE = 0.2
 INTERVAL = 1.0
 
 
-def make_config(deadline: float = DEADLINE, interval: float = INTERVAL, max_stuck: int = 16) -> Config:
-    samplers = tuple(SamplerConfig(name, interval, deadline) for name in SamplerName)
+SIZES_INTERVAL = 3600.0
+"""Disk sizes are read in a domain's first bulk cycle, and not again within a test unless it says so."""
+
+
+def make_config(
+    deadline: float = DEADLINE,
+    interval: float = INTERVAL,
+    max_stuck: int = 16,
+    sizes_interval: float = SIZES_INTERVAL,
+) -> Config:
+    samplers = tuple(
+        SamplerConfig(name, sizes_interval if name is SamplerName.BLOCK_INFO else interval, deadline)
+        for name in SamplerName
+    )
     return Config("127.0.0.1", 0, "/metrics", "qemu:///system", samplers, 4, max_stuck)
 
 

@@ -140,7 +140,7 @@ class FakeDomain:
         return (
             f"<domain type='kvm'><name>{escape(self.name)}</name><uuid>{self.uuid}</uuid>"
             f"<title>{escape(self.title)}</title><description>{escape(self.description)}</description>"
-            f"<metadata>{self.metadata}</metadata>{self._vcpus_xml()}"
+            f"<metadata>{self.metadata}</metadata>{self._vcpus_xml()}{self._iothreads_xml()}"
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
             f"<devices>{disks}{nics}{self._agent_channel()}{self.devices}</devices></domain>"
         )
@@ -155,6 +155,9 @@ class FakeDomain:
         cpuset = f" cpuset='{self.cpuset}'" if self.cpuset else ""
         pins = "".join(f"<vcpupin vcpu='{v}' cpuset='{cpus}'/>" for v, cpus in self.vcpupin.items())
         return f"<vcpu placement='static'{cpuset}>{self.vcpus}</vcpu><cputune>{pins}</cputune>"
+
+    def _iothreads_xml(self) -> str:
+        return f"<iothreads>{len(self.iothreads)}</iothreads>" if self.iothreads else ""
 
     def _iotune(self, disk: str) -> str:
         settings = self.iotune.get(disk)

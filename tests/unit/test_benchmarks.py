@@ -79,21 +79,22 @@ def test_the_simulated_benchmark_prints_one_row_per_size_and_scenario() -> None:
         ("30", "0"),
         ("30", "15 frozen"),
         ("30", "15 (12 storage, 2 stopped, 1 frozen)"),
-        ("30", "15 (12 storage, 2 stopped, 1 frozen) dying in a block cycle"),
+        ("30", "15 (12 storage, 2 stopped, 1 frozen) dying in a bulk cycle"),
     ]
     healthy, frozen, half_hung, late = cells
     assert int(healthy["series"]) > int(half_hung["series"]) > 0  # the hung domains' values are missing
     assert healthy["fresh"] == healthy["healthy fresh"] == "100%" and healthy["stuck threads"] == "0"
     # 15 frozen domains, more than the stuck calls allowed, and nothing shows them hung but calls; and
-    # the storage dying under a block cycle's calls: the threads stay capped (the values do not stay
+    # the storage dying under a bulk cycle's calls: the threads stay capped (the values do not stay
     # fresh: see docs/benchmarks.md).
     assert int(frozen["stuck threads"]) <= MAX_STUCK_CALLS
     # Half hung, the hangs in place before it starts: healthy domains fresh in every sampler (basic,
-    # bulk, block), every hung domain's basic values fresh, the dead storage's domains' bulk values too
-    # (their QEMUs answer what needs no disk): 15 x 3 + 12 x 2 + 3 of 90 pairs. The stopped QEMUs
+    # bulk, block, block_info), every hung domain's basic values fresh, the dead storage's domains'
+    # bulk values too (their QEMUs answer what needs no disk): 15 x 4 + 12 x 2 + 3 of 120
+    # pairs. The stopped QEMUs
     # and the dead storage get no call: the frozen domain's call (and the host-wide one) are all that
     # hang, and one probe, whatever the number of domains on the storage.
     assert half_hung["healthy fresh"] == half_hung["hung: basic fresh"] == "100%"
-    assert half_hung["dead storage: bulk fresh"] == "100%" and half_hung["fresh"] == "80%"
+    assert half_hung["dead storage: bulk fresh"] == "100%" and half_hung["fresh"] == "72%"
     assert int(half_hung["stuck threads"]) <= 2 and half_hung["stuck probes"] == "1"
     assert int(late["stuck threads"]) <= MAX_STUCK_CALLS

@@ -21,6 +21,8 @@ def test_defaults() -> None:
     assert config.libvirt_uri == "qemu:///system"
     assert config.sampler("bulk").interval == 15 and config.sampler("bulk").deadline == 5
     assert config.sampler("block").stale_after == 30
+    block_info = config.sampler("block_info")
+    assert block_info.interval == 300 and block_info.stale_after == 315, "sizes: every 5 minutes"
     assert args.log_level == "info" and args.log_format == "logfmt"
 
 
@@ -52,13 +54,17 @@ def test_flags_are_read() -> None:
         [
             "--web.listen-address=[::1]:9200",
             "--libvirt.uri=test:///default",
-            "--sampler.block.interval=1m",
-            "--sampler.block.deadline=500ms",
+            "--sampler.bulk.interval=1m",
+            "--sampler.bulk.deadline=500ms",
+            "--sampler.block_info.interval=10m",
         ]
     )
     assert (config.listen_host, config.listen_port) == ("::1", 9200)
     assert config.libvirt_uri == "test:///default"
+    assert config.sampler("bulk").interval == 60 and config.sampler("bulk").deadline == 0.5
+    # The disks' values come with the bulk sampler's calls, under its deadline.
     assert config.sampler("block").interval == 60 and config.sampler("block").deadline == 0.5
+    assert config.sampler("block_info").interval == 600 and config.sampler("block_info").deadline == 0.5
 
 
 @pytest.mark.parametrize(
@@ -72,7 +78,8 @@ def test_flags_are_read() -> None:
         (["--web.telemetry-path=metrics"], "must start with /"),
         (["--log.level=loud"], "invalid choice: 'loud'"),
         (["--sampler.bulk.interval=0.001ms"], "--sampler.bulk.interval=0.001ms: must be between 1s and 1d"),
-        (["--sampler.block.deadline=10ms"], "--sampler.block.deadline=10ms: must be between 100ms and 1d"),
+        (["--sampler.job.deadline=10ms"], "--sampler.job.deadline=10ms: must be between 100ms and 1d"),
+        (["--sampler.block_info.interval=2d"], "--sampler.block_info.interval=2d: must be between 1s and 1d"),
         (["--sampler.storage.deadline=1ms"], "--sampler.storage.deadline=1ms: must be between 100ms and 1d"),
         (["--sampler.job.interval=1y"], "must be between 1s and 1d"),
         (["--sampler.bulk.interval=30m1h"], "is not a duration"),
@@ -119,6 +126,21 @@ def test_port_in_use_is_one_clear_line() -> None:
         )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.splitlines()[-1]
+
+
+def test_a_retired_flag_is_accepted_and_logged_with_what_took_its_place() -> None:
+    """An upgraded service whose flags name one still starts (here it stops at once on the port)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        flags = ("--sampler.block.interval=30s", "--sampler.block.deadline=5s")
+        result = subprocess.run(exporter_command(port, *flags), capture_output=True, text=True, timeout=30)
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr.splitlines()[-1], result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "flag no longer has an effect" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "--sampler.block.interval" in warnings[0] and "--sampler.block_info.interval" in warnings[0]
+    assert "--sampler.block.deadline" in warnings[1] and "--sampler.bulk.deadline" in warnings[1]
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ def realistic_domain() -> FakeDomain:
 def sampled(host: FakeHost, collectors: frozenset[str]) -> Harness:
     harness = Harness(host, replace(make_config(), collectors=collectors))
     exporter = harness.exporter
-    for sampler in exporter.samplers:
+    for sampler in (exporter.basic, exporter.storage, *exporter.looped):
         harness.cycle(sampler)
     return harness
 
@@ -155,6 +155,23 @@ def test_turning_off_a_stat_group_removes_its_families_and_asks_libvirt_less(
         "perf": 64,
     }[collector]  # fmt: skip  (libvirt's VIR_DOMAIN_STATS_* values)
     assert host.stat_groups_asked and not any(asked & group for asked in host.stat_groups_asked)
+
+
+def test_the_io_thread_group_is_asked_for_only_when_a_domain_defines_io_threads() -> None:
+    """libvirt asks each QEMU's monitor for it, whatever the domain's XML says: for none, no group."""
+    iothread = 128  # VIR_DOMAIN_STATS_IOTHREAD
+    host = FakeHost([FakeDomain("plain", 1), FakeDomain("other", 2)])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    assert not any(name == "libvirt_domain_iothread_poll_max_seconds" for name, _ in series)
+    monitor_calls = [asked for asked in host.stat_groups_asked if asked & 4]  # those with balloon
+    assert monitor_calls and not any(asked & iothread for asked in monitor_calls)
+
+    host = FakeHost([FakeDomain("plain", 1), FakeDomain("threaded", 2, iothreads=(1,))])
+    series = sampled(host, frozenset(COLLECTOR_DEFAULTS)).scrape()
+    assert any(asked & iothread for asked in host.stat_groups_asked)
+    assert (
+        value(series, "libvirt_domain_iothread_poll_max_seconds", domain="threaded", iothread="1") is not None
+    )
 
 
 def test_perf_dirty_rate_and_guest_are_off_by_default_and_the_rest_on() -> None:

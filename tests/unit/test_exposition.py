@@ -136,6 +136,9 @@ class _Sampler:
     def subjects(self) -> list[Domain]:
         return []
 
+    def accounts(self) -> tuple[SamplerName, ...]:
+        return (self.name,)
+
     def run_cycle(self) -> None:
         if self._gate is not None:
             self._gate.wait()
@@ -180,6 +183,9 @@ class _TimedSampler:
     def subjects(self) -> list[Domain]:
         return []
 
+    def accounts(self) -> tuple[SamplerName, ...]:
+        return (self.name,)
+
     def run_cycle(self) -> None:
         self.starts.append(time.monotonic())
         if len(self.starts) == 1:
@@ -190,12 +196,12 @@ class _TimedSampler:
 
 def test_a_cycle_longer_than_its_interval_leaves_its_sampler_in_step_with_the_others() -> None:
     """After a bulk cycle that overran its interval, bulk starts again on the next tick, with the
-    block sampler, so that their rounds are still rendered once each."""
+    job sampler, so that their rounds are still rendered once each."""
     interval = 0.5
     rounds = Rounds(Store(), lambda: None, longest_wait=interval)
     bulk = _TimedSampler(SamplerName.BULK, interval, first_cycle=1.5 * interval, starts_wanted=4)
-    block = _TimedSampler(SamplerName.BLOCK, interval, first_cycle=0, starts_wanted=1)
-    loops = [gevent.spawn(run_forever, sampler, rounds) for sampler in (bulk, block)]
+    job = _TimedSampler(SamplerName.JOB, interval, first_cycle=0, starts_wanted=1)
+    loops = [gevent.spawn(run_forever, sampler, rounds) for sampler in (bulk, job)]
     bulk.enough.wait(timeout=10 * interval)
     gevent.killall(loops)
     assert len(bulk.starts) >= 4

@@ -13,7 +13,7 @@ from tests.unit.conftest import Harness, Series, make_config, value, wait_for
 from tests.unit.fake_libvirt import IMAGES, FakeDomain, FakeHost
 
 NFS = "/mnt/nfs"
-SAMPLERS = ("basic", "bulk", "block")
+SAMPLERS = ("basic", "bulk", "block", "block_info")
 
 
 def stale(series: Series, domain: str, sampler: str) -> bool:
@@ -25,9 +25,8 @@ def signal(series: Series, domain: str, name: str) -> float | None:
 
 
 def round_of(harness: Harness) -> Series:
-    """One tick of the exporter: the survey, then the samplers' cycles."""
-    harness.cycle(harness.exporter.bulk)
-    return harness.cycle(harness.exporter.block)
+    """One tick of the exporter: the survey, then the bulk sampler's cycle (the disks' values too)."""
+    return harness.cycle(harness.exporter.bulk)
 
 
 @pytest.fixture
@@ -149,23 +148,36 @@ def test_the_survey_goes_on_when_calls_stuck_on_hung_vms_fill_the_cap() -> None:
         harness.exporter.stop()
 
 
-def test_storage_that_dies_after_the_rounds_probe_holds_at_most_one_wave_of_calls() -> None:
-    """The block calls already sent when the storage dies get stuck; the first to run past its
-    deadline has the storage probed at once, and the calls still queued for it are not sent."""
+@pytest.mark.parametrize("sizes_due", [False, True])
+def test_storage_that_dies_after_the_rounds_probe_holds_at_most_one_wave_of_calls(sizes_due: bool) -> None:
+    """The disk-touching calls already sent when the storage dies get stuck. The host-wide call
+    with the block group stops at the first VM on it: the survey that finds which VM it waits on
+    probes the storage again, and the other VMs on it are asked for what needs no disk only. When
+    the sizes are due, each VM has a call of its own: the first to run past its deadline has the
+    storage probed at once, and the calls still queued for it are not sent."""
     host = FakeHost([FakeDomain(f"nfs{i}", i, storage=NFS) for i in range(12)] + [FakeDomain("ok", 20)])
     host.mounts.append(NFS)
     config = make_config()
     harness = Harness(host, config)
     try:
-        round_of(harness)
+        if not sizes_due:
+            round_of(harness)  # reads the sizes, due again in an hour
         harness.exporter.basic.refresh()  # the round's probe finds the storage answering
         host.storage_outage(NFS)
-        series = harness.cycle_without_survey(harness.exporter.block)
+        series = harness.cycle_without_survey(harness.exporter.bulk)
         stuck = value(series, "libvirt_sampler_threads", state="stuck")
-        assert stuck == config.max_concurrent_calls, "the calls sent before the first one timed out"
-        assert sum(host.calls[(f"nfs{i}", "blockInfo")] for i in range(12)) == 12 + stuck
+        assert stuck == (config.max_concurrent_calls if sizes_due else 1), (
+            "the calls sent before one timed out"
+        )
+        sent = sum(host.calls[(f"nfs{i}", "domainListGetStats")] for i in range(12))
+        assert sent == (stuck if sizes_due else 12 + 1 + 11), (
+            "with the block group: those stuck; without: the rest"
+        )
         assert signal(series, "nfs11", "storage_unresponsive") == 1
-        assert not stale(series, "ok", "block")
+        assert not stale(series, "ok", "block") and not stale(series, "ok", "block_info")
+        assert not stale(series, "nfs11", "bulk") or sizes_due, (
+            "a VM on dead storage answers what needs no disk"
+        )
         assert value(round_of(harness), "libvirt_sampler_threads", state="stuck") == stuck
     finally:
         host.thaw_all()

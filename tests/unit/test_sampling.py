@@ -6,23 +6,23 @@ import time
 from typing import Any
 
 import gevent
+import libvirt
 import pytest
 
 from libvirt_exporter.calls import CallKey, CallRunner, Domain, Pool
 from libvirt_exporter.connection import MainConnection
 from libvirt_exporter.inventory import DomainEntry
-from libvirt_exporter.samplers.bulk import waited_on
+from libvirt_exporter.samplers.bulk import HOST_WIDE_DISKS, waited_on
 from tests.exposition import plain_text
 from tests.unit.conftest import DEADLINE, Harness, Series, domains_in, make_config, parse, value, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost, FakeLibvirtError, FakeStoragePool
 
 
 def test_healthy_host_serves_every_domain_fresh(harness: Harness) -> None:
-    harness.cycle(harness.exporter.bulk)
-    series = harness.cycle(harness.exporter.block)
+    series = harness.cycle(harness.exporter.bulk)
     assert value(series, "libvirt_up") == 1
     for name in "abc":
-        for sampler in ("bulk", "block"):
+        for sampler in ("bulk", "block", "block_info"):
             assert value(series, "libvirt_domain_sample_stale", domain=name, sampler=sampler) == 0
         assert value(series, "libvirt_domain_cpu_time_seconds_total", domain=name) > 0  # type: ignore[operator]
         assert value(series, "libvirt_domain_vcpu_time_seconds_total", domain=name, vcpu="0") == 0.5
@@ -31,45 +31,53 @@ def test_healthy_host_serves_every_domain_fresh(harness: Harness) -> None:
 
 
 def test_hung_block_call_is_bounded_counted_and_never_sent_twice(harness: Harness) -> None:
+    """A disk-touching call stuck on a VM (here the one that reads its sizes): counted once, shown
+    in flight for the block values, and no second call while it hangs."""
     exporter, host = harness.exporter, harness.host
-    harness.cycle(exporter.bulk)
     host.freeze("b")
 
-    first = harness.cycle(exporter.block)
-    assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler="block") == 1
-    assert value(first, "libvirt_domain_sample_skipped_total", domain="b", sampler="block") == 0
-    assert stale(first, "b"), "a domain whose call timed out is served stale at once"
+    first = harness.cycle(exporter.bulk)  # the first reads the sizes, domain by domain
+    for sampler in ("bulk", "block", "block_info"):
+        assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler=sampler) == 1
+        assert value(first, "libvirt_domain_sample_skipped_total", domain="b", sampler=sampler) == 0
+        assert stale(first, "b", sampler), "a domain whose call timed out is served stale at once"
+    for sampler in ("bulk", "block", "block_info"):  # the one call brings all three: the alerts' view
+        in_flight = value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler=sampler)
+        assert in_flight is not None and in_flight > DEADLINE / 2  # stuck, not merely sent
     in_flight_first = value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
-    assert in_flight_first is not None and in_flight_first > DEADLINE / 2  # stuck, not merely sent
     assert value(first, "libvirt_sampler_threads", state="stuck") == 1
 
-    second = harness.cycle(exporter.block)
-    third = harness.cycle(exporter.block)
+    second = harness.cycle(exporter.bulk)
+    third = harness.cycle(exporter.bulk)
     assert value(third, "libvirt_domain_sample_timeouts_total", domain="b", sampler="block") == 1
     assert value(third, "libvirt_domain_sample_skipped_total", domain="b", sampler="block") == 2
-    assert host.calls[("b", "blockInfo")] == 1, "a second call was sent to a stuck domain"
+    assert host.calls[("b", "domainListGetStats")] == 1, "a second call was sent to a stuck domain"
+    assert host.calls[("b", "blockInfo")] == 0  # the call's next request, once the first returns
     in_flight_second = value(second, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
     in_flight_third = value(third, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block")
     assert in_flight_first < in_flight_second < in_flight_third  # type: ignore[operator]
     assert value(third, "libvirt_sampler_threads", state="stuck") == 1
+    reads = "libvirt_domain_block_read_requests_total"
     for healthy in "ac":
-        assert value(third, "libvirt_domain_sample_stale", domain=healthy, sampler="block") == 0
-        assert value(third, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler="block") == 0
-    assert value(third, "libvirt_domain_block_read_requests_total", domain="a", device="vda") == 3
+        for sampler in ("block", "block_info"):
+            assert not stale(third, healthy, sampler)
+            assert value(third, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler=sampler) == 0
+        assert value(third, reads, domain=healthy, device="vda") > value(
+            second, reads, domain=healthy, device="vda"
+        )  # type: ignore[operator]
 
     host.thaw("b")
-    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("block", Domain("b"))))
-    harness.cycle(exporter.bulk)  # its survey sees b's monitor free again
-    recovered = harness.cycle(exporter.block)
-    assert value(recovered, "libvirt_domain_sample_stale", domain="b", sampler="block") == 0
-    assert value(recovered, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="block") == 0
+    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("bulk", Domain("b"))))
+    recovered = harness.cycle(exporter.bulk)  # its survey sees b's monitor free again
+    for sampler in ("bulk", "block", "block_info"):
+        assert not stale(recovered, "b", sampler), "the late values came, or the sizes were read again"
+        assert value(recovered, "libvirt_domain_call_in_flight_seconds", domain="b", sampler=sampler) == 0
     assert value(recovered, "libvirt_sampler_threads", state="stuck") == 0
-    assert host.calls[("b", "blockInfo")] == 2
 
 
 def test_values_go_stale_after_interval_plus_three_deadlines_without_a_cycle(fake_host: FakeHost) -> None:
     harness = Harness(fake_host, make_config(deadline=0.2, interval=0.3))  # stale after 0.9 s
-    sampled = harness.cycle(harness.exporter.block)
+    sampled = harness.cycle(harness.exporter.bulk)
     taken_at = value(sampled, "libvirt_domain_sample_timestamp_seconds", domain="a", sampler="block")
     assert not stale(sampled, "a")
     wait_for(lambda: stale(harness.scrape(), "a"), timeout=3)  # no block cycle runs meanwhile
@@ -79,13 +87,12 @@ def test_values_go_stale_after_interval_plus_three_deadlines_without_a_cycle(fak
 def test_while_libvirtd_is_unreachable_the_last_values_are_served_stale(harness: Harness) -> None:
     exporter, host = harness.exporter, harness.host
     harness.cycle(exporter.bulk)
-    harness.cycle(exporter.block)
     host.refuse = True
     host.stop_libvirtd()
     wait_for(lambda: not exporter.connection.up)
-    series = harness.cycle(exporter.block)
+    series = harness.cycle(exporter.bulk)
     assert value(series, "libvirt_up") == 0
-    assert value(series, "libvirt_sampler_errors_total", sampler="block") == 1
+    assert value(series, "libvirt_sampler_errors_total", sampler="block") == 1, "its cycles are bulk's"
     for name in "abc":
         assert stale(series, name, "block") and stale(series, name, "bulk")
         assert value(series, "libvirt_domain_block_read_requests_total", domain=name, device="vda") == 1, (
@@ -99,27 +106,31 @@ def stale(series: Series, domain: str, sampler: str = "block") -> bool:
 
 def test_stuck_host_wide_stats_call_blames_the_frozen_domain_and_keeps_others_fresh(harness: Harness) -> None:
     exporter, host = harness.exporter, harness.host
+    harness.cycle(exporter.bulk)  # the first reads the disks' sizes too, domain by domain
     host.freeze("b")
 
     first = harness.cycle(exporter.bulk)
-    assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler="bulk") == 1
-    for healthy in "ac":
-        assert value(first, "libvirt_domain_sample_stale", domain=healthy, sampler="bulk") == 0
-        assert value(first, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler="bulk") == 0
-    assert value(first, "libvirt_domain_sample_stale", domain="b", sampler="bulk") == 1
-    # Both read after the call's deadline; the margin takes a timer that fires a little early.
+    for sampler in ("bulk", "block"):  # the host-wide call brings the disks' counters too
+        assert value(first, "libvirt_domain_sample_timeouts_total", domain="b", sampler=sampler) == 1
+        for healthy in "ac":
+            assert value(first, "libvirt_domain_sample_stale", domain=healthy, sampler=sampler) == 0
+            assert value(first, "libvirt_domain_sample_timeouts_total", domain=healthy, sampler=sampler) == 0
+        assert value(first, "libvirt_domain_sample_stale", domain="b", sampler=sampler) == 1
+        # Read after the call's deadline; the margin takes a timer that fires a little early.
+        in_flight = value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler=sampler)
+        assert in_flight > DEADLINE / 2  # type: ignore[operator]
     assert value(first, "libvirt_domain_monitor_busy_seconds", domain="b") > DEADLINE / 2  # type: ignore[operator]
-    assert value(first, "libvirt_domain_call_in_flight_seconds", domain="b", sampler="bulk") > DEADLINE / 2  # type: ignore[operator]
 
     second = harness.cycle(exporter.bulk)
     assert value(second, "libvirt_domain_sample_skipped_total", domain="b", sampler="bulk") == 1
-    assert host.calls[("b", "domainListGetStats")] == 1, "a second call was sent to a stuck domain"
+    assert value(second, "libvirt_domain_sample_skipped_total", domain="b", sampler="block") == 1
+    assert host.calls[("b", "domainListGetStats")] == 2, "a second call was sent to a stuck domain"
     vcpu_time = "libvirt_domain_vcpu_time_seconds_total"
     fresh_vcpu = value(second, vcpu_time, domain="a", vcpu="0")
-    assert fresh_vcpu == 1.5  # read by the host-wide call, then by one call of its own per cycle
+    assert fresh_vcpu == 2.0  # read by each cycle: first host-wide, then by one call of its own
 
     host.thaw("b")
-    wait_for(lambda: not exporter.runner.is_in_flight(CallKey("bulk")))
+    wait_for(lambda: not exporter.runner.is_in_flight(HOST_WIDE_DISKS))
     after_late = harness.scrape()
     assert value(after_late, vcpu_time, domain="a", vcpu="0") == fresh_vcpu, (
         "the late host-wide result overwrote fresher values"
@@ -147,17 +158,38 @@ def test_a_stuck_host_wide_call_is_blamed_on_the_monitor_it_made_busy_alone() ->
 
 
 def test_error_on_one_domain_does_not_hide_the_others(harness: Harness) -> None:
-    harness.host.domains["a"].failures["blockInfo"] = FakeLibvirtError("cannot acquire state change lock")
-    series = harness.cycle(harness.exporter.block)
-    assert value(series, "libvirt_domain_sample_errors_total", domain="a", sampler="block") == 1
-    assert value(series, "libvirt_domain_sample_stale", domain="a", sampler="block") == 1
+    """A failing host-wide call is sent again domain by domain: the error costs the one domain."""
+    harness.host.domains["a"].failures["domainListGetStats"] = FakeLibvirtError(
+        "cannot acquire state change lock"
+    )
+    harness.cycle(harness.exporter.bulk)  # the first reads the sizes, domain by domain
+    series = harness.cycle(harness.exporter.bulk)
+    for sampler in ("bulk", "block"):
+        assert value(series, "libvirt_domain_sample_errors_total", domain="a", sampler=sampler) == 2
+        assert stale(series, "a", sampler)
     for healthy in "bc":
-        assert value(series, "libvirt_domain_block_read_requests_total", domain=healthy, device="vda") == 1
+        assert value(series, "libvirt_domain_block_read_requests_total", domain=healthy, device="vda") == 2
+        assert not stale(series, healthy, "bulk") and not stale(series, healthy, "block")
+
+
+def test_disk_sizes_that_cannot_be_read_cost_the_other_values_nothing(harness: Harness) -> None:
+    """blockInfo failing on a domain's disk: its sizes count an error and are asked again when due
+    again, not at every cycle; its other values, and the other domains', stay fresh."""
+    host = harness.host
+    host.domains["a"].failures["blockInfo"] = FakeLibvirtError("internal error: unable to size the disk")
+    first = harness.cycle(harness.exporter.bulk)
+    second = harness.cycle(harness.exporter.bulk)
+    assert value(first, "libvirt_domain_sample_errors_total", domain="a", sampler="block_info") == 1
+    assert stale(second, "a", "block_info") and host.calls[("a", "blockInfo")] == 1
+    for series in (first, second):
+        assert not stale(series, "a", "bulk") and not stale(series, "a", "block")
+        for healthy in "bc":
+            assert not stale(series, healthy, "block_info")
 
 
 def test_vanished_domain_loses_its_series_on_the_next_cycle(harness: Harness) -> None:
     harness.cycle(harness.exporter.bulk)
-    harness.cycle(harness.exporter.block)
+    harness.cycle(harness.exporter.bulk)
     del harness.host.domains["c"]
     series = harness.cycle(harness.exporter.bulk)
     assert domains_in(series) == {"a", "b"}
@@ -204,12 +236,12 @@ def test_a_stuck_call_keeps_its_connection_to_itself(harness: Harness) -> None:
     connection with another, so none waits behind a stuck call."""
     exporter, host = harness.exporter, harness.host
     host.freeze("b")
-    harness.cycle(exporter.block)
+    harness.cycle(exporter.bulk)
     (stuck_on,) = [conn for conn in host.open_connections() if conn.in_flight]
     served_while_stuck = stuck_on.served.copy()
     for _ in range(3):
         harness.cycle(exporter.bulk)
-        series = harness.cycle(exporter.block)
+        series = harness.cycle(exporter.bulk)
     assert stuck_on.served == served_while_stuck, "a call went to the connection of the stuck call"
     assert max(conn.most_in_flight for conn in host.connections) == 1
     assert not stale(series, "a", "block") and not stale(series, "c", "block")
@@ -227,32 +259,36 @@ def test_domains_are_looked_up_once_per_connection(harness: Harness) -> None:
     exporter, host = harness.exporter, harness.host
     for _ in range(5):
         harness.cycle(exporter.bulk)
-        harness.cycle(exporter.block)
+        harness.cycle(exporter.bulk)
     lanes = len(host.connections) - 1
     lookups = [host.calls[(name, "lookupByUUID")] for name in host.domains]
     assert sum(lookups) > 0 and max(lookups) <= lanes
 
 
-@pytest.mark.parametrize("sampler", ["block", "bulk"])
-def test_healthy_domains_stay_fresh_when_several_freeze_at_once(sampler: str) -> None:
+@pytest.mark.parametrize("first_cycle", [True, False])
+def test_healthy_domains_stay_fresh_when_several_freeze_at_once(first_cycle: bool) -> None:
     """A dead NFS server freezes many VMs at once. Their stuck calls hold the requests libvirtd
     serves one connection (5), so the calls of the cycle that wait for a slot meanwhile must go to
-    the fresh connection rather than queue behind them past their deadline."""
+    the fresh connection rather than queue behind them past their deadline. In the first cycle
+    each domain gets a call of its own (its disks' sizes are due), in the others the host-wide call."""
     frozen = [FakeDomain(f"frozen{i}", i) for i in range(6)]
     healthy = [FakeDomain(f"healthy{i}", 10 + i) for i in range(6)]
     host = FakeHost(frozen + healthy)
     harness = Harness(host, make_config())
     exporter = harness.exporter
     try:
+        if not first_cycle:
+            harness.cycle(exporter.bulk)
         for domain in frozen:
             host.freeze(domain.name)
-        series = harness.cycle(getattr(exporter, sampler))
+        series = harness.cycle(exporter.bulk)
         timeouts = "libvirt_domain_sample_timeouts_total"
-        for domain in healthy:
-            assert value(series, timeouts, domain=domain.name, sampler=sampler) == 0
-            assert not stale(series, domain.name, sampler), f"{domain.name} went stale"
-        timed_out = sum(value(series, timeouts, domain=d.name, sampler=sampler) or 0 for d in frozen)
-        assert timed_out == len(frozen)
+        for sampler in ("bulk", "block"):
+            for domain in healthy:
+                assert value(series, timeouts, domain=domain.name, sampler=sampler) == 0
+                assert not stale(series, domain.name, sampler), f"{domain.name} went stale"
+            timed_out = sum(value(series, timeouts, domain=d.name, sampler=sampler) or 0 for d in frozen)
+            assert timed_out == len(frozen) if first_cycle else timed_out >= 1
     finally:
         host.thaw_all()
         exporter.stop()
@@ -273,7 +309,7 @@ def test_each_hung_vm_holds_one_stuck_call_so_that_many_leave_the_healthy_fresh(
         harness.cycle(exporter.bulk)  # the bulk calls find the hung VMs and get stuck on them
         wait_for(lambda: all(time.monotonic() - d.monitor_busy_since > DEADLINE for d in hung))
         harness.cycle(exporter.bulk)
-        series = harness.cycle(exporter.block)
+        series = harness.cycle(exporter.bulk)
         assert exporter.runner.stuck_count() <= len(hung) + 1  # one each, and the host-wide call
         assert not any(host.calls[(d.name, "blockInfo")] for d in hung)
         for domain in healthy:
@@ -293,7 +329,7 @@ def test_a_connection_closed_without_its_close_callback_is_noticed_by_the_next_f
     harness.cycle(exporter.bulk)
     host.refuse = True
     host.stop_libvirtd(close_callbacks=False)
-    harness.cycle(exporter.block)  # its calls fail with "client socket is closed"
+    harness.cycle(exporter.bulk)  # its calls fail with "client socket is closed"
     wait_for(lambda: not exporter.connection.up)
     assert value(harness.scrape(), "libvirt_up") == 0
 
@@ -320,12 +356,14 @@ def test_stats_left_partial_by_a_job_held_for_a_moment_are_read_again_complete(h
     """NOWAIT answers without the balloon figures while another call (often the block sampler's)
     holds the domain's job; those must not replace complete values."""
     exporter, host = harness.exporter, harness.host
+    harness.cycle(exporter.bulk)  # the first reads the disks' sizes too, domain by domain
     host.domains["b"].job_holders += 1  # another call holds b's job, without a busy monitor
     series = harness.cycle(exporter.bulk)
     host.domains["b"].job_holders -= 1
     for name in "abc":
         assert value(series, "libvirt_domain_memory_rss_bytes", domain=name) == 524_288 * 1024
-    assert host.calls[("b", "domainListGetStats")] == 2  # NOWAIT in the host-wide call, then waiting
+        assert value(series, "libvirt_domain_block_read_requests_total", domain=name, device="vda") == 2
+    assert host.calls[("b", "domainListGetStats")] == 3  # NOWAIT in the host-wide call, then waiting
 
 
 def test_domain_xml_is_read_once_and_again_only_after_an_event(harness: Harness) -> None:
@@ -336,7 +374,7 @@ def test_domain_xml_is_read_once_and_again_only_after_an_event(harness: Harness)
     host.domains["b"].disks = ("vda", "vdb")  # a disk hot-plugged: libvirt sends a device event
     host.emit_event(host.domains["b"])
     wait_for(lambda: host.calls[("b", "XMLDesc")] == 2)
-    series = harness.cycle(exporter.block)
+    series = harness.cycle(exporter.bulk)
     assert value(series, "libvirt_domain_block_read_requests_total", domain="b", device="vdb") is not None
     assert [host.calls[(name, "XMLDesc")] for name in "ac"] == [1, 1]
 
@@ -400,7 +438,7 @@ def test_a_connection_lost_while_a_cycle_starts_its_calls_kills_no_greenlet(
     exporter = harness.exporter
     harness.cycle(exporter.bulk)
     gevent.spawn(exporter.connection.mark_down, "eof")  # runs once the cycle has spawned its calls
-    harness.cycle(exporter.block)
+    harness.cycle(exporter.bulk)
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -435,7 +473,7 @@ def test_calls_stuck_at_the_same_moment_each_keep_one_connection_and_log_no_fail
     exporter, host = harness.exporter, harness.host
     host.freeze("a")
     host.freeze("b")
-    series = harness.cycle(exporter.block)  # both calls run past their deadline together
+    series = harness.cycle(exporter.bulk)  # both calls run past their deadline together
     assert len([conn for conn in host.open_connections() if conn.in_flight]) == 2
     assert not stale(series, "c", "block")
     assert value(series, "libvirt_up") == 1
@@ -448,11 +486,13 @@ def test_a_vm_that_hangs_holds_one_call_when_two_samplers_reach_it_at_once(harne
     libvirtd's 20 workers: it waits for the first call instead, and is skipped once that one is stuck."""
     exporter, host = harness.exporter, harness.host
     hung = host.domains["b"]
+    hung.job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED}  # a migration: the job sampler reads it
+    exporter.refresh_inventory()
     host.freeze("b")
-    block = gevent.spawn(harness.cycle, exporter.block)
-    wait_for(lambda: hung.monitor_waiters == 1)  # the block call waits in the frozen monitor
+    job = gevent.spawn(harness.cycle_without_survey, exporter.job)
+    wait_for(lambda: hung.monitor_waiters == 1)  # the job call waits in the frozen monitor
     series = harness.cycle(exporter.bulk)  # its survey finds the monitor busy for a moment only
-    block.join()
+    job.join()
     assert hung.monitor_waiters == 1
     assert exporter.runner.stuck_count() == 1
     assert value(series, "libvirt_domain_sample_skipped_total", domain="b", sampler="bulk") == 1
@@ -466,7 +506,7 @@ def test_each_disk_gets_its_own_io_counters_from_one_read_or_disk_by_disk(block_
     host = FakeHost([FakeDomain("a", 1, disks=("vda", "vdb"), block_group=block_group)])
     harness = Harness(host, make_config())
     try:
-        series = harness.cycle(harness.exporter.block)
+        series = harness.cycle(harness.exporter.bulk)
         reads = {
             device: value(series, "libvirt_domain_block_read_requests_total", domain="a", device=device)
             for device in ("vda", "vdb")
@@ -474,5 +514,47 @@ def test_each_disk_gets_its_own_io_counters_from_one_read_or_disk_by_disk(block_
         assert None not in reads.values() and reads["vda"] != reads["vdb"], "a disk got another's counters"
         assert host.calls[("a", "blockStatsFlags")] == (0 if block_group else 2)
         assert value(series, "libvirt_domain_block_capacity_bytes", domain="a", device="vdb") == 64 * 2**20
+    finally:
+        harness.exporter.stop()
+
+
+def test_disk_sizes_are_read_on_their_own_cadence_and_counters_every_cycle(harness: Harness) -> None:
+    """The counters come with every bulk cycle's host-wide call; the sizes (a call of the domain's
+    own, a blockInfo per disk) once per --sampler.block_info.interval, and at once for a disk
+    hot-plugged meanwhile. The sizes' timestamp says how old they are, and they are not stale."""
+    exporter, host = harness.exporter, harness.host
+    first = harness.cycle(exporter.bulk)
+    cycles = [harness.cycle(exporter.bulk) for _ in range(3)]
+    reads = "libvirt_domain_block_read_requests_total"
+    sizes_taken = "libvirt_domain_sample_timestamp_seconds"
+    for name in "abc":
+        assert host.calls[(name, "blockInfo")] == 1
+        assert [value(s, reads, domain=name, device="vda") for s in (first, *cycles)] == [1, 2, 3, 4]
+        assert value(cycles[-1], sizes_taken, domain=name, sampler="block_info") == value(
+            first, sizes_taken, domain=name, sampler="block_info"
+        )
+        assert not stale(cycles[-1], name, "block_info") and not stale(cycles[-1], name, "block")
+    host.domains["b"].disks = ("vda", "vdb")
+    host.emit_event(host.domains["b"])
+    wait_for(lambda: host.calls[("b", "XMLDesc")] == 2)
+    plugged = harness.cycle(exporter.bulk)
+    assert value(plugged, "libvirt_domain_block_capacity_bytes", domain="b", device="vdb") == 64 * 2**20
+    assert host.calls[("b", "blockInfo")] == 1 + 2 and host.calls[("a", "blockInfo")] == 1
+
+
+def test_disk_sizes_fall_due_spread_over_their_interval() -> None:
+    """After the first read, each domain's sizes fall due after a share of the interval its name
+    picks, so that the domains' own calls come a few per cycle, not all in one."""
+    host = FakeHost([FakeDomain(f"vm{i}", i + 1) for i in range(40)])
+    harness = Harness(host, make_config(sizes_interval=1000.0))
+    try:
+        harness.cycle(harness.exporter.bulk)
+        sizes, now = harness.exporter.block_info, time.monotonic()
+        due = [
+            sum(sizes.due(entry, now + share * 1000.0) for entry in sizes.entries())
+            for share in (0.25, 0.5, 1)
+        ]
+        assert 0 < due[0] < due[1] < due[2] == 40, due
+        assert 10 <= due[1] <= 30, "about half fall due in the first half of the interval"
     finally:
         harness.exporter.stop()
