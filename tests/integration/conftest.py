@@ -9,8 +9,8 @@ lost its daemon cannot pass by testing nothing.
   make_tiny_vms     (module)   VMFactory: make_tiny_vms(count, vcpus=1, second_disk=False)
   tiny_vms          (module)   two running VMs: 1 vCPU + 1 disk, 2 vCPUs + 2 disks
   guest_kernel      (session)  the booting guest's kernel and initramfs (guest.py), built once
-  agent_guest       (module)   GuestVM: a running VM with a guest kernel, its agent and its console
-  guest_vm          (module)   the name of that same VM
+  agent_guest       (session)  GuestVM: a running VM with a guest kernel, its agent and its console
+  guest_vm          (session)  the name of that same VM
   free_port         (function) a TCP port free on 127.0.0.1
   run_exporter      (function) factory: run_exporter(*extra_args, uri=None) -> Exporter
   libvirtd_control  (function) LibvirtdControl: restart(), freeze(), thaw()
@@ -165,20 +165,22 @@ def guest_kernel(tmp_path_factory: pytest.TempPathFactory) -> GuestKernel:
     return build_guest_kernel(tmp_path_factory.mktemp("guest-kernel"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def agent_guest(
     libvirt_uri: str, guest_kernel: GuestKernel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GuestVM]:
     """A running VM with a real kernel: its balloon driver reports guest figures, its agent the
-    guest's file systems, and its console answers the test (guest.py)."""
+    guest's file systems, and its console answers the test (guest.py). One for the session: it
+    boots under emulation, and outlives libvirtd's restarts; a test that stops its agent starts it
+    again."""
     name = f"{DEFAULT_PREFIX}guest-{secrets.token_hex(3)}"
     with running_guest_vm(libvirt_uri, name, guest_kernel, tmp_path_factory.mktemp("guest")) as vm:
         yield vm
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def guest_vm(agent_guest: GuestVM) -> str:
-    """The name of the module's guest VM, for tests that need its figures and not its console."""
+    """The name of the session's guest VM, for tests that need its figures and not its console."""
     return agent_guest.name
 
 
