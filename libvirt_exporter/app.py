@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import signal
+from dataclasses import replace
 from functools import partial
 
 import gevent
@@ -22,7 +23,7 @@ from libvirt_exporter.host import HostAccess, LocalHost
 from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.lanes import Dispatcher
-from libvirt_exporter.libvirt_client import open_read_only
+from libvirt_exporter.libvirt_client import open_read_only, open_read_write
 from libvirt_exporter.logs import get_logger
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import DomainParts, Sampler
@@ -30,6 +31,7 @@ from libvirt_exporter.samplers.basic import BasicSampler
 from libvirt_exporter.samplers.block import BlockSampler
 from libvirt_exporter.samplers.block_info import BlockInfoSampler
 from libvirt_exporter.samplers.bulk import BulkSampler, stat_groups
+from libvirt_exporter.samplers.guest import GuestSampler
 from libvirt_exporter.samplers.job import JobSampler
 from libvirt_exporter.samplers.storage import StorageSampler
 from libvirt_exporter.samplers.storage_pool import StoragePoolSampler
@@ -43,7 +45,11 @@ class Exporter:
     """The running exporter. `start` spawns its greenlets; nothing here blocks the hub."""
 
     def __init__(
-        self, config: Config, opener: Opener = open_read_only, host: HostAccess | None = None
+        self,
+        config: Config,
+        opener: Opener = open_read_only,
+        host: HostAccess | None = None,
+        guest_opener: Opener = open_read_write,
     ) -> None:
         self.config = config
         self.store = Store()
@@ -66,10 +72,14 @@ class Exporter:
         disks = (self.block, self.block_info) if config.enabled("block") else None
         self.bulk = BulkSampler(bulk, parts, self.basic, groups, disks)
         self.job = JobSampler(config.sampler(SamplerName.JOB), parts, self.basic)
+        self.guest_dispatcher = Dispatcher(self.runner, self.connection, guest_opener, config.guest_uri)
+        """Read-write lanes for the guest sampler alone, opened only when it runs."""
+        guest_parts = replace(parts, dispatcher=self.guest_dispatcher)
+        self.guest = GuestSampler(config.sampler(SamplerName.GUEST), guest_parts, self.basic)
         self.storage_pools = StoragePoolSampler(
             config.sampler(SamplerName.STORAGE_POOL), self.dispatcher, self.store
         )
-        switched = ((self.job, "job"), (self.storage_pools, "storage_pool"))
+        switched = ((self.job, "job"), (self.storage_pools, "storage_pool"), (self.guest, "guest"))
         self.looped: tuple[Sampler, ...] = (
             self.bulk,
             *(sampler for sampler, collector in switched if config.enabled(collector)),
@@ -164,6 +174,7 @@ class Exporter:
             else:
                 if not self.connection.up:
                     self.dispatcher.close_idle()
+                    self.guest_dispatcher.close_idle()
                 self.publish()
             if self.connection.up:
                 gevent.spawn(self.refresh_inventory)

@@ -78,6 +78,12 @@ class CallKey:
     sender: str
     """Who sends it: a sampler's name."""
     subject: Subject = HOST
+    holds_domain: bool = True
+    """A call on a domain holds it: the domain's next call, whoever sends it, waits for this one
+    and is skipped while it is stuck. A guest-agent call holds only the domain's agent job in
+    libvirt, not its job or QEMU's monitor, so it waits for the domain's other call like any call
+    (libvirt's job is needed at its end), but holds up no other call: an agent frozen inside the
+    guest stops no sampler but the guest's own."""
 
 
 @dataclass(eq=False)
@@ -224,7 +230,7 @@ class CallRunner:
             return Outcome(Status.SKIPPED, call=busy)
         if not reserved and self._all_threads_stuck(key):
             return Outcome(Status.SKIPPED)
-        call = self._register(key, domain)
+        call = self._register(key, domain if key is not None and key.holds_domain else None)
         give_up_at = time.monotonic() + deadline
         handed_to_thread = False
         try:

@@ -38,7 +38,10 @@ SAMPLER_DEFAULTS = {
     SamplerName.BULK: ("15s", "5s"),
     SamplerName.JOB: ("15s", "5s"),
     SamplerName.STORAGE_POOL: ("60s", "10s"),
+    SamplerName.GUEST: ("60s", "5s"),
 }
+"""Each sampler's interval and deadline; the guest agent's calls cost the guest most, so its
+sampler runs least often."""
 DISK_INTERVALS = {SamplerName.BLOCK: None, SamplerName.BLOCK_INFO: "5m"}
 """The samplers whose values come with the bulk sampler's calls (samplers/block.py, block_info.py),
 under its deadline: the disks' counters each cycle (None: the bulk sampler's interval), their sizes,
@@ -152,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
         "touches their disks (default: 1s, or the bulk sampler's deadline if shorter)",
     )
     parser.add_argument(
+        "--sampler.guest.uri",
+        dest="guest_uri",
+        default="",
+        help="libvirt URI the guest sampler opens read-write, for its calls alone, which libvirt "
+        "refuses on a read-only connection (default: --libvirt.uri; see docs/security.md)",
+    )
+    parser.add_argument(
         "--sampler.max-concurrent-calls",
         dest="max_concurrent",
         type=int,
@@ -252,6 +262,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
             args.web_config_file,
             web=_web_limits(args),
             metadata=tuple(field for flag in args.metadata for field in parse_metadata_flag(flag)),
+            guest_uri=args.guest_uri,
         )
         if config.web_config_file:
             load_web_config(config.web_config_file)  # a file that cannot work stops us here

@@ -38,9 +38,11 @@ COLLECTOR_DEFAULTS: dict[str, bool] = {
     "storage_pool": True,
     "perf": False,
     "dirtyrate": False,
+    "guest": False,
 }
 """Each `--collector.<name>`: the cheap groups are on; perf counters and dirty-rate measurement,
-which cost the host, are off."""
+which cost the host, are off, and so is the guest agent's sampler, which needs more than a
+read-only connection (samplers/guest.py)."""
 
 
 class ConfigError(ValueError):
@@ -227,6 +229,9 @@ class Config:
     web: WebLimits = WebLimits()
     metadata: tuple[MetadataField, ...] = ()
     """What to export from each domain's <metadata> as labels (`--libvirt.metadata`)."""
+    guest_uri: str = ""
+    """Where the guest sampler opens its read-write lanes (`--sampler.guest.uri`); empty: the
+    libvirt URI."""
 
     def __post_init__(self) -> None:
         check_metadata_labels(self.metadata)

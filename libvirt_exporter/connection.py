@@ -273,6 +273,7 @@ class MainConnection:
                 libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
                 libvirt.VIR_DOMAIN_EVENT_ID_TUNABLE,  # I/O throttles, vCPU pinning changed live
                 libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,  # <metadata>, title, description
+                libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,  # the guest agent connected or left
             ):
                 callback_ids.append(
                     conn.domainEventRegisterAny(None, event_id, self._domain_event_callback, None)
@@ -289,8 +290,8 @@ class MainConnection:
         self._close_signal.send((generation, reason))
 
     def _domain_event_callback(self, _conn: Any, dom: Any, *_details: Any) -> None:
-        """Called by libvirt in its event-loop thread for lifecycle, device, tunable and metadata
-        events: the domain's XML is read again at the next survey."""
+        """Called by libvirt in its event-loop thread for lifecycle, device, tunable, metadata and
+        guest-agent events: the domain's XML is read again at the next survey."""
         self._event_signal.send(dom.name())
 
     def _closed_by_libvirt(self, closes: list[tuple[int, int]]) -> None:

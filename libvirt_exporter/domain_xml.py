@@ -1,4 +1,4 @@
-"""What the exporter needs from a domain's XML: identity, disks and network interfaces.
+"""What the exporter needs from a domain's XML: identity, disks, network interfaces, guest agent.
 
 The XML is read once when a domain appears or changes (lifecycle and device events), never on
 every cycle. It is parsed with defusedxml: a domain's metadata can be written by tenants, and
@@ -93,6 +93,17 @@ class DomainDescription:
     """Each pinned vCPU and the host CPUs it may run on, as libvirt writes a cpuset (`0-3,8`)."""
     iothreads: bool = False
     """It defines I/O threads (`<iothreads>`, `<iothreadids>`): only then has its QEMU any."""
+    agent: str | None = None
+    """The state of its QEMU guest-agent channel as libvirt writes it (`connected`, `disconnected`,
+    empty while unknown); None when it has none."""
+
+    @property
+    def agent_connected(self) -> bool:
+        """An agent answers in the guest, as far as libvirt knows without asking it."""
+        return self.agent == "connected"
+
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 
 def _attr(element: Element | None, name: str) -> str:
@@ -260,6 +271,15 @@ def _defines_iothreads(root: Element) -> bool:
     return (count.isdigit() and int(count) > 0) or root.find("iothreadids/iothread") is not None
 
 
+def _agent_state(devices: Element | None) -> str | None:
+    """From <channel><target type='virtio' name='org.qemu.guest_agent.0' state=...>: libvirt
+    updates the state when QEMU sees the guest open or close the channel's port."""
+    for target in devices.findall("channel/target") if devices is not None else ():
+        if target.get("type") == "virtio" and target.get("name") == AGENT_CHANNEL:
+            return target.get("state", "")
+    return None
+
+
 def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> DomainDescription:
     """The description, with the value of each `metadata` field. Raises
     `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
@@ -281,4 +301,5 @@ def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> Doma
         metadata=tuple(_metadata_value(root.find("metadata"), field) for field in metadata),
         vcpu_pins=_vcpu_pins(root),
         iothreads=_defines_iothreads(root),
+        agent=_agent_state(devices),
     )

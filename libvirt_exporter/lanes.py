@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from libvirt_exporter.calls import CallKey, CallRunner, LateHandler, Outcome, Status
-from libvirt_exporter.connection import MainConnection
+from libvirt_exporter.connection import MainConnection, Opener
 
 T = TypeVar("T")
 
@@ -78,11 +78,17 @@ class Dispatcher:
     one the call's thread opens (under the call's deadline: opening hangs on a frozen libvirtd like
     any call). Not connected then: an ERROR outcome. A failed call makes the main connection check
     whether it is still open.
+
+    Its lanes are opened as the main connection is (read-only), unless `opener` and `uri` say
+    otherwise: the guest sampler's dispatcher opens read-write ones, for its calls alone.
     """
 
-    def __init__(self, runner: CallRunner, main: MainConnection) -> None:
+    def __init__(
+        self, runner: CallRunner, main: MainConnection, opener: Opener | None = None, uri: str = ""
+    ) -> None:
         self._runner = runner
         self._main = main
+        self._open = partial(opener or main.opener, uri or main.uri)
         self._idle: list[Lane] = []
 
     @property
@@ -143,7 +149,7 @@ class Dispatcher:
         """Runs in a pool thread. Opening the lane may raise (an ERROR outcome, no lane to give
         back); what `read` raises is handed back with the lane."""
         if lane is None:
-            lane = Lane(self._main.opener(self._main.uri), generation)
+            lane = Lane(self._open(), generation)
         try:
             return _OnLane(lane, value=read(lane))
         except Exception as error:

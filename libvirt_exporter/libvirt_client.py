@@ -54,6 +54,22 @@ def open_read_only(uri: str) -> Any:
     return libvirt.openReadOnly(uri)
 
 
+def open_read_write(uri: str) -> Any:
+    """A read-write connection, for the one sampler whose calls libvirt refuses on a read-only
+    one (the guest agent's, samplers/guest.py); the exporter changes nothing through it."""
+    start_event_loop()
+    return libvirt.open(uri)
+
+
+_DENIED = {
+    libvirt.VIR_ERR_OPERATION_DENIED,  # a read-only connection
+    libvirt.VIR_ERR_ACCESS_DENIED,  # an access driver (polkit) refused the permission
+    libvirt.VIR_ERR_AUTH_FAILED,  # the read-write socket refused the client
+    libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    libvirt.VIR_ERR_AUTH_CANCELLED,
+}
+
+
 def error_code(error: BaseException) -> int | None:
     """libvirt's error number for a libvirt error, None for anything else."""
     if isinstance(error, libvirt.libvirtError):
@@ -70,6 +86,11 @@ def is_missing_domain(error: BaseException) -> bool:
 def is_unsupported(error: BaseException) -> bool:
     """The driver does not implement the call (libvirt's test driver lacks some)."""
     return bool(error_code(error) == libvirt.VIR_ERR_NO_SUPPORT)
+
+
+def is_denied(error: BaseException) -> bool:
+    """libvirtd refused the client or the call for want of a privilege."""
+    return error_code(error) in _DENIED
 
 
 def describe(error: BaseException) -> str:

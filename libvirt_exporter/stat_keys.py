@@ -8,8 +8,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-DEVICE_GROUPS = ("vcpu", "net", "block", "iothread")
-"""Groups whose keys are `group.N.field`: N counts devices, or is an I/O thread's id."""
+DEVICE_GROUPS = ("vcpu", "net", "block", "iothread", "fs", "if")
+"""Groups whose keys are `group.N.field`: N counts devices, or is an I/O thread's id (`fs` and `if`
+are virDomainGetGuestInfo's file systems and interfaces)."""
 _BANDWIDTH_KEY = re.compile(r"^memory\.bandwidth\.monitor\.(\d+)\.node\.(\d+)\.(bytes\.\w+)$")
 
 Device = tuple[str, dict[str, Any]]

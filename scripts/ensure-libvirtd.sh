@@ -18,8 +18,11 @@ readonly LIBVIRT_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-cli
 # What the tests and benchmarks use besides libvirtd, each for:
 #   prometheus                   promtool lints the exposition; a real server loads the rules
 #   systemd systemd-container    systemd-analyze verifies the unit; systemd-nspawn boots it
-#   linux-image-amd64 busybox-static cpio
-#                                the booting guest whose balloon driver reports memory figures
+#   linux-image-amd64 busybox-static cpio qemu-guest-agent e2fsprogs
+#                                the booting guest whose balloon driver reports memory figures,
+#                                with qemu-ga in its initramfs and an ext4 disk (mkfs.ext4)
+#   polkitd dbus-daemon dbus-bin the guest sampler's polkit grant, tried on a private libvirtd with
+#                                libvirt's polkit access driver (tests/integration/guest_grant.py)
 #   python3-venv python3-dev libvirt-dev gcc pkg-config
 #                                scripts/build-deb.sh builds the .deb on Debian's python3
 #   prometheus-libvirt-exporter  the peer that `make bench-real` compares against
@@ -29,8 +32,13 @@ readonly LIBVIRT_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-cli
 #                                the README's screenshots (the font is a recommendation of
 #                                chromium's, which --no-install-recommends would leave out)
 readonly TEST_PACKAGES=(prometheus systemd systemd-container linux-image-amd64 busybox-static cpio
-                        python3-venv python3-dev libvirt-dev gcc pkg-config
+                        qemu-guest-agent e2fsprogs polkitd dbus-daemon dbus-bin python3-venv python3-dev libvirt-dev gcc pkg-config
                         prometheus-libvirt-exporter bindfs fuse3 chromium fonts-liberation)
+
+# libvirt's polkit actions ship in libvirt-daemon-system, which also brings init scripts and a
+# default network that a test host's libvirtd must not get: its .deb is kept here, unpacked only
+# into the private namespace of tests/integration/guest_grant.py.
+readonly POLICY_DEB_DIR=/var/cache/libvirt-exporter-tests
 
 log() { echo "ensure-libvirtd: $*" >&2; }
 
@@ -112,6 +120,16 @@ configure_readonly_auth() {
     set_conf "$LIBVIRTD_CONF" auth_unix_ro none
 }
 
+keep_policy_deb() {
+    if compgen -G "$POLICY_DEB_DIR/libvirt-daemon-system_*.deb" >/dev/null; then
+        return 0
+    fi
+    log "downloading libvirt-daemon-system's .deb into $POLICY_DEB_DIR (not installing it)"
+    mkdir -p "$POLICY_DEB_DIR"
+    chown _apt "$POLICY_DEB_DIR" 2>/dev/null || true  # apt downloads as _apt where it may
+    (cd "$POLICY_DEB_DIR" && apt-get -o DPkg::Lock::Timeout=600 download -qq libvirt-daemon-system >&2)
+}
+
 start_daemon() {
     local name=$1
     if pidof "$name" >/dev/null; then
@@ -170,9 +188,11 @@ main() {
     if libvirtd_answers; then
         log "libvirtd already answers at $URI; leaving it alone"
         install_missing "${TEST_PACKAGES[@]}"
+        keep_policy_deb
         exit 0
     fi
     install_missing "${LIBVIRT_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    keep_policy_deb
     ensure_qemu_user
     configure_qemu_driver
     configure_readonly_auth

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -26,6 +28,25 @@ def parse(exposition: bytes | str) -> Series:
 
 def value(series: Series, name: str, **labels: str) -> float | None:
     return series.get((name, frozenset(labels.items())))
+
+
+def value_including(series: Series, name: str, **labels: str) -> float | None:
+    """The value of the one series of `name` whose labels include these (an `_info` family's
+    series, say, named by a few of its labels); None if there is none."""
+    wanted = labels.items()
+    found = [v for (n, have), v in series.items() if n == name and wanted <= dict(have).items()]
+    assert len(found) <= 1, f"{len(found)} series of {name} match {labels}"
+    return found[0] if found else None
+
+
+def assert_promtool_accepts(body: str | bytes) -> None:
+    """`promtool check metrics` lints the Prometheus text format (it reads OpenMetrics' HELP of a
+    counter as missing)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    data = body.encode() if isinstance(body, str) else body
+    check = subprocess.run([promtool, "check", "metrics"], input=data, capture_output=True, timeout=60)
+    assert check.returncode == 0, (check.stdout + check.stderr).decode()
 
 
 def domains_in(series: Series) -> set[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from libvirt_exporter.collector import block, domain, exporter, health, job, storage_pool
+from libvirt_exporter.collector import block, domain, exporter, guest, health, job, storage_pool
 from libvirt_exporter.collector.families import Families
 from libvirt_exporter.collector.view import State, View
 
@@ -19,10 +19,13 @@ SWITCHED: dict[str, Collect] = {
     "block": block.collect,
     "job": job.collect,
     "storage_pool": storage_pool.collect,
+    "guest": guest.collect,
 }
 """Collectors with a sampler of their own; the other switches choose stat groups of `bulk`."""
 
-SPECS = exporter.SPECS + health.SPECS + domain.SPECS + block.SPECS + job.SPECS + storage_pool.SPECS
+SPECS = (
+    exporter.SPECS + health.SPECS + domain.SPECS + block.SPECS + job.SPECS + storage_pool.SPECS + guest.SPECS
+)
 
 
 class SnapshotCollector:

@@ -17,6 +17,7 @@ class SamplerName(StrEnum):
     BLOCK_INFO = "block_info"
     JOB = "job"
     STORAGE_POOL = "storage_pool"
+    GUEST = "guest"
 
 
 class CycleFailed(Exception):

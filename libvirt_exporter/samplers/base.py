@@ -44,6 +44,8 @@ class Sampler:
     """
 
     name: ClassVar[SamplerName]
+    holds_domain: ClassVar[bool] = True
+    """Its calls hold their domain: no other call on it runs meanwhile (`CallKey.holds_domain`)."""
 
     def __init__(self, config: SamplerConfig, store: Store) -> None:
         self.config = config
@@ -74,7 +76,8 @@ class Sampler:
         senders.join()
 
     def _sample_one(self, subject: Subject, read: Any) -> None:
-        outcome = self._call(CallKey(self.name, subject), read, lambda late: self._record_late(subject, late))
+        key = CallKey(self.name, subject, self.holds_domain)
+        outcome = self._call(key, read, lambda late: self._record_late(subject, late))
         self._record(subject, outcome)
 
     def _offer(self, subject: Subject, values: Any, taken_at: float) -> None:

@@ -78,10 +78,12 @@ def _mount_private_dirs(workdir: Path) -> None:
         subprocess.run(["mount", "--bind", str(source), target], check=True)
 
 
-def _write_config(log_dir: Path) -> None:
+def _write_config(log_dir: Path, libvirtd_conf: str) -> None:
     Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
-    for daemon in ("libvirtd", "virtlogd"):
-        Path(f"/etc/libvirt/{daemon}.conf").write_text(f'log_outputs = "3:file:{log_dir}/{daemon}.log"\n')
+    for daemon, more in (("libvirtd", libvirtd_conf), ("virtlogd", "")):
+        Path(f"/etc/libvirt/{daemon}.conf").write_text(
+            f'log_outputs = "3:file:{log_dir}/{daemon}.log"\n{more}'
+        )
 
 
 def _link_daemons(bin_dir: Path) -> None:
@@ -143,9 +145,11 @@ def _all_threads_gone(pid: int) -> bool:
         return True
 
 
-def start(workdir: Path) -> PrivateLibvirtd:
-    """Mount the private directories, start virtlogd and libvirtd, and wait until libvirtd
-    answers at URI. Their logs go to `workdir`/logs (outside the mounts)."""
+def prepare(workdir: Path, libvirtd_conf: str = "") -> PrivateLibvirtd:
+    """Mount the private directories, write the daemons' configuration (with `libvirtd_conf` added
+    to libvirtd's) and start virtlogd: what runs beside libvirtd (a D-Bus system bus, say) may be
+    started in the private /run before `PrivateLibvirtd.start`. Their logs go to `workdir`/logs
+    (outside the mounts)."""
     if not in_namespace():
         raise RuntimeError("start() outside the private namespace would touch the host's libvirtd")
     for program in (*DAEMONS.values(), "qemu-img"):
@@ -154,9 +158,14 @@ def start(workdir: Path) -> PrivateLibvirtd:
     log_dir = workdir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     _mount_private_dirs(workdir / "mounts")
-    _write_config(log_dir)
+    _write_config(log_dir, libvirtd_conf)
     _link_daemons(workdir / "bin")
     subprocess.run([str(workdir / "bin" / "chaos-logd"), "-d"], check=True)
-    libvirtd = PrivateLibvirtd(workdir / "bin")
+    return PrivateLibvirtd(workdir / "bin")
+
+
+def start(workdir: Path) -> PrivateLibvirtd:
+    """`prepare`, then start libvirtd and wait until it answers at URI."""
+    libvirtd = prepare(workdir)
     libvirtd.start()
     return libvirtd

@@ -8,6 +8,9 @@ lost its daemon cannot pass by testing nothing.
   libvirt_conn      (function) a fresh read-write connection, closed afterwards
   make_tiny_vms     (module)   VMFactory: make_tiny_vms(count, vcpus=1, second_disk=False)
   tiny_vms          (module)   two running VMs: 1 vCPU + 1 disk, 2 vCPUs + 2 disks
+  guest_kernel      (session)  the booting guest's kernel and initramfs (guest.py), built once
+  agent_guest       (session)  GuestVM: a running VM with a guest kernel, its agent and its console
+  guest_vm          (session)  the name of that same VM
   free_port         (function) a TCP port free on 127.0.0.1
   run_exporter      (function) factory: run_exporter(*extra_args, uri=None) -> Exporter
   libvirtd_control  (function) LibvirtdControl: restart(), freeze(), thaw()
@@ -27,7 +30,14 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.integration.guest import GuestConfig, GuestKernel, build_guest_kernel, start_guest_vm
+from tests.integration.guest import (
+    GuestConfig,
+    GuestFiles,
+    GuestKernel,
+    GuestVM,
+    build_guest_kernel,
+    start_guest_vm,
+)
 from tests.integration.vms import (
     DEFAULT_PREFIX,
     Exporter,
@@ -69,14 +79,16 @@ def open_connection(uri: str) -> libvirt.virConnect:
 
 @contextlib.contextmanager
 def running_guest_vm(
-    uri: str, name: str, guest: GuestKernel, config: GuestConfig | None = None
-) -> Iterator[str]:
-    """The guest VM `name` running for the duration of the block, destroyed afterwards."""
+    uri: str, name: str, guest: GuestKernel, workdir: Path, config: GuestConfig | None = None
+) -> Iterator[GuestVM]:
+    """The guest VM `name` running for the duration of the block, its files in `workdir`,
+    destroyed afterwards."""
+    files = GuestFiles(workdir / name)
     conn = open_connection(uri)
-    start_guest_vm(conn, name, guest, config or GuestConfig())
+    start_guest_vm(conn, name, guest, files, config or GuestConfig())
     conn.close()
     try:
-        yield name
+        yield GuestVM(name, files)
     finally:
         # A new connection: tests restart libvirtd, which closes any connection opened before.
         with contextlib.suppress(libvirt.libvirtError):
@@ -147,12 +159,29 @@ def tiny_vms(make_tiny_vms: VMFactory) -> list[TinyVM]:
     return make_tiny_vms(1) + make_tiny_vms(1, vcpus=2, second_disk=True)
 
 
-@pytest.fixture(scope="module")
-def guest_vm(libvirt_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The name of a running VM with a real kernel whose balloon driver reports guest figures."""
-    guest = build_guest_kernel(tmp_path_factory.mktemp("guest"))
-    with running_guest_vm(libvirt_uri, f"{DEFAULT_PREFIX}guest-{secrets.token_hex(3)}", guest) as name:
-        yield name
+@pytest.fixture(scope="session")
+def guest_kernel(tmp_path_factory: pytest.TempPathFactory) -> GuestKernel:
+    """The booting guest's kernel and initramfs, built once for every VM of the session."""
+    return build_guest_kernel(tmp_path_factory.mktemp("guest-kernel"))
+
+
+@pytest.fixture(scope="session")
+def agent_guest(
+    libvirt_uri: str, guest_kernel: GuestKernel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GuestVM]:
+    """A running VM with a real kernel: its balloon driver reports guest figures, its agent the
+    guest's file systems, and its console answers the test (guest.py). One for the session: it
+    boots under emulation, and outlives libvirtd's restarts; a test that stops its agent starts it
+    again."""
+    name = f"{DEFAULT_PREFIX}guest-{secrets.token_hex(3)}"
+    with running_guest_vm(libvirt_uri, name, guest_kernel, tmp_path_factory.mktemp("guest")) as vm:
+        yield vm
+
+
+@pytest.fixture(scope="session")
+def guest_vm(agent_guest: GuestVM) -> str:
+    """The name of the session's guest VM, for tests that need its figures and not its console."""
+    return agent_guest.name
 
 
 # --- the exporter -----------------------------------------------------------------

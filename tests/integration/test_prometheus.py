@@ -3,9 +3,10 @@
 Every query of every dashboard panel is evaluated through Prometheus' HTTP API and must return
 data. The panels that show only trouble are evaluated in the trouble they show: stuck calls,
 stale values, timeouts and skips with a VM frozen; call errors and sampler errors while libvirtd
-restarts under a stuck call; the figures that only a guest's balloon driver reports on the VM
-that boots a real kernel. With the VM frozen, the stuck-call alert (its `for` shortened in a test
-copy of the rules) fires for that VM and no other.
+restarts under a stuck call; the figures that only a guest's balloon driver and guest agent report
+on the VM that boots a real kernel (the guest sampler on, as fast as the others). With the VM
+frozen, the stuck-call alert (its `for` shortened in a test copy of the rules) fires for that VM
+and no other.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.integration.prometheus import (
     rules_with_short_for,
     start_prometheus,
 )
+from tests.integration.test_guest_agent import GUEST_SAMPLING
 from tests.integration.vms import FAST_SAMPLING as ARGS
 from tests.integration.vms import Exporter, LibvirtdControl, TinyVM, VMFactory
 from tests.unit.dashboards import load_dashboards, markers, panels, substitute
@@ -41,7 +43,7 @@ def two_vms(make_tiny_vms: VMFactory) -> list[TinyVM]:
 def scraped(
     two_vms: list[TinyVM], guest_vm: str, run_exporter: Callable[..., Exporter], tmp_path: Path
 ) -> Iterator[tuple[Prometheus, Path]]:
-    exporter = run_exporter(*ARGS)
+    exporter = run_exporter(*ARGS, *GUEST_SAMPLING)
     rules = rules_with_short_for(tmp_path / "alerts.yml", SHORT_FOR_SECONDS)
     prometheus = start_prometheus(tmp_path, f"127.0.0.1:{exporter.port}", [rules])
     yield prometheus, rules

@@ -52,7 +52,7 @@ class Harness:
 
     def __init__(self, host: FakeHost, config: Config) -> None:
         self.host = host
-        self.exporter = Exporter(config, opener=host.open, host=host)
+        self.exporter = Exporter(config, opener=host.open, host=host, guest_opener=host.open_read_write)
         self.exporter.follow_changes()
         assert self.exporter.connection.connect_once()
         self.exporter.refresh_inventory()  # as the exporter does before it starts its samplers

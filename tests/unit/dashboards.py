@@ -5,8 +5,9 @@ A panel may carry a marker of ours at panel level, which Grafana keeps on import
 
     "libvirt_exporter": {"empty_when_healthy": true}   shows only trouble ("Stuck calls", stale flags,
                                                        timeouts filtered with `> 0`): empty when all is well
-    "libvirt_exporter": {"guest_reported": true}       figures that the guest's balloon driver reports; empty
-                                                       for a guest without one (such as the test VMs)
+    "libvirt_exporter": {"guest_reported": true}       figures that the guest reports (its balloon driver, its
+                                                       agent with --collector.guest); empty for a guest
+                                                       without them (such as the tiny test VMs)
 """
 
 from __future__ import annotations

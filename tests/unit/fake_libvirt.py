@@ -96,9 +96,16 @@ class FakeDomain:
     guest_balloon: bool = True
     """False: no balloon driver in the guest, or no stats period: libvirt reports the balloon's
     size and QEMU's RSS, none of the guest's own figures."""
+    agent: str | None = None
+    """The state of its guest-agent channel in its XML (`connected`, `disconnected`); None: none."""
+    guest_info: dict[str, Any] = field(default_factory=dict)
+    """What virDomainGetGuestInfo answers while its agent is connected."""
+    agent_answers: threading.Event = field(default_factory=threading.Event)
+    """Cleared: the agent inside the guest is frozen, every agent call waits."""
 
     def __post_init__(self) -> None:
         self.frozen.set()  # set = thawed: waiting on it returns at once
+        self.agent_answers.set()
 
     def block_counters(self) -> dict[str, int]:
         """One read of a disk's I/O counters, as the block stats group names them."""
@@ -135,8 +142,14 @@ class FakeDomain:
             f"<title>{escape(self.title)}</title><description>{escape(self.description)}</description>"
             f"<metadata>{self.metadata}</metadata>{self._vcpus_xml()}{self._iothreads_xml()}"
             f"<os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>"
-            f"<devices>{disks}{nics}{self.devices}</devices></domain>"
+            f"<devices>{disks}{nics}{self._agent_channel()}{self.devices}</devices></domain>"
         )
+
+    def _agent_channel(self) -> str:
+        if self.agent is None:
+            return ""
+        target = f"<target type='virtio' name='org.qemu.guest_agent.0' state='{self.agent}'/>"
+        return f"<channel type='unix'>{target}</channel>"
 
     def _vcpus_xml(self) -> str:
         cpuset = f" cpuset='{self.cpuset}'" if self.cpuset else ""
@@ -283,6 +296,26 @@ class FakeVirDomain:
         self._conn.enter_monitor(self._domain, "blockInfo", touches_disks=True)
         return [64 * 1024 * 1024, 200_704, 262_144]
 
+    def guestInfo(self, types: int = 0, flags: int = 0) -> dict[str, Any]:
+        """Through the agent: refused on a read-only connection or without the permission, as
+        libvirtd refuses it; waits while the agent is frozen (not the domain's job or monitor)."""
+        self._conn.count(self._domain.name, "guestInfo")
+        if self._conn.read_only:
+            raise FakeLibvirtError(
+                "operation forbidden: read only access prevents virDomainGetGuestInfo",
+                libvirt.VIR_ERR_OPERATION_DENIED,
+            )
+        if self._conn.host.agent_denied:
+            raise FakeLibvirtError(
+                "access denied: 'domain:write' permission required", libvirt.VIR_ERR_ACCESS_DENIED
+            )
+        self._conn.check(self._domain, "guestInfo")
+        if self._domain.agent != "connected":
+            raise FakeLibvirtError("QEMU guest agent is not connected", libvirt.VIR_ERR_AGENT_UNRESPONSIVE)
+        with self._conn.carrying(), self._conn.requests:
+            self._domain.agent_answers.wait()
+        return dict(self._domain.guest_info)
+
     def getCPUStats(self, total: bool, flags: int = 0) -> list[dict[str, int]]:
         """From the domain's cgroup: no monitor."""
         self._conn.count(self._domain.name, "getCPUStats")
@@ -294,8 +327,9 @@ class FakeVirDomain:
 class FakeConnection:
     """What `libvirt.openReadOnly` returns, for the calls the exporter makes."""
 
-    def __init__(self, host: FakeHost) -> None:
+    def __init__(self, host: FakeHost, read_only: bool = True) -> None:
         self.host = host
+        self.read_only = read_only
         self.alive = True
         self.requests = threading.BoundedSemaphore(MAX_CLIENT_REQUESTS)
         """The requests of this connection libvirtd serves at once."""
@@ -486,6 +520,8 @@ class FakeHost:
         self.pools = [FakeStoragePool("default", [2, 100 * 2**30, 40 * 2**30, 60 * 2**30])]
         self.connections: list[FakeConnection] = []
         self.refuse = False
+        self.agent_denied = False
+        """True: the access driver refuses the guest agent's calls to the exporter."""
         self.lock = threading.Lock()
         self.responsive = threading.Event()
         self.responsive.set()
@@ -532,12 +568,15 @@ class FakeHost:
         self.domains[name].qemu_stopped = False
         self.thaw(name)
 
-    def open(self, uri: str) -> FakeConnection:
+    def open(self, uri: str, read_only: bool = True) -> FakeConnection:
         if self.refuse:
             raise FakeLibvirtError("Failed to connect socket to '/run/libvirt/libvirt-sock-ro'")
-        conn = FakeConnection(self)
+        conn = FakeConnection(self, read_only)
         self.connections.append(conn)
         return conn
+
+    def open_read_write(self, uri: str) -> FakeConnection:
+        return self.open(uri, read_only=False)
 
     def open_connections(self) -> list[FakeConnection]:
         return [conn for conn in self.connections if conn.alive]
@@ -549,6 +588,8 @@ class FakeHost:
         self.domains[name].frozen.set()
 
     def thaw_all(self) -> None:
+        for domain in self.domains.values():
+            domain.agent_answers.set()
         self.responsive.set()
         for domain in self.domains.values():
             domain.frozen.set()
@@ -576,3 +617,59 @@ class FakeHost:
         for conn in self.open_connections():
             handle = FakeVirDomain(conn, domain)
             _in_event_loop_thread(lambda c=conn, h=handle: [cb(c, h, 0, 0, None) for cb in c.event_callbacks])
+
+
+GUEST_INFO: dict[str, Any] = {
+    "user.count": 2,
+    "os.id": "debian",
+    "os.name": "Debian GNU/Linux",
+    "os.pretty-name": "Debian GNU/Linux 12 (bookworm)",
+    "os.version": "12 (bookworm)",
+    "os.version-id": "12",
+    "os.machine": "x86_64",
+    "os.kernel-release": "6.1.0-57-amd64",
+    "os.kernel-version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3",
+    "timezone.name": "CET",
+    "timezone.offset": 3600,
+    "hostname": "web-01",
+    "fs.count": 3,
+    "fs.0.name": "vda1",
+    "fs.0.mountpoint": "/",
+    "fs.0.fstype": "ext4",
+    "fs.0.total-bytes": 38398976,
+    "fs.0.used-bytes": 5257216,
+    "fs.0.disk.count": 1,
+    "fs.0.disk.0.alias": "vda",
+    "fs.1.name": "sr0",
+    "fs.1.mountpoint": "/media/cdrom",
+    "fs.1.fstype": "iso9660",
+    "fs.1.total-bytes": 4096,
+    "fs.1.used-bytes": 4096,
+    "fs.2.name": "dm-0",
+    "fs.2.mountpoint": "/srv",
+    "fs.2.fstype": "xfs",
+    "fs.2.total-bytes": 2**30,
+    "fs.2.used-bytes": 2**29,
+    "if.count": 2,
+    "if.0.name": "lo",
+    "if.0.hwaddr": "00:00:00:00:00:00",
+    "if.0.addr.count": 1,
+    "if.0.addr.0.type": "ipv4",
+    "if.0.addr.0.addr": "127.0.0.1",
+    "if.0.addr.0.prefix": 8,
+    "if.1.name": "eth0",
+    "if.1.hwaddr": "52:54:00:00:00:01",
+    "if.1.addr.count": 2,
+    "if.1.addr.0.type": "ipv4",
+    "if.1.addr.0.addr": "192.0.2.10",
+    "if.1.addr.0.prefix": 24,
+    "if.1.addr.1.type": "ipv6",
+    "if.1.addr.1.addr": "2001:db8::10",
+    "if.1.addr.1.prefix": 64,
+}
+"""What libvirt 9.0 answered for the suite's booting guest, with a root, a CD and an XFS volume."""
+
+
+def agent_vm(name: str, agent: str | None = "connected") -> FakeDomain:
+    """A running domain whose guest agent answers GUEST_INFO (`agent`: its channel's state)."""
+    return FakeDomain(name, 1, agent=agent, guest_info=dict(GUEST_INFO))
