@@ -31,7 +31,7 @@ from typing import Any
 
 import libvirt
 
-from libvirt_exporter.calls import Domain, Outcome, Status, Subject
+from libvirt_exporter.calls import Outcome, Status, Subject
 from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.lanes import Lane
 from libvirt_exporter.libvirt_client import describe, is_denied
@@ -86,7 +86,7 @@ class GuestSampler(DomainSampler):
             if entry.description is not None and entry.description.agent_connected:
                 connected.append(entry)
             else:
-                self._store.count_failure(self.name, Domain(entry.name), Status.SKIPPED)
+                self._store.count_failure(self.name, entry.subject, Status.SKIPPED)
         return super()._callable(connected)
 
     def _record(self, subject: Subject, outcome: Outcome[Any]) -> None:
