@@ -1,9 +1,11 @@
 """What the host shows about its VMs without asking libvirtd or QEMU: whether a QEMU process is
-stopped, and on which storage (mount point) each disk lives, and whether that storage answers.
+stopped, how much CPU time its domain has used, on which storage (mount point) each disk lives, and
+whether that storage answers.
 
 None of it holds one of libvirtd's worker threads, so it can tell a hung VM from a healthy one
 before any call is sent to it (docs/libvirt-behaviour.md: a stopped QEMU shows its threads in state
-T; a QEMU on dead storage shows nothing in /proc, but statfs on the storage blocks).
+T; a QEMU on dead storage shows nothing in /proc, but statfs on the storage blocks), and it costs
+libvirtd nothing: the CPU times are the counters libvirt itself reads from the domain's cgroup.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ QEMU_RUN_DIR = Path("/run/libvirt/qemu")
 """Where libvirt's QEMU driver writes each running domain's pid (`NAME.pid`), world-readable."""
 PROC = Path("/proc")
 MOUNTINFO = Path("/proc/self/mountinfo")
+_CPU_STAT_FIELDS = {"usage_usec": "cpu.time", "user_usec": "cpu.user", "system_usec": "cpu.system"}
 
 
 class HostAccess(Protocol):
@@ -23,6 +26,11 @@ class HostAccess(Protocol):
 
     def qemu_stopped(self, domain: str) -> bool | None:
         """Whether the domain's QEMU process is stopped (SIGSTOP, a debugger); None when unknown."""
+        ...
+
+    def cpu_times(self, domain: str) -> dict[str, int] | None:
+        """The CPU time, user and system time the domain's cgroup has used, in nanoseconds, by the
+        names of libvirt's `cpu-total` stat group; None where this process cannot read them."""
         ...
 
     def mount_points(self) -> list[str]:
@@ -44,25 +52,65 @@ class LocalHost:
         self._qemu_run_dir = qemu_run_dir
         self._proc = proc
         self._mountinfo = mountinfo
+        self._cgroup2_root: str | None = None
+        """Where the cgroup v2 hierarchy is mounted ("" for none), found at the first need."""
 
     def qemu_stopped(self, domain: str) -> bool | None:
         try:
-            pid = int((self._qemu_run_dir / f"{domain}.pid").read_text().strip())
-            stat = (self._proc / str(pid) / "stat").read_text()
+            stat = _read(f"{self._proc}/{self._pid(domain)}/stat")
         except (OSError, ValueError):
             return None
         # The state follows the command name, which is in parentheses and may hold anything.
         return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("T", "t")
 
+    def cpu_times(self, domain: str) -> dict[str, int] | None:
+        """From `cpu.stat` of the domain's cgroup v2, as libvirt reads it there; None on a host
+        without cgroup v2 (libvirt then reads cgroup v1, which this does not)."""
+        try:
+            cgroup = self._domain_cgroup(self._pid(domain))
+            if cgroup is None:
+                return None
+            lines = _read(f"{cgroup}/cpu.stat").splitlines()
+        except (OSError, ValueError):
+            return None
+        usec = {name: int(count) for name, count in (line.split(" ", 1) for line in lines)}
+        return {ours: usec[theirs] * 1000 for theirs, ours in _CPU_STAT_FIELDS.items()}
+
     def mount_points(self) -> list[str]:
+        return [fields[4] for fields in self._mounts()]
+
+    def probe(self, mount_point: str) -> None:
+        os.statvfs(mount_point)
+
+    def _pid(self, domain: str) -> int:
+        return int(_read(f"{self._qemu_run_dir}/{domain}.pid").strip())
+
+    def _domain_cgroup(self, pid: int) -> str | None:
+        """The directory of the domain's cgroup v2: libvirt moves QEMU's main thread into the
+        domain's `emulator` child, and counts the domain's time (vCPUs, I/O threads, vhost) in the
+        domain's own."""
+        if self._cgroup2_root is None:
+            self._cgroup2_root = next((f[4] for f in self._mounts() if f[-3] == "cgroup2"), "")
+        for line in _read(f"{self._proc}/{pid}/cgroup").splitlines():
+            if line.startswith("0::") and self._cgroup2_root:
+                path = line[3:].removesuffix("/emulator")
+                return f"{self._cgroup2_root}{path}"
+        return None
+
+    def _mounts(self) -> list[list[str]]:
+        """mountinfo's lines as fields, the mount point (field 4) unescaped."""
         try:
             lines = self._mountinfo.read_text().splitlines()
         except OSError:
             return []
-        return [_unescape(line.split(" ")[4]) for line in lines if len(line.split(" ")) > 4]
+        mounts = [line.split(" ") for line in lines]
+        return [[*f[:4], _unescape(f[4]), *f[5:]] for f in mounts if len(f) > 4]
 
-    def probe(self, mount_point: str) -> None:
-        os.statvfs(mount_point)
+
+def _read(path: str) -> str:
+    """A small file of /proc or /sys, read without pathlib: the survey reads a few per domain."""
+    with open(path) as file:
+        return file.read()
 
 
 def _unescape(field: str) -> str:

@@ -4,13 +4,15 @@ A survey is one call, which asks libvirtd only what it answers without any domai
 monitor, even for a hung QEMU (docs/libvirt-behaviour.md): the domain list, each running domain's
 control info (whether its monitor is busy, and for how long), XML (only for domains that are new,
 restarted or reported changed by an event), state and network counters (the `state` and `interface`
-stat groups, which need no job) and CPU time (virDomainGetCPUStats, from the domain's cgroup); and
-from the host itself, whether each QEMU process is stopped and on which mount point each disk lives.
-The samplers then send no call that would only get stuck.
+stat groups, which need no job); and from the host itself, whether each QEMU process is stopped, on
+which mount point each disk lives, and the CPU times of each domain's cgroup. The samplers then send
+no call that would only get stuck.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +33,9 @@ SURVEY = CallKey(SamplerName.BASIC)
 _MONITOR_FREE_STATES = (libvirt.VIR_DOMAIN_CONTROL_OK, libvirt.VIR_DOMAIN_CONTROL_JOB)
 _CPU_FIELDS = {"cpu_time": "cpu.time", "user_time": "cpu.user", "system_time": "cpu.system"}
 """virDomainGetCPUStats' names of the `cpu-total` stat group's fields."""
+_ROUNDING_NS = 1000
+"""cgroup v2 counts in microseconds; libvirt's answer may come from a counter in nanoseconds."""
+_HOST_CPUS = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class _Surveyed:
     qemu_stopped: bool
     values: dict[str, Any] = field(default_factory=dict)
     """Its state, network counters and CPU time."""
+    cpu_from_host: bool = False
+    """Its CPU times were read from the host, which has the counters libvirt reads (`_cpu_times`)."""
 
 
 @dataclass
@@ -107,7 +114,7 @@ def _control_info(dom: Any) -> list[int] | None:
         return None  # unsupported by the driver, or unknown: treat the monitor as free
 
 
-def _cpu_times(dom: Any) -> dict[str, int]:
+def _libvirt_cpu_times(dom: Any) -> dict[str, int]:
     """virDomainGetCPUStats of the whole domain, in the `cpu-total` group's names; none from a
     driver that lacks it."""
     try:
@@ -119,8 +126,38 @@ def _cpu_times(dom: Any) -> dict[str, int]:
     return {ours: totals[theirs] for theirs, ours in _CPU_FIELDS.items() if theirs in totals}
 
 
-def _survey(lane: Lane, known_ids: dict[str, int], groups: int, cpu: bool, host: HostAccess) -> _SurveyRead:
-    """Runs in a pool thread. `known_ids` maps names to the domain id their XML was read at."""
+def _cpu_times(dom: Any, name: str, host: HostAccess, from_host: bool) -> tuple[dict[str, int], bool]:
+    """The domain's CPU times, and whether they came from the host.
+
+    Through libvirt-python, virDomainGetCPUStats is four round trips to libvirtd, the survey's
+    costliest part; the host has the same counters in the domain's cgroup, for a file read. Where
+    the host's counter agrees with libvirt's once for a QEMU process (asked while `from_host` is
+    False, once per domain id), it is read from then on; where it does not (cgroup v1, another
+    layout, a container that sees other cgroups), libvirt is asked, as before. One source per QEMU
+    process, so that a counter never steps back."""
+    if from_host and (times := host.cpu_times(name)) is not None:
+        return times, True
+    asked_at = time.monotonic()
+    libvirts = _libvirt_cpu_times(dom)
+    hosts = host.cpu_times(name)
+    if hosts is not None and "cpu.time" in libvirts:
+        # Read after libvirt's, the same counter is ahead by at most what every host CPU ran since.
+        ahead = hosts["cpu.time"] - libvirts["cpu.time"]
+        if -_ROUNDING_NS <= ahead <= (time.monotonic() - asked_at) * _HOST_CPUS * 1e9 + _ROUNDING_NS:
+            return hosts, True
+    return libvirts, False
+
+
+def _survey(
+    lane: Lane,
+    known_ids: dict[str, int],
+    cpu_from_host: set[tuple[str, int]],
+    groups: int,
+    cpu: bool,
+    host: HostAccess,
+) -> _SurveyRead:
+    """Runs in a pool thread. `known_ids` maps names to the domain id their XML was read at;
+    `cpu_from_host` holds the (name, id) of the domains whose CPU times the host gives."""
     surveyed = []
     for dom in lane.conn.listAllDomains(0):
         try:
@@ -128,13 +165,14 @@ def _survey(lane: Lane, known_ids: dict[str, int], groups: int, cpu: bool, host:
             active = dom_id >= 0
             control = _control_info(dom) if active else None
             xml = dom.XMLDesc(0) if known_ids.get(name) != dom_id else None
-            values = _cpu_times(dom) if cpu and active else {}
+            from_host = (name, dom_id) in cpu_from_host
+            values, from_host = _cpu_times(dom, name, host, from_host) if cpu and active else ({}, False)
         except libvirt.libvirtError as error:
             if not is_missing_domain(error):
                 log.warning("cannot survey domain", err=describe(error))
             continue
         stopped = bool(active and host.qemu_stopped(name))
-        surveyed.append(_Surveyed(name, dom, dom_id, dom.UUID(), control, xml, stopped, values))
+        surveyed.append(_Surveyed(name, dom, dom_id, dom.UUID(), control, xml, stopped, values, from_host))
     by_name = {seen.name: seen for seen in surveyed}
     for dom, stats in lane.conn.domainListGetStats([seen.domain for seen in surveyed], groups, 0):
         if (seen := by_name.get(dom.name())) is not None:
@@ -168,6 +206,8 @@ class Inventory:
         """What to read from each domain's <metadata> (`--libvirt.metadata`)."""
         self._entries: dict[str, DomainEntry] = {}
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
+        self._cpu_from_host: set[tuple[str, int]] = set()
+        """The (name, id) of the domains whose CPU times the host gives (`_cpu_times`)."""
         self.unresponsive_storages: frozenset[str] = frozenset()
         """The mount points whose storage did not answer its latest probe (set by the survey)."""
 
@@ -219,15 +259,20 @@ class Inventory:
         if not self._dispatcher.up:
             raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
+        cpu_from_host = set(self._cpu_from_host)
         # Reserved: the survey cannot hang on QEMU, and it is how hung VMs are found, so it must
         # not be refused when calls stuck on hung VMs fill the cap.
         outcome = self._dispatcher.call(
-            SURVEY, lambda lane: _survey(lane, known_ids, groups, cpu, self._host), deadline, reserved=True
+            SURVEY,
+            lambda lane: _survey(lane, known_ids, cpu_from_host, groups, cpu, self._host),
+            deadline,
+            reserved=True,
         )
         if outcome.status is not Status.OK or outcome.value is None or outcome.call is None:
             raise CycleFailed(f"surveying the domains failed: {_why(outcome)}")
         read: _SurveyRead = outcome.value
         self._dispatcher.keep_handles({seen.uuid for seen in read.domains})
+        self._cpu_from_host = {(seen.name, seen.id) for seen in read.domains if seen.cpu_from_host}
         gone = self._replace(read)
         values = {seen.name: seen.values for seen in read.domains}
         return Survey(values, outcome.call.started_at, gone)

@@ -15,6 +15,7 @@ import libvirt
 import pytest
 
 from libvirt_exporter.collector import SPECS, block
+from libvirt_exporter.host import LocalHost
 from tests.exposition import Series, assert_promtool_accepts, domains_in, parse, value
 from tests.integration.vms import DEADLINE, INTERVAL, Exporter, LibvirtdControl, TinyVM, VMFactory
 from tests.integration.vms import FAST_SAMPLING as ARGS
@@ -193,6 +194,29 @@ GUEST_REPORTED = {
     "libvirt_domain_memory_stats_timestamp_seconds",
 }
 NOT_FROM_QEMU = {"libvirt_domain_block_errors_total"}  # QEMU has no per-disk error count
+
+
+def test_the_cpu_times_read_from_the_host_are_the_counters_libvirt_reads(
+    three_vms: list[TinyVM], libvirt_conn: libvirt.virConnect
+) -> None:
+    """The survey reads each domain's CPU times from its cgroup where they agree with
+    virDomainGetCPUStats (inventory._cpu_times). On this host they are libvirt's own counters:
+    between two of its answers, every one of them."""
+    host = LocalHost()
+    for vm in three_vms:
+        dom = libvirt_conn.lookupByName(vm.name)
+        before = dom.getCPUStats(True)[0]
+        ours = host.cpu_times(vm.name)
+        after = dom.getCPUStats(True)[0]
+        assert ours is not None, f"{vm.name}'s cgroup v2 cpu.stat was not found"
+        for theirs, key in (
+            ("cpu_time", "cpu.time"),
+            ("user_time", "cpu.user"),
+            ("system_time", "cpu.system"),
+        ):
+            assert before[theirs] <= ours[key] <= after[theirs], (key, before, ours, after)
+
+
 CONFIGURED = {
     spec.exposed_name for spec in block.SPECS if spec.name.startswith("libvirt_domain_block_limit_")
 } | {"libvirt_domain_vcpu_pinning_info"}

@@ -62,7 +62,6 @@ class FakeDomain:
     """Stats calls answered so far: every value grows with it, so that fresher reads differ."""
     survey_reads: int = 0
     block_reads: int = 0
-    cpu_reads: int = 0
     frozen: threading.Event = field(default_factory=threading.Event)
     job_holders: int = 0
     monitor_waiters: int = 0
@@ -106,6 +105,12 @@ class FakeDomain:
     def __post_init__(self) -> None:
         self.frozen.set()  # set = thawed: waiting on it returns at once
         self.agent_answers.set()
+
+    def cpu_times(self) -> dict[str, int]:
+        """Its cgroup's counters, in the `cpu-total` group's names: they grow from one survey to the
+        next (whose stats call ends it), and whoever reads them within a survey reads the same."""
+        n = self.survey_reads + 1
+        return {"cpu.time": n * 1_000_000_000, "cpu.user": n * 600_000_000, "cpu.system": n * 300_000_000}
 
     def block_counters(self) -> dict[str, int]:
         """One read of a disk's I/O counters, as the block stats group names them."""
@@ -320,8 +325,14 @@ class FakeVirDomain:
         """From the domain's cgroup: no monitor."""
         self._conn.count(self._domain.name, "getCPUStats")
         self._conn.check(self._domain, "getCPUStats")
-        n = self._domain.cpu_reads = self._domain.cpu_reads + 1
-        return [{"cpu_time": n * 1_000_000_000, "user_time": n * 600_000_000, "system_time": n * 300_000_000}]
+        times = self._domain.cpu_times()
+        return [
+            {
+                "cpu_time": times["cpu.time"],
+                "user_time": times["cpu.user"],
+                "system_time": times["cpu.system"],
+            }
+        ]
 
 
 class FakeConnection:
@@ -530,11 +541,22 @@ class FakeHost:
         self._storages: dict[str, threading.Event] = {}
         """Per mount point: cleared while the storage does not answer."""
         self.probes: Counter[str] = Counter()
+        self.cgroups_readable = True
+        """False: this process cannot read the domains' cgroups (cgroup v1, a container)."""
+        self.cgroup_skew_ns = 0
+        """What the cgroup this process finds counts beyond libvirt's (not the domain's: its parent)."""
 
     # --- the host as the exporter sees it without libvirt (host.HostAccess) -------------------
     def qemu_stopped(self, domain: str) -> bool | None:
         found = self.domains.get(domain)
         return found.qemu_stopped if found is not None else None
+
+    def cpu_times(self, domain: str) -> dict[str, int] | None:
+        found = self.domains.get(domain)
+        if not self.cgroups_readable or found is None or not found.active:
+            return None
+        times = found.cpu_times()
+        return {key: count + self.cgroup_skew_ns for key, count in times.items()}
 
     def mount_points(self) -> list[str]:
         return list(self.mounts)

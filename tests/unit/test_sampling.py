@@ -558,3 +558,41 @@ def test_disk_sizes_fall_due_spread_over_their_interval() -> None:
         assert 10 <= due[1] <= 30, "about half fall due in the first half of the interval"
     finally:
         harness.exporter.stop()
+
+
+CPU_TIME = "libvirt_domain_cpu_time_seconds_total"
+
+
+def test_cpu_times_come_from_the_cgroup_once_libvirt_agrees_with_it(harness: Harness) -> None:
+    """virDomainGetCPUStats is asked once per QEMU process, and its counter read from the host
+    from then on: the series go on growing, and libvirtd is not asked again."""
+    host = harness.host
+    first = harness.cycle(harness.exporter.bulk)
+    second = harness.cycle(harness.exporter.bulk)
+    for name in "abc":
+        assert host.calls[(name, "getCPUStats")] == 1
+        assert value(second, CPU_TIME, domain=name) > value(first, CPU_TIME, domain=name)  # type: ignore[operator]
+    host.remove("b")
+    host.add(FakeDomain("b", 7))  # restarted: a new QEMU process, its cgroup checked again
+    harness.cycle(harness.exporter.bulk)
+    assert host.calls[("b", "getCPUStats")] == 2
+    assert host.calls[("a", "getCPUStats")] == 1
+
+
+@pytest.mark.parametrize("why", ["unreadable", "another counter"])
+def test_cpu_times_come_from_libvirt_where_the_host_cgroup_is_not_the_domains(why: str) -> None:
+    """A cgroup this process cannot read (cgroup v1, a container), or one that counts something
+    else than libvirt does: libvirt is asked at every survey, and its values are exported."""
+    host = FakeHost([FakeDomain("a", 1)])
+    if why == "unreadable":
+        host.cgroups_readable = False
+    else:
+        host.cgroup_skew_ns = 10**12
+    harness = Harness(host, make_config())
+    try:
+        series = harness.cycle(harness.exporter.bulk)
+        harness.cycle(harness.exporter.bulk)
+        assert host.calls[("a", "getCPUStats")] == 3  # the harness' first survey and two rounds
+        assert value(series, CPU_TIME, domain="a") < 1000, "the host's counter was exported"  # type: ignore[operator]
+    finally:
+        harness.exporter.stop()
