@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import libvirt
@@ -58,16 +59,20 @@ class DomainEntry:
     def active(self) -> bool:
         return self.id >= 0
 
-    @property
+    @cached_property
     def subject(self) -> Domain:
         return Domain(self.name)
 
-    @property
+    @cached_property
     def disks_with_media(self) -> tuple[Disk, ...]:
-        """An empty CD-ROM drive has no statistics to read."""
-        if self.description is None:
-            return ()
-        return tuple(disk for disk in self.description.disks if disk.target and disk.path)
+        return _disks_with_media(self.description)
+
+
+def _disks_with_media(description: DomainDescription | None) -> tuple[Disk, ...]:
+    """An empty CD-ROM drive has no statistics to read."""
+    if description is None:
+        return ()
+    return tuple(disk for disk in description.disks if disk.target and disk.path)
 
 
 @dataclass
@@ -283,7 +288,8 @@ class Inventory:
             if seen.xml is not None:
                 self._descriptions[seen.name] = (seen.id, _parse(seen.name, seen.xml, self._metadata))
             description = self._descriptions.get(seen.name, (0, None))[1]
-            entry = DomainEntry(
+            storages = {storage_of(disk.path, read.mount_points) for disk in _disks_with_media(description)}
+            entries[seen.name] = DomainEntry(
                 name=seen.name,
                 domain=seen.domain,
                 id=seen.id,
@@ -292,9 +298,8 @@ class Inventory:
                 job_running=seen.control is not None and seen.control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB,
                 description=description,
                 qemu_stopped=seen.qemu_stopped,
+                storages=tuple(sorted(s for s in storages if s)),
             )
-            storages = {storage_of(disk.path, read.mount_points) for disk in entry.disks_with_media}
-            entries[seen.name] = replace(entry, storages=tuple(sorted(s for s in storages if s)))
         for name in self._entries.keys() - entries.keys():
             self._descriptions.pop(name, None)
         exported_before = {entry.subject for entry in self.domains()}
