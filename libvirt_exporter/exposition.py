@@ -173,7 +173,10 @@ class Renderer:
                 if labels is None:
                     labels = _label_set(spec.labels, label_values)
                 kept[label_values] = labels
-            lines.append(f"{name}{labels} {_go_float(value)}\n")
+            # Between -1e6 and 1e6 a float's repr has its point within the first 7 characters (or
+            # none), which is what Go writes: the common case, written without a call.
+            text = repr(value) if -1e6 < value < 1e6 else _go_float(value)
+            lines.append(f"{name}{labels} {text}\n")
         return "".join(lines)
 
 
@@ -186,10 +189,17 @@ def _label_set(names: Sequence[str], values: Sequence[str]) -> str:
 
 
 def _go_float(value: float) -> str:
-    """What floatToGoString writes, without its cost for most values: a finite float whose repr has
-    its point within the first 7 characters is written by Python as by Go."""
-    text = repr(float(value))
-    if text.find(".") > 6 or text[-1] in "fn":  # large: Go's exponent form; inf, nan
+    """What floatToGoString writes, at about half its cost: large values (byte counters,
+    timestamps) are common. A finite float is its repr, but for a positive one whose point comes
+    after the first 7 characters, which Go writes with an exponent (1.7e+09): the mantissa is the
+    repr's digits, less trailing zeros. Infinities and NaN, rare, are left to floatToGoString.
+    `value` is a float (Spec's scale is one)."""
+    text = repr(value)
+    point = text.find(".")
+    if point > 6 and value > 0:
+        mantissa = f"{text[0]}.{text[1:point]}{text[point + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{point - 1:02d}"
+    if text[-1] in "fn":  # inf, -inf, nan
         go: str = floatToGoString(value)  # type: ignore[no-untyped-call]
         return go
     return text

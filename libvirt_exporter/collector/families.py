@@ -32,6 +32,11 @@ class Spec:
     collector: str = ""
     """The `--collector.<name>` switch that gates the family; empty for families always on."""
 
+    def __post_init__(self) -> None:
+        # A float scale makes every value Families stores a float, which the formatter writes as
+        # it is (an int 1 in a table of rows would leave libvirt's ints as they are).
+        object.__setattr__(self, "scale", float(self.scale))
+
     @property
     def exposed_name(self) -> str:
         return f"{self.name}_total" if self.kind is Kind.COUNTER else self.name

@@ -17,7 +17,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from libvirt_exporter.calls import Domain, Status
 from libvirt_exporter.collector import SnapshotCollector
-from libvirt_exporter.collector.families import Families
+from libvirt_exporter.collector.families import Families, gauge
 from libvirt_exporter.config import COLLECTOR_DEFAULTS, SamplerConfig
 from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Exposition, Renderer
@@ -60,6 +60,21 @@ def test_both_formats_are_byte_for_byte_what_prometheus_client_renders() -> None
         assert gzip.decompress(ours.text_gzipped) == text
         assert gzip.decompress(ours.openmetrics_gzipped) == openmetrics
         harness.cycle(harness.exporter.bulk)  # new values for the next render
+
+
+EDGE_VALUES = (0, -0.0, 1, True, 5e-324, 1e-05, 0.1, 999999.9999999999, 1e6, 1234567.0, 1795985328.131,
+               2**53 + 1, 1e16, 1e22, 1.7976931348623157e308, -1e6, -1234567.5, -1e22,
+               float("inf"), float("-inf"), float("nan"))  # fmt: skip
+
+
+def test_values_of_every_range_are_written_as_prometheus_client_writes_them() -> None:
+    spec, families = gauge("edge", "Values at the edges of the formatter's ranges.", ("n",)), Families()
+    for number, edge in enumerate(EDGE_VALUES):
+        families.add(spec, (str(number),), edge)
+    text, openmetrics = _prometheus_client_rendering([families])
+    ours = Renderer().render([families], CollectorRegistry(auto_describe=False))
+    assert plain_text(ours) == text
+    assert plain_openmetrics(ours) == openmetrics
 
 
 def test_a_domain_that_is_gone_leaves_nothing_in_the_next_render() -> None:
