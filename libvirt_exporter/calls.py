@@ -43,6 +43,11 @@ class Domain:
 
     name: str
 
+    def __hash__(self) -> int:
+        """The name's hash, which Python keeps with the string: every render looks domains up in
+        the store thousands of times, and the generated hash builds and hashes a tuple each time."""
+        return hash(self.name)
+
     def __str__(self) -> str:
         return f"domain {self.name}"
 

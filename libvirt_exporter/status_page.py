@@ -76,7 +76,7 @@ def _cell(state: State, sampler: SamplerState, subject: Subject) -> Cell:
     return Cell(
         sampler.name,
         None if sample is None else max(0.0, state.taken_at - sample.taken_at),
-        state.stale(sampler, subject),
+        state.stale(sampler, sample, state.store.counters_of(sampler.name, subject)),
         state.in_flight.get((sampler.name, subject), 0.0),
         sampler.deadline,
     )

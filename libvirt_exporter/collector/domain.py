@@ -11,6 +11,7 @@ from libvirt_exporter.collector.view import State
 from libvirt_exporter.inventory import DomainEntry
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.stat_keys import Device, devices, memory_bandwidth
+from libvirt_exporter.store import Sample
 
 G, C = Kind.GAUGE, Kind.COUNTER
 KIB = KIBIBYTES
@@ -262,16 +263,18 @@ def _add_description(
         families.add(VCPU_PINNING_INFO, (entry.name, str(vcpu), cpus), 1)
 
 
+def _values(sample: Sample | None) -> Mapping[str, Any]:
+    return {} if sample is None else sample.values
+
+
 def collect(state: State) -> Families:
     families = Families()
     metadata = metadata_info(state.metadata_labels)
     for entry in state.domains:
         _add_description(families, entry, state.collectors, metadata)
-        values = {
-            key: value
-            for sampler in (SamplerName.BULK, SamplerName.BASIC)  # the survey's values are the fresher
-            if (sample := state.store.sample(sampler, entry.subject)) is not None
-            for key, value in sample.values.items()
+        values = {  # the survey's (basic) values are the fresher
+            **_values(state.store.sample(SamplerName.BULK, entry.subject)),
+            **_values(state.store.sample(SamplerName.BASIC, entry.subject)),
         }
         if values:
             _add_stats(families, entry.name, values)

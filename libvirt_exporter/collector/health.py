@@ -135,7 +135,7 @@ def _add_subjects(families: Families, state: State) -> None:
             if sample is not None:
                 families.add(of.sample_timestamp, labels, sample.taken_at)
             counters = state.store.counters_of(name, subject)
-            families.add(of.stale, labels, 1 if state.stale(sampler, subject) else 0)
+            families.add(of.stale, labels, 1 if state.stale(sampler, sample, counters) else 0)
             families.add(of.timeouts, labels, counters.timeouts)
             families.add(of.errors, labels, counters.errors)
             families.add(of.skipped, labels, counters.skipped)

@@ -16,7 +16,7 @@ from libvirt_exporter.connection import HostInfo, MainConnection
 from libvirt_exporter.inventory import DomainEntry, Inventory
 from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import Sampler
-from libvirt_exporter.store import Key, Store
+from libvirt_exporter.store import CallCounters, Key, Sample, Store
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,15 @@ class State:
     taken_at: float
     """Unix time: what the age of a sample is measured against."""
 
-    def stale(self, sampler: SamplerState, subject: Subject) -> bool:
-        """Whether the values served for `subject` by `sampler` are not current: libvirtd is
-        unreachable, there are none, its latest call brought none, or they are too old."""
-        sample = self.store.sample(sampler.name, subject)
+    def stale(self, sampler: SamplerState, sample: Sample | None, counters: CallCounters) -> bool:
+        """Whether the values a sampler serves for a subject, its `sample` and `counters` in the
+        store, are not current: libvirtd is unreachable, there are none, its latest call brought
+        none, or they are too old. The caller has looked them up already (every render does so
+        for every sampler and subject)."""
         return (
             not self.up
             or sample is None
-            or self.store.counters_of(sampler.name, subject).failing
+            or counters.failing
             or self.taken_at - sample.taken_at > sampler.stale_after
         )
 
