@@ -118,10 +118,11 @@ def _add_counters(families: Families, state: State, name: str, subject: Domain) 
     if sample is None:
         return
     for device, stats in devices(sample.values).get("block", ()):
+        labels = (name, device)  # one tuple for all the disk's families
         for field, spec in COUNTERS:
             value = stats.get(field)
             if value is not None and value >= 0:  # libvirt reports -1 for "not supported"
-                families.add(spec, (name, device), value)
+                families.add(spec, labels, value)
 
 
 def _add_sizes(families: Families, state: State, entry: DomainEntry) -> None:
@@ -130,7 +131,8 @@ def _add_sizes(families: Families, state: State, entry: DomainEntry) -> None:
     if sample is None:
         return
     for disk in entry.disks_with_media:
+        labels = (entry.name, disk.target)
         for field, spec in SIZES.items():
             value = sample.values.get(f"{disk.target}.{field}")
             if value is not None:
-                families.add(spec, (entry.name, disk.target), value)
+                families.add(spec, labels, value)

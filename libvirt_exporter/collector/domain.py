@@ -211,9 +211,10 @@ def _add_devices(
     families: Families, fields: tuple[tuple[str, Spec], ...], name: str, found: list[Device]
 ) -> None:
     for device, values in found:
+        labels = (name, device)  # one tuple for all the device's families
         for field, spec in fields:
             if (value := values.get(field)) is not None:
-                families.add(spec, (name, device), value)
+                families.add(spec, labels, value)
 
 
 def _add_stats(families: Families, name: str, stats: Mapping[str, Any]) -> None:
