@@ -42,6 +42,14 @@ def devices(stats: Mapping[str, Any]) -> dict[str, list[Device]]:
     }
 
 
+def is_kvm_statistic(key: str) -> bool:
+    """Whether the key is one of QEMU's KVM statistics, which libvirt 9.0 adds to the `vcpu` group
+    (`query-stats`: 45 per vCPU on QEMU 7.2, `vcpu.0.exits.sum`, `vcpu.0.blocking.cur`). No family
+    exports them (the vCPU fields exported are one word: `vcpu.0.time`), so the samplers drop them
+    rather than store them and split them at every render."""
+    return key.startswith("vcpu.") and key.count(".") > 2
+
+
 def memory_bandwidth(stats: Mapping[str, Any]) -> list[tuple[str, str, str, Any]]:
     """(monitor name, node, field, value) of each resctrl memory-bandwidth counter."""
     counters = []

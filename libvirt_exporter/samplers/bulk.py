@@ -43,6 +43,7 @@ from libvirt_exporter.samplers import SamplerName
 from libvirt_exporter.samplers.base import DomainParts, DomainSampler, Read, Surveyor, read_domain_stats
 from libvirt_exporter.samplers.block import BLOCK_KEYS, BlockSampler, disk_by_disk, has_counters
 from libvirt_exporter.samplers.block_info import BlockInfoSampler, read_sizes
+from libvirt_exporter.stat_keys import is_kvm_statistic
 from libvirt_exporter.store import Sample
 
 log = get_logger(__name__)
@@ -97,7 +98,8 @@ def split(stats: Mapping[str, Any], sizes: Mapping[str, Any] | None = None) -> A
     own: dict[str, Any] = {}
     disks: dict[str, Any] = {}
     for key, value in stats.items():
-        (disks if key.startswith(BLOCK_KEYS) else own)[key] = value
+        if not is_kvm_statistic(key):
+            (disks if key.startswith(BLOCK_KEYS) else own)[key] = value
     return Answer(own, disks if "block.count" in disks else None, has_counters(disks), sizes or {})
 
 

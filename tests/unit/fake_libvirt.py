@@ -196,7 +196,13 @@ class FakeDomain:
             stats.update({"vcpu.current": self.vcpus, "vcpu.maximum": self.vcpus})
             for v in range(self.vcpus):
                 stats.update(
-                    {f"vcpu.{v}.state": 1, f"vcpu.{v}.time": n * 500_000_000, f"vcpu.{v}.wait": n * 1000}
+                    {
+                        f"vcpu.{v}.state": 1,
+                        f"vcpu.{v}.time": n * 500_000_000,
+                        f"vcpu.{v}.wait": n * 1000,
+                        f"vcpu.{v}.exits.sum": n * 7,
+                        f"vcpu.{v}.blocking.cur": 0,
+                    }
                 )
                 stats[f"vcpu.{v}.delay"] = n * 2000
         if groups & libvirt.VIR_DOMAIN_STATS_INTERFACE:
