@@ -70,11 +70,10 @@ class LocalHost:
             cgroup = self._domain_cgroup(self._pid(domain))
             if cgroup is None:
                 return None
-            lines = _read(f"{cgroup}/cpu.stat").splitlines()
-        except (OSError, ValueError):
+            usec = dict(line.split(" ", 1) for line in _read(f"{cgroup}/cpu.stat").splitlines())
+            return {ours: int(usec[theirs]) * 1000 for theirs, ours in _CPU_STAT_FIELDS.items()}
+        except (OSError, ValueError, KeyError):  # gone, or a kernel that writes it otherwise
             return None
-        usec = {name: int(count) for name, count in (line.split(" ", 1) for line in lines)}
-        return {ours: usec[theirs] * 1000 for theirs, ours in _CPU_STAT_FIELDS.items()}
 
     def mount_points(self) -> list[str]:
         return [fields[4] for fields in self._mounts()]

@@ -62,6 +62,15 @@ def test_no_cpu_times_without_cgroup_v2_or_a_running_qemu(tmp_path: Path) -> Non
     assert host.cpu_times("not-running") is None
 
 
+@pytest.mark.parametrize("content", ["usage_usec 1\nuser_usec 1\n", "usage_usec\n", "usage_usec x\n"])
+def test_a_cpu_stat_that_says_otherwise_gives_no_cpu_times(tmp_path: Path, content: str) -> None:
+    """The survey then asks libvirt; it must not fail."""
+    host = make_host(tmp_path, f"0::{DOMAIN_CGROUP}/emulator", [("/sys/fs/cgroup", "cgroup2")])
+    write_cpu_stat(tmp_path, "/sys/fs/cgroup")
+    (tmp_path / "sys/fs/cgroup" / DOMAIN_CGROUP.lstrip("/") / "cpu.stat").write_text(content)
+    assert host.cpu_times("vm") is None
+
+
 def test_qemu_stopped_reads_the_state_after_the_command_name(tmp_path: Path) -> None:
     running = make_host(tmp_path / "running", "0::/", [("/", "ext4")])
     stopped = make_host(tmp_path / "stopped", "0::/", [("/", "ext4")], stat_state="T")
