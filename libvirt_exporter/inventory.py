@@ -156,7 +156,7 @@ def _cpu_times(dom: Any, name: str, host: HostAccess, from_host: bool) -> tuple[
 def _survey(
     lane: Lane,
     known_ids: dict[str, int],
-    cpu_from_host: set[tuple[str, int]],
+    cpu_from_host: frozenset[tuple[str, int]],
     groups: int,
     cpu: bool,
     host: HostAccess,
@@ -211,7 +211,7 @@ class Inventory:
         """What to read from each domain's <metadata> (`--libvirt.metadata`)."""
         self._entries: dict[str, DomainEntry] = {}
         self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
-        self._cpu_from_host: set[tuple[str, int]] = set()
+        self._cpu_from_host: frozenset[tuple[str, int]] = frozenset()
         """The (name, id) of the domains whose CPU times the host gives (`_cpu_times`)."""
         self.unresponsive_storages: frozenset[str] = frozenset()
         """The mount points whose storage did not answer its latest probe (set by the survey)."""
@@ -264,7 +264,7 @@ class Inventory:
         if not self._dispatcher.up:
             raise CycleFailed("not connected to libvirt")
         known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
-        cpu_from_host = set(self._cpu_from_host)
+        cpu_from_host = self._cpu_from_host  # replaced, never changed: the survey thread may read it
         # Reserved: the survey cannot hang on QEMU, and it is how hung VMs are found, so it must
         # not be refused when calls stuck on hung VMs fill the cap.
         outcome = self._dispatcher.call(
@@ -277,7 +277,7 @@ class Inventory:
             raise CycleFailed(f"surveying the domains failed: {_why(outcome)}")
         read: _SurveyRead = outcome.value
         self._dispatcher.keep_handles({seen.uuid for seen in read.domains})
-        self._cpu_from_host = {(seen.name, seen.id) for seen in read.domains if seen.cpu_from_host}
+        self._cpu_from_host = frozenset((seen.name, seen.id) for seen in read.domains if seen.cpu_from_host)
         gone = self._replace(read)
         values = {seen.name: seen.values for seen in read.domains}
         return Survey(values, outcome.call.started_at, gone)

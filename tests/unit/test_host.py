@@ -35,10 +35,10 @@ def make_host(
     return LocalHost(qemu_run_dir=run, proc=proc, mountinfo=mountinfo)
 
 
-def write_cpu_stat(tmp_path: Path, cgroup_root: str) -> None:
+def write_cpu_stat(tmp_path: Path, cgroup_root: str, content: str = CPU_STAT) -> None:
     directory = tmp_path / cgroup_root.lstrip("/") / DOMAIN_CGROUP.lstrip("/")
     (directory / "emulator").mkdir(parents=True)
-    (directory / "cpu.stat").write_text(CPU_STAT)
+    (directory / "cpu.stat").write_text(content)
     (directory / "emulator" / "cpu.stat").write_text("usage_usec 1\nuser_usec 1\nsystem_usec 0\n")
 
 
@@ -66,8 +66,7 @@ def test_no_cpu_times_without_cgroup_v2_or_a_running_qemu(tmp_path: Path) -> Non
 def test_a_cpu_stat_that_says_otherwise_gives_no_cpu_times(tmp_path: Path, content: str) -> None:
     """The survey then asks libvirt; it must not fail."""
     host = make_host(tmp_path, f"0::{DOMAIN_CGROUP}/emulator", [("/sys/fs/cgroup", "cgroup2")])
-    write_cpu_stat(tmp_path, "/sys/fs/cgroup")
-    (tmp_path / "sys/fs/cgroup" / DOMAIN_CGROUP.lstrip("/") / "cpu.stat").write_text(content)
+    write_cpu_stat(tmp_path, "/sys/fs/cgroup", content)
     assert host.cpu_times("vm") is None
 
 
