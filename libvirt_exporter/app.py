@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 from dataclasses import replace
 from functools import partial
 
@@ -39,6 +40,13 @@ from libvirt_exporter.store import Store
 from libvirt_exporter.web_config import load_web_config
 
 log = get_logger(__name__)
+
+SWITCH_INTERVAL = 0.001
+"""Seconds the hub, when it wants the GIL, waits before the thread holding it must let it go.
+Scrapes are answered on the hub, while the threads of the render and of the calls (which split
+libvirt's answers in Python) hold the GIL for long stretches; with Python's default of 5 ms, a
+scrape that needs the GIL a few times during a cycle's first calls waited tens of milliseconds
+(docs/benchmarks.md)."""
 
 
 class Exporter:
@@ -150,6 +158,7 @@ class Exporter:
             web_config,
             self.config.web,
         )
+        sys.setswitchinterval(SWITCH_INTERVAL)
         server.start()  # bind first: a port in use fails before any sampling starts
         self.start()
         log.info(

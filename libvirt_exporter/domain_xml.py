@@ -8,6 +8,7 @@ an exporter must not be the place where an entity-expansion bomb goes off.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as SafeET
@@ -96,6 +97,12 @@ class DomainDescription:
     agent: str | None = None
     """The state of its QEMU guest-agent channel as libvirt writes it (`connected`, `disconnected`,
     empty while unknown); None when it has none."""
+
+    @cached_property
+    def disks_with_media(self) -> tuple[Disk, ...]:
+        """The disks with statistics to read: an empty CD-ROM drive has none. Kept with the
+        description, which is parsed once per XML read, since every cycle asks for them."""
+        return tuple(disk for disk in self.disks if disk.target and disk.path)
 
     @property
     def agent_connected(self) -> bool:

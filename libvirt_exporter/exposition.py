@@ -14,7 +14,6 @@ label set is kept for the next render.
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -132,6 +131,10 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+_LabelSet = tuple[Sequence[str], str]
+"""Label values, and their label set as written: `{name="value",...}`."""
+
+
 class Renderer:
     """Formats families in the Prometheus text format and in OpenMetrics, as prometheus_client does.
 
@@ -140,10 +143,14 @@ class Renderer:
     formatted once and kept for the next render, for all the families with those label names. Only
     that is kept, not whole lines, of which there are several times more than label sets
     (docs/benchmarks.md). What a render does not see again is dropped.
+
+    A label set is kept with the label values it was first formatted for, and those values, not
+    each render's equal copy, are what the next render's table holds: a copy kept would outlive the
+    render, and the garbage collector's first pass after each render would scan thousands of them.
     """
 
     def __init__(self) -> None:
-        self._label_sets: dict[tuple[str, ...], dict[Sequence[str], str]] = {}
+        self._label_sets: dict[tuple[str, ...], dict[Sequence[str], _LabelSet]] = {}
 
     def render(self, groups: Iterable[Families], process: CollectorRegistry) -> Exposition:
         previous, self._label_sets = self._label_sets, {}
@@ -160,23 +167,23 @@ class Renderer:
         return Exposition(text.close(), openmetrics.close(), text.size, openmetrics.size)
 
     def _format(
-        self, spec: Spec, samples: list[tuple[Sequence[str], float]], previous: dict[Sequence[str], str]
+        self, spec: Spec, samples: list[tuple[Sequence[str], float]], previous: dict[Sequence[str], _LabelSet]
     ) -> str:
         """A family's sample lines, in one string (the same in both formats)."""
         name = spec.exposed_name
         kept = self._label_sets.setdefault(spec.labels, {})
         lines = []
         for label_values, value in samples:
-            labels = kept.get(label_values)
-            if labels is None:
-                labels = previous.get(label_values)
-                if labels is None:
-                    labels = _label_set(spec.labels, label_values)
-                kept[label_values] = labels
+            label_set = kept.get(label_values)
+            if label_set is None:
+                label_set = previous.get(label_values)
+                if label_set is None:
+                    label_set = (label_values, _label_set(spec.labels, label_values))
+                kept[label_set[0]] = label_set
             # Between -1e6 and 1e6 a float's repr has its point within the first 7 characters (or
             # none), which is what Go writes: the common case, written without a call.
             text = repr(value) if -1e6 < value < 1e6 else _go_float(value)
-            lines.append(f"{name}{labels} {text}\n")
+            lines.append(f"{name}{label_set[1]} {text}\n")
         return "".join(lines)
 
 
@@ -257,31 +264,22 @@ class Snapshot:
             self._rendering = None
 
     def _render(self, taken: TakenState) -> Exposition:
-        with _render_mode():
+        with _no_collection():
             exposition = self._renderer.render(taken.families(), self._process)
             return replace(exposition, status_page=LazyPage(taken.status_page))
 
 
-RENDER_SWITCH_INTERVAL = 0.001
-"""Seconds a thread that wants the GIL waits before asking its holder to let it go, while a render
-runs: well below Python's default, so that a scrape answered during a render hardly waits."""
-
-
 @contextmanager
-def _render_mode() -> Iterator[None]:
-    """While a render runs in its thread: the hub gets the GIL back within a millisecond, and the
-    cyclic garbage collector does not run.
+def _no_collection() -> Iterator[None]:
+    """While a render runs in its thread, the cyclic garbage collector does not run.
 
     A render's rows (two objects per sample) live until it ends: collections triggered by them would
     scan them again and again and move them to older generations, which brings on full collections
     that hold the GIL, and so the hub. The rows hold no reference cycle; they are freed as the
     render ends (what this saves: docs/benchmarks.md).
     """
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(RENDER_SWITCH_INTERVAL)
     gc.disable()
     try:
         yield
     finally:
         gc.enable()
-        sys.setswitchinterval(switch_interval)

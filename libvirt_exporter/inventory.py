@@ -63,33 +63,23 @@ class DomainEntry:
     def subject(self) -> Domain:
         return Domain(self.name)
 
-    @cached_property
+    @property
     def disks_with_media(self) -> tuple[Disk, ...]:
-        return _disks_with_media(self.description)
-
-
-def _disks_with_media(description: DomainDescription | None) -> tuple[Disk, ...]:
-    """An empty CD-ROM drive has no statistics to read."""
-    if description is None:
-        return ()
-    return tuple(disk for disk in description.disks if disk.target and disk.path)
+        return self.description.disks_with_media if self.description is not None else ()
 
 
 @dataclass
 class _Surveyed:
     """One domain as the survey thread saw it."""
 
-    name: str
-    domain: Any
-    id: int
+    entry: DomainEntry
     uuid: bytes
-    control: list[int] | None
-    xml: str | None
-    qemu_stopped: bool
     values: dict[str, Any] = field(default_factory=dict)
     """Its state, network counters and CPU time."""
     cpu_from_host: bool = False
     """Its CPU times were read from the host, which has the counters libvirt reads (`_cpu_times`)."""
+    parsed: bool = False
+    """Its XML was read and parsed in this survey."""
 
 
 @dataclass
@@ -97,7 +87,6 @@ class _SurveyRead:
     """What the survey thread read."""
 
     domains: list[_Surveyed]
-    mount_points: list[str]
 
 
 @dataclass(frozen=True)
@@ -153,36 +142,65 @@ def _cpu_times(dom: Any, name: str, host: HostAccess, from_host: bool) -> tuple[
     return libvirts, False
 
 
+Described = tuple[int, DomainDescription | None]
+"""A domain's description, and the domain id its XML was read at."""
+
+
 def _survey(
     lane: Lane,
-    known_ids: dict[str, int],
+    known: Mapping[str, Described],
     cpu_from_host: frozenset[tuple[str, int]],
     groups: int,
     cpu: bool,
     host: HostAccess,
+    metadata: tuple[MetadataField, ...],
 ) -> _SurveyRead:
-    """Runs in a pool thread. `known_ids` maps names to the domain id their XML was read at;
-    `cpu_from_host` holds the (name, id) of the domains whose CPU times the host gives."""
+    """Runs in a pool thread, and builds each domain's entry there, XML parsed and disks placed on
+    their storages: the hub only swaps the new entries in, so that scrapes do not wait for it.
+    `known` holds the descriptions read so far; `cpu_from_host` the (name, id) of the domains whose
+    CPU times the host gives."""
+    mount_points = host.mount_points()
     surveyed = []
     for dom in lane.conn.listAllDomains(0):
         try:
             name, dom_id = dom.name(), dom.ID()
             active = dom_id >= 0
             control = _control_info(dom) if active else None
-            xml = dom.XMLDesc(0) if known_ids.get(name) != dom_id else None
+            known_id, description = known.get(name, (None, None))
+            parsed = known_id != dom_id
+            if parsed:
+                description = _parse(name, dom.XMLDesc(0), metadata)
             from_host = (name, dom_id) in cpu_from_host
             values, from_host = _cpu_times(dom, name, host, from_host) if cpu and active else ({}, False)
         except libvirt.libvirtError as error:
             if not is_missing_domain(error):
                 log.warning("cannot survey domain", err=describe(error))
             continue
-        stopped = bool(active and host.qemu_stopped(name))
-        surveyed.append(_Surveyed(name, dom, dom_id, dom.UUID(), control, xml, stopped, values, from_host))
-    by_name = {seen.name: seen for seen in surveyed}
-    for dom, stats in lane.conn.domainListGetStats([seen.domain for seen in surveyed], groups, 0):
+        entry = DomainEntry(
+            name=name,
+            domain=dom,
+            id=dom_id,
+            monitor_free=control is None or control[0] in _MONITOR_FREE_STATES,
+            monitor_busy_seconds=_busy_seconds(control),
+            job_running=control is not None and control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB,
+            description=description,
+            qemu_stopped=bool(active and host.qemu_stopped(name)),
+            storages=_storages(description, mount_points),
+        )
+        surveyed.append(_Surveyed(entry, dom.UUID(), values, from_host, parsed))
+    by_name = {seen.entry.name: seen for seen in surveyed}
+    for dom, stats in lane.conn.domainListGetStats([seen.entry.domain for seen in surveyed], groups, 0):
         if (seen := by_name.get(dom.name())) is not None:
             seen.values.update(stats)
-    return _SurveyRead(surveyed, host.mount_points())
+    return _SurveyRead(surveyed)
+
+
+def _storages(description: DomainDescription | None, mount_points: list[str]) -> tuple[str, ...]:
+    disks = description.disks_with_media if description is not None else ()
+    return tuple(sorted({storage for disk in disks if (storage := storage_of(disk.path, mount_points))}))
+
+
+_NO_SIGNALS: frozenset[str] = frozenset()
 
 
 class HangSignal:
@@ -210,7 +228,7 @@ class Inventory:
         self._metadata = metadata
         """What to read from each domain's <metadata> (`--libvirt.metadata`)."""
         self._entries: dict[str, DomainEntry] = {}
-        self._descriptions: dict[str, tuple[int, DomainDescription | None]] = {}
+        self._descriptions: dict[str, Described] = {}
         self._cpu_from_host: frozenset[tuple[str, int]] = frozenset()
         """The (name, id) of the domains whose CPU times the host gives (`_cpu_times`)."""
         self.unresponsive_storages: frozenset[str] = frozenset()
@@ -240,17 +258,19 @@ class Inventory:
         """Storages probed again outside the survey (samplers/storage.py `recheck`)."""
         self.unresponsive_storages = (self.unresponsive_storages - answered) | unanswered
 
-    def hang_signals(self, entry: DomainEntry, busy_for: float) -> set[str]:
+    def hang_signals(self, entry: DomainEntry, busy_for: float) -> frozenset[str]:
         """The signals that hold for the domain: its QEMU stopped, its monitor busy for `busy_for`
-        seconds or more (stuck on a call already), a storage of its disks unresponsive."""
-        signals = set()
+        seconds or more (stuck on a call already), a storage of its disks unresponsive. For a
+        domain without any, one shared empty set: a render's state holds the signals of every
+        domain, and would otherwise hold an object per domain for the garbage collector to scan."""
+        signals = []
         if entry.qemu_stopped:
-            signals.add(HangSignal.QEMU_STOPPED)
+            signals.append(HangSignal.QEMU_STOPPED)
         if not entry.monitor_free and entry.monitor_busy_seconds >= busy_for:
-            signals.add(HangSignal.MONITOR_BUSY)
-        if self.unresponsive_storages.intersection(entry.storages):
-            signals.add(HangSignal.STORAGE_UNRESPONSIVE)
-        return signals
+            signals.append(HangSignal.MONITOR_BUSY)
+        if not self.unresponsive_storages.isdisjoint(entry.storages):
+            signals.append(HangSignal.STORAGE_UNRESPONSIVE)
+        return frozenset(signals) if signals else _NO_SIGNALS
 
     def mark_changed(self, names: set[str]) -> None:
         """A lifecycle or device event: read these domains' XML again at the next survey."""
@@ -263,13 +283,13 @@ class Inventory:
         (raises CycleFailed)."""
         if not self._dispatcher.up:
             raise CycleFailed("not connected to libvirt")
-        known_ids = {name: dom_id for name, (dom_id, _) in self._descriptions.items()}
         cpu_from_host = self._cpu_from_host  # replaced, never changed: the survey thread may read it
+        known = dict(self._descriptions)
         # Reserved: the survey cannot hang on QEMU, and it is how hung VMs are found, so it must
         # not be refused when calls stuck on hung VMs fill the cap.
         outcome = self._dispatcher.call(
             SURVEY,
-            lambda lane: _survey(lane, known_ids, cpu_from_host, groups, cpu, self._host),
+            lambda lane: _survey(lane, known, cpu_from_host, groups, cpu, self._host, self._metadata),
             deadline,
             reserved=True,
         )
@@ -277,34 +297,23 @@ class Inventory:
             raise CycleFailed(f"surveying the domains failed: {_why(outcome)}")
         read: _SurveyRead = outcome.value
         self._dispatcher.keep_handles({seen.uuid for seen in read.domains})
-        self._cpu_from_host = frozenset((seen.name, seen.id) for seen in read.domains if seen.cpu_from_host)
+        self._cpu_from_host = frozenset(
+            (seen.entry.name, seen.entry.id) for seen in read.domains if seen.cpu_from_host
+        )
         gone = self._replace(read)
-        values = {seen.name: seen.values for seen in read.domains}
+        values = {seen.entry.name: seen.values for seen in read.domains}
         return Survey(values, outcome.call.started_at, gone)
 
     def _replace(self, read: _SurveyRead) -> set[Domain]:
-        entries = {}
+        entries = {seen.entry.name: seen.entry for seen in read.domains}
         for seen in read.domains:
-            if seen.xml is not None:
-                self._descriptions[seen.name] = (seen.id, _parse(seen.name, seen.xml, self._metadata))
-            description = self._descriptions.get(seen.name, (0, None))[1]
-            storages = {storage_of(disk.path, read.mount_points) for disk in _disks_with_media(description)}
-            entries[seen.name] = DomainEntry(
-                name=seen.name,
-                domain=seen.domain,
-                id=seen.id,
-                monitor_free=seen.control is None or seen.control[0] in _MONITOR_FREE_STATES,
-                monitor_busy_seconds=_busy_seconds(seen.control),
-                job_running=seen.control is not None and seen.control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB,
-                description=description,
-                qemu_stopped=seen.qemu_stopped,
-                storages=tuple(sorted(s for s in storages if s)),
-            )
-        for name in self._entries.keys() - entries.keys():
-            self._descriptions.pop(name, None)
-        exported_before = {entry.subject for entry in self.domains()}
+            if seen.parsed:
+                self._descriptions[seen.entry.name] = (seen.entry.id, seen.entry.description)
+        for name in self._descriptions.keys() - entries.keys():
+            del self._descriptions[name]
+        exported_before = {entry.name for entry in self.domains()}
         self._entries = entries
-        return exported_before - {entry.subject for entry in self.domains()}
+        return {Domain(name) for name in exported_before - {entry.name for entry in self.domains()}}
 
 
 def _why(outcome: Outcome[Any]) -> str:

@@ -44,7 +44,7 @@ class State:
     samplers: tuple[SamplerState, ...]
     in_flight: Mapping[Key, float]
     """Per (sampler, subject), how long its outstanding call has run."""
-    hang_signals: Mapping[str, set[str]]
+    hang_signals: Mapping[str, frozenset[str]]
     """Per domain, the signals that hold for it (inventory.HangSignal)."""
     storages: Mapping[str, int]
     """Each storage (mount point) running domains' disks live on, with how many domains use it."""

@@ -251,6 +251,4 @@ class DomainSampler(LibvirtSampler):
 
     def _hung(self, entry: DomainEntry, touches_disks: bool) -> bool:
         signals = self._inventory.hang_signals(entry, busy_for=self.config.deadline)
-        if not touches_disks:
-            signals.discard(HangSignal.STORAGE_UNRESPONSIVE)
-        return bool(signals)
+        return bool(signals if touches_disks else signals - {HangSignal.STORAGE_UNRESPONSIVE})

@@ -21,6 +21,7 @@ its name picks.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 from libvirt_exporter.calls import Subject
@@ -66,6 +67,8 @@ class BlockInfoSampler(Sampler):
         values an interval plus a round old would be flagged stale."""
         self._due_at: dict[str, float] = {}
         """Per domain, the monotonic time its sizes are due again; none: never read."""
+        self._disks_read: dict[str, frozenset[str]] = {}
+        """Per domain, the disks (targets) in the sizes read last; none: never read."""
 
     def entries(self) -> list[DomainEntry]:
         return [entry for entry in self._inventory.domains() if entry.active and entry.disks_with_media]
@@ -79,19 +82,20 @@ class BlockInfoSampler(Sampler):
         read) are due again by time only."""
         if now + self._tolerance >= self._due_at.get(entry.name, -float("inf")):
             return True
-        sample = self._store.sample(self.name, entry.subject)
-        if sample is None:
-            return False
-        read = {key.rpartition(".")[0] for key in sample.values}
-        return any(disk.target not in read for disk in entry.disks_with_media)
+        read = self._disks_read.get(entry.name)
+        return read is not None and any(disk.target not in read for disk in entry.disks_with_media)
 
-    def read(self, name: str, now: float) -> None:
-        """The domain's sizes were read at `now`: due again an interval later, or, after its first
-        read, after the share of an interval its name picks."""
+    def read(self, name: str, now: float, sizes: Mapping[str, Any] | None) -> None:
+        """The domain's sizes were read at `now` (None: the read failed): due again an interval
+        later, or, after its first read, after the share of an interval its name picks."""
         first = name not in self._due_at
         self._due_at[name] = now + self.config.interval * (_share(name) if first else 1.0)
+        if sizes is not None:
+            self._disks_read[name] = frozenset(key.rpartition(".")[0] for key in sizes)
 
     def keep_only(self, names: set[str]) -> None:
         """Forget the domains that are gone: one that comes back is read at once."""
         for name in self._due_at.keys() - names:
             del self._due_at[name]
+        for name in self._disks_read.keys() - names:
+            del self._disks_read[name]

@@ -324,12 +324,11 @@ class BulkSampler(DomainSampler):
         every cycle: the domain's other values come with the host-wide call meanwhile."""
         if answer.sizes:
             self._store.offer(SamplerName.BLOCK_INFO, subject, Sample(answer.sizes, taken_at))
+            sizes.read(subject.name, time.monotonic(), answer.sizes)
         elif answer.sizes_error is not None:
             self._store.count_failure(SamplerName.BLOCK_INFO, subject, Status.ERROR)
             log.info("cannot read disk sizes", subject=subject, err=describe(answer.sizes_error))
-        else:
-            return
-        sizes.read(subject.name, time.monotonic())
+            sizes.read(subject.name, time.monotonic(), None)
 
     def _lacks_job_stats(self, entry: DomainEntry, answer: Answer) -> bool:
         """NOWAIT leaves out what needs the domain's job when another call holds it (the job
