@@ -42,11 +42,19 @@ from libvirt_exporter.web_config import load_web_config
 log = get_logger(__name__)
 
 SWITCH_INTERVAL = 0.001
-"""Seconds the hub, when it wants the GIL, waits before the thread holding it must let it go.
-Scrapes are answered on the hub, while the threads of the render and of the calls (which split
-libvirt's answers in Python) hold the GIL for long stretches; with Python's default of 5 ms, a
-scrape that needs the GIL a few times during a cycle's first calls waited tens of milliseconds
-(docs/benchmarks.md)."""
+"""Seconds the hub, when it wants the GIL, waits before the thread holding it must let it go
+(Python's default: 5 ms)."""
+
+
+def _favour_the_hub() -> None:
+    """Scrapes are answered on the hub, while the threads of the render and of the calls (which
+    split libvirt's answers in Python) hold the GIL for long stretches, and a scrape needs it
+    several times: the hub gets it back within SWITCH_INTERVAL. A garbage collection holds it
+    throughout, so what lives as long as the process (modules, classes, functions) is left out of
+    the collector's passes (what each bought: docs/benchmarks.md)."""
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    gc.collect()
+    gc.freeze()
 
 
 class Exporter:
@@ -158,7 +166,7 @@ class Exporter:
             web_config,
             self.config.web,
         )
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        _favour_the_hub()
         server.start()  # bind first: a port in use fails before any sampling starts
         self.start()
         log.info(

@@ -250,10 +250,10 @@ class BulkSampler(DomainSampler):
             key,
             partial(read_stats, [entry.domain for entry in free], groups),
             self.config.deadline,
-            on_late=self._take_late_host_wide,
+            on_late=partial(self._take_late_host_wide, groups),
         )
         if outcome.status is Status.OK and outcome.call is not None:
-            without_job = self._offer_all(outcome.value or {}, outcome.call.started_at)
+            without_job = self._offer_all(outcome.value or {}, outcome.call.started_at, groups)
             return busy + [entry for entry in free if entry.name in without_job]
         if outcome.status is Status.TIMEOUT and outcome.call is not None:
             return self._blame_stuck_monitors(outcome.call, ready)
@@ -284,23 +284,24 @@ class BulkSampler(DomainSampler):
         others = [e for e in now if (stuck is None or e.name != stuck.name)]
         return self._with_disks_readable(self._callable(others))
 
-    def _take_late_host_wide(self, outcome: Outcome[Any]) -> None:
+    def _take_late_host_wide(self, groups: int, outcome: Outcome[Any]) -> None:
         if outcome.status is Status.OK and outcome.call is not None:
-            self._offer_all(outcome.value or {}, outcome.call.started_at)
+            self._offer_all(outcome.value or {}, outcome.call.started_at, groups)
 
     def _record_late(self, subject: Subject, outcome: Outcome[Any]) -> None:
         """A late result counts only for a domain that is still there."""
         if isinstance(subject, Domain) and self._inventory.get(subject.name) is not None:
             self._record(subject, outcome)
 
-    def _offer_all(self, answers: Mapping[str, Answer], taken_at: float) -> set[str]:
-        """Store complete answers; returns the domains whose answers lack what needs the job."""
+    def _offer_all(self, answers: Mapping[str, Answer], taken_at: float, groups: int) -> set[str]:
+        """Store complete answers to a call for `groups`; returns the domains whose answers lack
+        what needs the job."""
         without_job = set()
         for name, answer in answers.items():
             entry = self._inventory.get(name)
             if entry is None:
                 continue
-            if self._lacks_job_stats(entry, answer):
+            if self._lacks_job_stats(entry, answer, groups):
                 without_job.add(name)
             else:
                 self._offer(entry.subject, answer, taken_at)
@@ -330,14 +331,13 @@ class BulkSampler(DomainSampler):
             log.info("cannot read disk sizes", subject=subject, err=describe(answer.sizes_error))
             sizes.read(subject.name, time.monotonic(), None)
 
-    def _lacks_job_stats(self, entry: DomainEntry, answer: Answer) -> bool:
+    def _lacks_job_stats(self, entry: DomainEntry, answer: Answer, groups: int) -> bool:
         """NOWAIT leaves out what needs the domain's job when another call holds it (the job
         sampler's, another client's, for a moment): of a running domain's balloon group, at least
         `rss`; of its block group, the counters (which libvirt's test driver never gives). Such a
         domain is asked again with a call of its own that waits for the job."""
         if not entry.active:
             return False
-        groups = self._groups_of(entry)
         balloon = bool(groups & libvirt.VIR_DOMAIN_STATS_BALLOON) and "balloon.rss" not in answer.own
         disks = bool(groups & BLOCK_GROUP) and bool(entry.disks_with_media) and not answer.counters
         return balloon or disks
