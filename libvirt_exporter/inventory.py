@@ -65,7 +65,11 @@ class DomainEntry:
 
     @property
     def disks_with_media(self) -> tuple[Disk, ...]:
-        return self.description.disks_with_media if self.description is not None else ()
+        return _disks_with_media(self.description)
+
+
+def _disks_with_media(description: DomainDescription | None) -> tuple[Disk, ...]:
+    return description.disks_with_media if description is not None else ()
 
 
 @dataclass
@@ -80,13 +84,6 @@ class _Surveyed:
     """Its CPU times were read from the host, which has the counters libvirt reads (`_cpu_times`)."""
     parsed: bool = False
     """Its XML was read and parsed in this survey."""
-
-
-@dataclass
-class _SurveyRead:
-    """What the survey thread read."""
-
-    domains: list[_Surveyed]
 
 
 @dataclass(frozen=True)
@@ -154,7 +151,7 @@ def _survey(
     cpu: bool,
     host: HostAccess,
     metadata: tuple[MetadataField, ...],
-) -> _SurveyRead:
+) -> list[_Surveyed]:
     """Runs in a pool thread, and builds each domain's entry there, XML parsed and disks placed on
     their storages: the hub only swaps the new entries in, so that scrapes do not wait for it.
     `known` holds the descriptions read so far; `cpu_from_host` the (name, id) of the domains whose
@@ -192,11 +189,11 @@ def _survey(
     for dom, stats in lane.conn.domainListGetStats([seen.entry.domain for seen in surveyed], groups, 0):
         if (seen := by_name.get(dom.name())) is not None:
             seen.values.update(stats)
-    return _SurveyRead(surveyed)
+    return surveyed
 
 
 def _storages(description: DomainDescription | None, mount_points: list[str]) -> tuple[str, ...]:
-    disks = description.disks_with_media if description is not None else ()
+    disks = _disks_with_media(description)
     return tuple(sorted({storage for disk in disks if (storage := storage_of(disk.path, mount_points))}))
 
 
@@ -295,18 +292,18 @@ class Inventory:
         )
         if outcome.status is not Status.OK or outcome.value is None or outcome.call is None:
             raise CycleFailed(f"surveying the domains failed: {_why(outcome)}")
-        read: _SurveyRead = outcome.value
-        self._dispatcher.keep_handles({seen.uuid for seen in read.domains})
+        read: list[_Surveyed] = outcome.value
+        self._dispatcher.keep_handles({seen.uuid for seen in read})
         self._cpu_from_host = frozenset(
-            (seen.entry.name, seen.entry.id) for seen in read.domains if seen.cpu_from_host
+            (seen.entry.name, seen.entry.id) for seen in read if seen.cpu_from_host
         )
         gone = self._replace(read)
-        values = {seen.entry.name: seen.values for seen in read.domains}
+        values = {seen.entry.name: seen.values for seen in read}
         return Survey(values, outcome.call.started_at, gone)
 
-    def _replace(self, read: _SurveyRead) -> set[Domain]:
-        entries = {seen.entry.name: seen.entry for seen in read.domains}
-        for seen in read.domains:
+    def _replace(self, read: list[_Surveyed]) -> set[Domain]:
+        entries = {seen.entry.name: seen.entry for seen in read}
+        for seen in read:
             if seen.parsed:
                 self._descriptions[seen.entry.name] = (seen.entry.id, seen.entry.description)
         for name in self._descriptions.keys() - entries.keys():
