@@ -90,6 +90,8 @@ class DomainDescription:
     """The domain's <description>, whitespace collapsed."""
     metadata: tuple[str, ...] = ()
     """The value of each field asked for, in their order; empty where absent."""
+    vcpus_maximum: int = 0
+    """The vCPUs it may have (`<vcpu>`), online or not."""
     vcpu_pins: tuple[tuple[int, str], ...] = ()
     """Each pinned vCPU and the host CPUs it may run on, as libvirt writes a cpuset (`0-3,8`)."""
     iothreads: bool = False
@@ -254,16 +256,16 @@ MAX_VCPUS = 16384
 """More than libvirt lets a QEMU domain have: a bound on the series a malformed count could make."""
 
 
-def _vcpu_pins(root: Element) -> tuple[tuple[int, str], ...]:
-    """From <cputune><vcpupin vcpu= cpuset=>, else the domain-wide <vcpu cpuset=>, per vCPU;
-    what virDomainGetVcpuPinInfo answers, without asking it (docs/libvirt-behaviour.md). A vCPU
-    free to run on any host CPU is left out."""
-    vcpu = root.find("vcpu")
-    try:
-        count = int((vcpu.text or "").strip()) if vcpu is not None else 0
-    except ValueError:
-        return ()
-    everywhere = _bounded(_attr(vcpu, "cpuset"))
+def _vcpus_maximum(root: Element) -> int:
+    text = (root.findtext("vcpu") or "").strip()
+    return int(text) if text.isdigit() else 0
+
+
+def _vcpu_pins(root: Element, count: int) -> tuple[tuple[int, str], ...]:
+    """From <cputune><vcpupin vcpu= cpuset=>, else the domain-wide <vcpu cpuset=>, per vCPU of
+    the `count`; what virDomainGetVcpuPinInfo answers, without asking it
+    (docs/libvirt-behaviour.md). A vCPU free to run on any host CPU is left out."""
+    everywhere = _bounded(_attr(root.find("vcpu"), "cpuset"))
     pinned = {}
     for pin in root.findall("cputune/vcpupin"):
         number, cpuset = pin.get("vcpu", ""), pin.get("cpuset", "")
@@ -292,6 +294,7 @@ def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> Doma
     `xml.etree.ElementTree.ParseError` or a defusedxml error on malformed or hostile XML."""
     root = SafeET.fromstring(xml)
     os_type = root.find("os/type")
+    vcpus_maximum = _vcpus_maximum(root)
     devices = root.find("devices")
     return DomainDescription(
         uuid=(root.findtext("uuid") or "").strip(),
@@ -306,7 +309,8 @@ def parse_domain_xml(xml: str, metadata: tuple[MetadataField, ...] = ()) -> Doma
         title=_label_text(root.findtext("title")),
         description_text=_label_text(root.findtext("description")),
         metadata=tuple(_metadata_value(root.find("metadata"), field) for field in metadata),
-        vcpu_pins=_vcpu_pins(root),
+        vcpus_maximum=vcpus_maximum,
+        vcpu_pins=_vcpu_pins(root, vcpus_maximum),
         iothreads=_defines_iothreads(root),
         agent=_agent_state(devices),
     )

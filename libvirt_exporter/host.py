@@ -1,16 +1,18 @@
 """What the host shows about its VMs without asking libvirtd or QEMU: whether a QEMU process is
-stopped, how much CPU time its domain has used, on which storage (mount point) each disk lives, and
-whether that storage answers.
+stopped, how much CPU time its domain and each of its vCPUs have used, on which storage (mount
+point) each disk lives, and whether that storage answers.
 
 None of it holds one of libvirtd's worker threads, so it can tell a hung VM from a healthy one
 before any call is sent to it (docs/libvirt-behaviour.md: a stopped QEMU shows its threads in state
 T; a QEMU on dead storage shows nothing in /proc, but statfs on the storage blocks), and it costs
-libvirtd nothing: the CPU times are the counters libvirt itself reads from the domain's cgroup.
+libvirtd nothing: the CPU times are the counters libvirt itself reads from the domain's cgroup and
+from /proc for each vCPU thread.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +21,24 @@ QEMU_RUN_DIR = Path("/run/libvirt/qemu")
 PROC = Path("/proc")
 MOUNTINFO = Path("/proc/self/mountinfo")
 _CPU_STAT_FIELDS = {"usage_usec": "cpu.time", "user_usec": "cpu.user", "system_usec": "cpu.system"}
+SCHEDSTATS = Path("/proc/sys/kernel/sched_schedstats")
+"""1 while the kernel keeps the scheduler statistics that `sched`'s `wait_sum` shows."""
+CLOCK_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+"""/proc counts a thread's user and system time in clock ticks."""
+_WAIT_SUM = ("se.statistics.wait_sum", "se.wait_sum")
+"""The names the kernel gives a thread's time waiting for a CPU in `sched`, newer first."""
+
+
+@dataclass(frozen=True)
+class VcpuTimes:
+    """One vCPU thread's times in nanoseconds, as libvirt reads them (virDomainGetVcpus and the
+    `vcpu` stat group): `time` from the thread's `stat` (user and system time, in clock ticks),
+    `wait` from its `sched` (`wait_sum`; 0 where the kernel keeps no scheduler statistics), `delay`
+    from its `schedstat` (time runnable but not running; 0 where the kernel lacks it)."""
+
+    time: int
+    wait: int
+    delay: int
 
 
 class HostAccess(Protocol):
@@ -31,6 +51,11 @@ class HostAccess(Protocol):
     def cpu_times(self, domain: str) -> dict[str, int] | None:
         """The CPU time, user and system time the domain's cgroup has used, in nanoseconds, by the
         names of libvirt's `cpu-total` stat group; None where this process cannot read them."""
+        ...
+
+    def vcpu_times(self, domain: str) -> dict[int, VcpuTimes] | None:
+        """Each online vCPU's times, by libvirt's vCPU number; None where this process cannot find
+        its vCPU threads."""
         ...
 
     def mount_points(self) -> list[str]:
@@ -47,11 +72,16 @@ class LocalHost:
     """The host this process runs on."""
 
     def __init__(
-        self, qemu_run_dir: Path = QEMU_RUN_DIR, proc: Path = PROC, mountinfo: Path = MOUNTINFO
+        self,
+        qemu_run_dir: Path = QEMU_RUN_DIR,
+        proc: Path = PROC,
+        mountinfo: Path = MOUNTINFO,
+        schedstats: Path = SCHEDSTATS,
     ) -> None:
         self._qemu_run_dir = qemu_run_dir
         self._proc = proc
         self._mountinfo = mountinfo
+        self._schedstats = schedstats
         self._cgroup2_root: str | None = None
         """Where the cgroup v2 hierarchy is mounted ("" for none), found at the first need."""
 
@@ -75,11 +105,57 @@ class LocalHost:
         except (OSError, ValueError, KeyError):  # gone, or a kernel that writes it otherwise
             return None
 
+    def vcpu_times(self, domain: str) -> dict[int, VcpuTimes] | None:
+        """From the domain's cgroup v2 `vcpuN` cgroups: libvirt creates one per online vCPU, N its
+        vCPU number, and moves into it the thread QEMU reports for the vCPU (threads KVM starts for
+        the VM may join it). Of its threads, the vCPU's is the one QEMU names `CPU N/KVM` (libvirt
+        asks QEMU to name its threads). None on a host without them (cgroup v1 alone, no CPU
+        controller for libvirt), or with a cgroup that holds no such thread or more than one."""
+        try:
+            pid = self._pid(domain)
+            cgroup = self._domain_cgroup(pid)
+            if cgroup is None:
+                return None
+            wait_kept = self._wait_kept()
+            times = {}
+            for vcpu in os.scandir(cgroup):
+                number = vcpu.name.removeprefix("vcpu")
+                if number != vcpu.name and number.isdigit():
+                    times[int(number)] = self._vcpu_thread_times(pid, vcpu.path, wait_kept)
+            return times or None
+        except (OSError, ValueError):  # gone, or a kernel that writes it otherwise
+            return None
+
     def mount_points(self) -> list[str]:
         return [fields[4] for fields in self._mounts()]
 
     def probe(self, mount_point: str) -> None:
         os.statvfs(mount_point)
+
+    def _wait_kept(self) -> bool:
+        try:
+            return _read(str(self._schedstats)).strip() == "1"
+        except OSError:  # a kernel built without them
+            return False
+
+    def _vcpu_thread_times(self, pid: int, vcpu_cgroup: str, wait_kept: bool) -> VcpuTimes:
+        """As libvirt reads them; `wait` only where `wait_kept`: `sched` shows `wait_sum` only
+        while the kernel keeps scheduler statistics, and it is the costliest of the files. Raises
+        ValueError unless the cgroup holds one vCPU thread."""
+        stats = {}
+        for thread in _read(f"{vcpu_cgroup}/cgroup.threads").split():
+            stat = _read(f"{self._proc}/{pid}/task/{thread}/stat")
+            if stat[stat.find("(") + 1 :].startswith("CPU "):
+                stats[thread] = stat
+        ((thread, stat),) = stats.items()
+        after_name = stat[stat.rfind(")") + 2 :].split()  # fields 3 (state) onwards
+        ticks = int(after_name[11]) + int(after_name[12])  # fields 14 and 15: utime, stime
+        task = f"{self._proc}/{pid}/task/{thread}"
+        return VcpuTimes(
+            time=ticks * CLOCK_TICK_NS,
+            wait=_wait_sum(_read(f"{task}/sched")) if wait_kept else 0,
+            delay=_schedstat_delay(task),
+        )
 
     def _pid(self, domain: str) -> int:
         return int(_read(f"{self._qemu_run_dir}/{domain}.pid").strip())
@@ -110,6 +186,22 @@ def _read(path: str) -> str:
     """A small file of /proc or /sys, read without pathlib: the survey reads a few per domain."""
     with open(path) as file:
         return file.read()
+
+
+def _wait_sum(sched: str) -> int:
+    """`wait_sum`, which `sched` writes in milliseconds with decimals."""
+    for line in sched.splitlines():
+        if line.startswith(_WAIT_SUM):
+            return int(float(line.split(":", 1)[1]) * 1_000_000)
+    return 0
+
+
+def _schedstat_delay(task: str) -> int:
+    """`schedstat`'s second field; 0 where the kernel lacks the file (no CONFIG_SCHED_INFO)."""
+    try:
+        return int(_read(f"{task}/schedstat").split()[1])
+    except FileNotFoundError:
+        return 0
 
 
 def _unescape(field: str) -> str:

@@ -5,16 +5,14 @@ monitor, even for a hung QEMU (docs/libvirt-behaviour.md): the domain list, each
 control info (whether its monitor is busy, and for how long), XML (only for domains that are new,
 restarted or reported changed by an event), state and network counters (the `state` and `interface`
 stat groups, which need no job); and from the host itself, whether each QEMU process is stopped, on
-which mount point each disk lives, and the CPU times of each domain's cgroup. The samplers then send
-no call that would only get stuck.
+which mount point each disk lives, and the CPU times of each domain and its vCPUs (host_counters.py).
+The samplers then send no call that would only get stuck.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +21,7 @@ import libvirt
 from libvirt_exporter.calls import CallKey, Domain, Outcome, Status
 from libvirt_exporter.domain_xml import Disk, DomainDescription, MetadataField, parse_domain_xml
 from libvirt_exporter.host import HostAccess, storage_of
+from libvirt_exporter.host_counters import Checked, Counted, read_counters
 from libvirt_exporter.lanes import Dispatcher, Lane
 from libvirt_exporter.libvirt_client import describe, is_missing_domain
 from libvirt_exporter.logs import get_logger
@@ -32,11 +31,6 @@ log = get_logger(__name__)
 
 SURVEY = CallKey(SamplerName.BASIC)
 _MONITOR_FREE_STATES = (libvirt.VIR_DOMAIN_CONTROL_OK, libvirt.VIR_DOMAIN_CONTROL_JOB)
-_CPU_FIELDS = {"cpu_time": "cpu.time", "user_time": "cpu.user", "system_time": "cpu.system"}
-"""virDomainGetCPUStats' names of the `cpu-total` stat group's fields."""
-_ROUNDING_NS = 1000
-"""cgroup v2 counts in microseconds; libvirt's answer may come from a counter in nanoseconds."""
-_HOST_CPUS = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +48,9 @@ class DomainEntry:
     """Its QEMU process is stopped: nothing it is asked will be answered until it runs again."""
     storages: tuple[str, ...] = ()
     """The mount points its disks with a medium live on (local paths only)."""
+    vcpus_from_host: bool = False
+    """The survey read its vCPUs' figures from the host (host_counters.py): a call need not ask
+    libvirt for the `vcpu` group."""
 
     @property
     def active(self) -> bool:
@@ -78,10 +75,8 @@ class _Surveyed:
 
     entry: DomainEntry
     uuid: bytes
-    values: dict[str, Any] = field(default_factory=dict)
-    """Its state, network counters and CPU time."""
-    cpu_from_host: bool = False
-    """Its CPU times were read from the host, which has the counters libvirt reads (`_cpu_times`)."""
+    counted: Counted
+    """Its CPU times and vCPU figures; the survey's stats call adds its state and network counters."""
     parsed: bool = False
     """Its XML was read and parsed in this survey."""
 
@@ -105,57 +100,31 @@ def _control_info(dom: Any) -> list[int] | None:
         return None  # unsupported by the driver, or unknown: treat the monitor as free
 
 
-def _libvirt_cpu_times(dom: Any) -> dict[str, int]:
-    """virDomainGetCPUStats of the whole domain, in the `cpu-total` group's names; none from a
-    driver that lacks it."""
-    try:
-        totals = dom.getCPUStats(True)[0]
-    except libvirt.libvirtError as error:
-        if is_missing_domain(error):
-            raise
-        return {}
-    return {ours: totals[theirs] for theirs, ours in _CPU_FIELDS.items() if theirs in totals}
-
-
-def _cpu_times(dom: Any, name: str, host: HostAccess, from_host: bool) -> tuple[dict[str, int], bool]:
-    """The domain's CPU times, and whether they came from the host.
-
-    Through libvirt-python, virDomainGetCPUStats is four round trips to libvirtd, the survey's
-    costliest part; the host has the same counters in the domain's cgroup, for a file read. Where
-    the host's counter agrees with libvirt's once for a QEMU process (asked while `from_host` is
-    False, once per domain id), it is read from then on; where it does not (cgroup v1, another
-    layout, a container that sees other cgroups), libvirt is asked, as before. One source per QEMU
-    process, so that a counter never steps back."""
-    if from_host and (times := host.cpu_times(name)) is not None:
-        return times, True
-    asked_at = time.monotonic()
-    libvirts = _libvirt_cpu_times(dom)
-    hosts = host.cpu_times(name)
-    if hosts is not None and "cpu.time" in libvirts:
-        # Read after libvirt's, the same counter is ahead by at most what every host CPU ran since.
-        ahead = hosts["cpu.time"] - libvirts["cpu.time"]
-        if -_ROUNDING_NS <= ahead <= (time.monotonic() - asked_at) * _HOST_CPUS * 1e9 + _ROUNDING_NS:
-            return hosts, True
-    return libvirts, False
-
-
 Described = tuple[int, DomainDescription | None]
 """A domain's description, and the domain id its XML was read at."""
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """What a survey reads besides the domain list: the stat `groups` (which must need no job),
+    and with `cpu` and `vcpu` the domains' CPU times and vCPU figures."""
+
+    groups: int
+    cpu: bool
+    vcpu: bool
+
+
 def _survey(
     lane: Lane,
+    asked: _Asked,
     known: Mapping[str, Described],
-    cpu_from_host: frozenset[tuple[str, int]],
-    groups: int,
-    cpu: bool,
+    checked: Checked,
     host: HostAccess,
     metadata: tuple[MetadataField, ...],
 ) -> list[_Surveyed]:
     """Runs in a pool thread, and builds each domain's entry there, XML parsed and disks placed on
     their storages: the hub only swaps the new entries in, so that scrapes do not wait for it.
-    `known` holds the descriptions read so far; `cpu_from_host` the (name, id) of the domains whose
-    CPU times the host gives."""
+    `known` holds the descriptions read so far; `checked` what the host was found to give."""
     mount_points = host.mount_points()
     surveyed = []
     for dom in lane.conn.listAllDomains(0):
@@ -167,8 +136,11 @@ def _survey(
             parsed = known_id != dom_id
             if parsed:
                 description = _parse(name, dom.XMLDesc(0), metadata)
-            from_host = (name, dom_id) in cpu_from_host
-            values, from_host = _cpu_times(dom, name, host, from_host) if cpu and active else ({}, False)
+            counted = (
+                read_counters(dom, (name, dom_id), description, host, checked, asked.cpu, asked.vcpu)
+                if active
+                else Counted()
+            )
         except libvirt.libvirtError as error:
             if not is_missing_domain(error):
                 log.warning("cannot survey domain", err=describe(error))
@@ -183,12 +155,13 @@ def _survey(
             description=description,
             qemu_stopped=bool(active and host.qemu_stopped(name)),
             storages=_storages(description, mount_points),
+            vcpus_from_host=bool(counted.vcpus_from_host),
         )
-        surveyed.append(_Surveyed(entry, dom.UUID(), values, from_host, parsed))
+        surveyed.append(_Surveyed(entry, dom.UUID(), counted, parsed))
     by_name = {seen.entry.name: seen for seen in surveyed}
-    for dom, stats in lane.conn.domainListGetStats([seen.entry.domain for seen in surveyed], groups, 0):
+    for dom, stats in lane.conn.domainListGetStats([seen.entry.domain for seen in surveyed], asked.groups, 0):
         if (seen := by_name.get(dom.name())) is not None:
-            seen.values.update(stats)
+            seen.counted.values.update(stats)
     return surveyed
 
 
@@ -226,8 +199,8 @@ class Inventory:
         """What to read from each domain's <metadata> (`--libvirt.metadata`)."""
         self._entries: dict[str, DomainEntry] = {}
         self._descriptions: dict[str, Described] = {}
-        self._cpu_from_host: frozenset[tuple[str, int]] = frozenset()
-        """The (name, id) of the domains whose CPU times the host gives (`_cpu_times`)."""
+        self._checked = Checked()
+        """What the host was found to give as libvirt does (host_counters.py)."""
         self.unresponsive_storages: frozenset[str] = frozenset()
         """The mount points whose storage did not answer its latest probe (set by the survey)."""
 
@@ -274,19 +247,18 @@ class Inventory:
         for name in names:
             self._descriptions.pop(name, None)
 
-    def refresh(self, deadline: float, groups: int, cpu: bool) -> Survey:
-        """Survey the host, reading the stat `groups` (which must need no job) and, with `cpu`, the
-        CPU times of each domain. Keeps the previous inventory when the survey cannot be done
-        (raises CycleFailed)."""
+    def refresh(self, deadline: float, groups: int, cpu: bool, vcpu: bool) -> Survey:
+        """Survey the host, reading the stat `groups` (which must need no job) and, with `cpu` and
+        `vcpu`, the CPU times and vCPU figures of each domain. Keeps the previous inventory when
+        the survey cannot be done (raises CycleFailed)."""
         if not self._dispatcher.up:
             raise CycleFailed("not connected to libvirt")
-        cpu_from_host = self._cpu_from_host  # replaced, never changed: the survey thread may read it
-        known = dict(self._descriptions)
+        asked, checked, known = _Asked(groups, cpu, vcpu), self._checked, dict(self._descriptions)
         # Reserved: the survey cannot hang on QEMU, and it is how hung VMs are found, so it must
         # not be refused when calls stuck on hung VMs fill the cap.
         outcome = self._dispatcher.call(
             SURVEY,
-            lambda lane: _survey(lane, known, cpu_from_host, groups, cpu, self._host, self._metadata),
+            lambda lane: _survey(lane, asked, known, checked, self._host, self._metadata),
             deadline,
             reserved=True,
         )
@@ -294,11 +266,9 @@ class Inventory:
             raise CycleFailed(f"surveying the domains failed: {_why(outcome)}")
         read: list[_Surveyed] = outcome.value
         self._dispatcher.keep_handles({seen.uuid for seen in read})
-        self._cpu_from_host = frozenset(
-            (seen.entry.name, seen.entry.id) for seen in read if seen.cpu_from_host
-        )
+        self._checked = _checked(read)
         gone = self._replace(read)
-        values = {seen.entry.name: seen.values for seen in read}
+        values = {seen.entry.name: seen.counted.values for seen in read}
         return Survey(values, outcome.call.started_at, gone)
 
     def _replace(self, read: list[_Surveyed]) -> set[Domain]:
@@ -311,6 +281,14 @@ class Inventory:
         exported_before = {entry.name for entry in self.domains()}
         self._entries = entries
         return {Domain(name) for name in exported_before - {entry.name for entry in self.domains()}}
+
+
+def _checked(read: list[_Surveyed]) -> Checked:
+    processes = [((seen.entry.name, seen.entry.id), seen.counted) for seen in read]
+    return Checked(
+        cpu=frozenset(process for process, counted in processes if counted.cpu_from_host),
+        vcpus={process: c.vcpus_from_host for process, c in processes if c.vcpus_from_host is not None},
+    )
 
 
 def _why(outcome: Outcome[Any]) -> str:

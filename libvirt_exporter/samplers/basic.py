@@ -1,5 +1,6 @@
-"""The `basic` sampler: the round's survey of the host, and each domain's state, CPU time and
-network counters. It has no loop of its own: the round's first domain sampler runs its cycle.
+"""The `basic` sampler: the round's survey of the host, and each domain's state, CPU time, network
+counters and, where the host gives them, vCPU figures. It has no loop of its own: the round's first
+domain sampler runs its cycle.
 
 Everything it reads, libvirtd answers without any domain's job or QEMU monitor (inventory.py), so it
 never hangs on a hung VM, and its values stay fresh for every domain, hung ones included. The other
@@ -42,6 +43,7 @@ class BasicSampler(DomainSampler):
         self._prober = storage
         self._groups = stat_groups(collectors)
         self._cpu = "cpu" in collectors
+        self._vcpu = "vcpu" in collectors
         self._surveying = gevent.lock.Semaphore()
         self._surveyed_at = -float("inf")
 
@@ -65,7 +67,7 @@ class BasicSampler(DomainSampler):
             self._surveyed_at = time.monotonic()
 
     def _read_survey(self) -> None:
-        survey = self._inventory.refresh(self.config.deadline, self._groups, self._cpu)
+        survey = self._inventory.refresh(self.config.deadline, self._groups, self._cpu, self._vcpu)
         self._store.forget(survey.gone)
         for name, values in survey.values.items():
             if self._inventory.get(name) is not None:

@@ -24,7 +24,7 @@ and whoever first touches a hung QEMU's monitor blocks until QEMU resumes. So, b
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -57,13 +57,15 @@ STAT_GROUPS = {
     "dirtyrate": libvirt.VIR_DOMAIN_STATS_DIRTYRATE,
 }
 """The stat group each collector switch asks libvirt for. State, CPU time and interfaces, which need
-no QEMU, come from the `basic` sampler's survey instead."""
+no QEMU, come from the `basic` sampler's survey instead, and so do the vCPU figures where the host
+gives them (host_counters.py)."""
 HOST_WIDE = CallKey(SamplerName.BULK)
 """The host-wide call without the block group."""
 HOST_WIDE_DISKS = CallKey(SamplerName.BLOCK)
 """The host-wide call with the block group: it can hang on storage, the other one cannot."""
 BLOCK_GROUP = int(libvirt.VIR_DOMAIN_STATS_BLOCK)
 IOTHREAD_GROUP = int(libvirt.VIR_DOMAIN_STATS_IOTHREAD)
+VCPU_GROUP = int(libvirt.VIR_DOMAIN_STATS_VCPU)
 DISK_SAMPLERS = frozenset((SamplerName.BLOCK, SamplerName.BLOCK_INFO))
 """The samplers whose values make QEMU touch the disks."""
 
@@ -215,14 +217,18 @@ class BulkSampler(DomainSampler):
                 asked.append(entry)
         return asked
 
-    def _own_groups(self, entries: Iterable[DomainEntry]) -> int:
-        """This sampler's groups for a call about `entries`. The I/O thread group only when one of
-        them defines I/O threads, or has an XML not read yet: libvirt asks every QEMU's monitor for
-        it, which answers nothing for the others. Kept when it is the only group: a call for no
-        group at all asks for every group."""
-        if any(e.description is None or e.description.iothreads for e in entries):
-            return self.groups
-        return (self.groups & ~IOTHREAD_GROUP) or self.groups
+    def _own_groups(self, entries: Sequence[DomainEntry]) -> int:
+        """This sampler's groups for a call about `entries`, without those libvirt would ask every
+        QEMU's monitor for in vain: the I/O thread group unless one of them defines I/O threads
+        or has an XML not read yet (the others' QEMUs answer nothing), the vCPU group when the
+        survey read all their vCPU figures from the host. All kept when none would be left: a
+        call for no group at all asks for every group."""
+        left_out = 0
+        if all(e.description is not None and not e.description.iothreads for e in entries):
+            left_out |= IOTHREAD_GROUP
+        if all(e.vcpus_from_host for e in entries):
+            left_out |= VCPU_GROUP
+        return (self.groups & ~left_out) or self.groups
 
     def _groups_of(self, entry: DomainEntry) -> int:
         samplers = self._asked.get(entry.name, ())

@@ -15,9 +15,11 @@ import libvirt
 import pytest
 
 from libvirt_exporter.collector import SPECS, block
+from libvirt_exporter.domain_xml import parse_domain_xml
 from libvirt_exporter.host import LocalHost
+from libvirt_exporter.host_counters import Checked, Counted, read_counters
 from tests.exposition import Series, assert_promtool_accepts, domains_in, parse, value
-from tests.integration.vms import DEADLINE, INTERVAL, Exporter, LibvirtdControl, TinyVM, VMFactory
+from tests.integration.vms import DEADLINE, INTERVAL, Exporter, LibvirtdControl, TinyVM, VMFactory, wait_for
 from tests.integration.vms import FAST_SAMPLING as ARGS
 
 SCHEDULING_SLACK = 3.0
@@ -215,6 +217,66 @@ def test_the_cpu_times_read_from_the_host_are_the_counters_libvirt_reads(
             ("system_time", "cpu.system"),
         ):
             assert before[theirs] <= ours[key] <= after[theirs], (key, before, ours, after)
+
+
+def vcpu_group(dom: libvirt.virDomain) -> dict[str, int]:
+    """libvirt's `vcpu` stat group for the domain, which asks its QEMU's monitor (query-stats)."""
+    ((_, stats),) = dom.connect().domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_VCPU)
+    return stats
+
+
+def test_the_vcpu_figures_read_from_the_host_are_the_ones_libvirt_reads(
+    make_tiny_vms: VMFactory, libvirt_conn: libvirt.virConnect
+) -> None:
+    """The survey reads each vCPU's figures from its thread (host.LocalHost.vcpu_times). On this
+    host they are libvirt's own: between two answers of the `vcpu` group, every one of them, for
+    each vCPU by its number."""
+    (vm,) = make_tiny_vms(1, vcpus=2)
+    dom = libvirt_conn.lookupByName(vm.name)
+    before = vcpu_group(dom)
+    ours = LocalHost().vcpu_times(vm.name)
+    after = vcpu_group(dom)
+    assert ours is not None, f"{vm.name}'s vCPU threads were not found in its vcpuN cgroups"
+    assert sorted(ours) == [0, 1]
+    for number, times in ours.items():
+        for field in ("time", "wait", "delay"):
+            key = f"vcpu.{number}.{field}"
+            assert before[key] <= getattr(times, field) <= after[key], (key, before[key], times, after[key])
+
+
+def test_the_host_is_checked_against_libvirt_without_waiting_for_a_frozen_qemu(
+    make_tiny_vms: VMFactory, libvirt_conn: libvirt.virConnect, libvirt_uri: str
+) -> None:
+    """The survey checks a new QEMU process's vCPU figures against virDomainGetVcpus on its
+    read-only connection: libvirtd answers it from /proc, while the QEMU is stopped and a call
+    stuck on its monitor holds its job."""
+    (vm,) = make_tiny_vms(1, vcpus=2)
+    dom = libvirt_conn.lookupByName(vm.name)
+    read_only = libvirt.openReadOnly(libvirt_uri).lookupByName(vm.name)
+    description = parse_domain_xml(dom.XMLDesc(0))
+    vm.freeze()
+    stuck = threading.Thread(target=vcpu_group, args=(dom,), daemon=True)  # takes the job, then waits
+    stuck.start()
+    wait_for(
+        lambda: dom.controlInfo()[0] == libvirt.VIR_DOMAIN_CONTROL_OCCUPIED, 10, "the call to wait on QEMU"
+    )
+    counted: list[Counted] = []
+    checking = threading.Thread(
+        target=lambda: counted.append(
+            read_counters(
+                read_only, (vm.name, dom.ID()), description, LocalHost(), Checked(), cpu=True, vcpu=True
+            )
+        ),
+        daemon=True,
+    )
+    checking.start()
+    checking.join(timeout=DEADLINE)
+    assert counted, f"the check did not return within {DEADLINE} s"
+    assert counted[0].vcpus_from_host is True and counted[0].cpu_from_host is True
+    assert {"vcpu.current", "vcpu.maximum", "vcpu.1.time", "vcpu.1.delay"} <= counted[0].values.keys()
+    assert counted[0].values["vcpu.maximum"] == 2
+    vm.thaw()
+    stuck.join(timeout=30)
 
 
 CONFIGURED = {

@@ -81,7 +81,19 @@ def fake_host() -> FakeHost:
 
 @pytest.fixture
 def harness(fake_host: FakeHost) -> Iterator[Harness]:
-    harness = Harness(fake_host, make_config())
+    yield from _harness(fake_host)
+
+
+@pytest.fixture
+def harness_without_cgroups(fake_host: FakeHost) -> Iterator[Harness]:
+    """On a host whose cgroups this process cannot read: the vCPU figures come with the bulk
+    sampler's calls, read anew by each of them, and the CPU times with libvirt's answer."""
+    fake_host.cgroups_readable = False
+    yield from _harness(fake_host)
+
+
+def _harness(host: FakeHost) -> Iterator[Harness]:
+    harness = Harness(host, make_config())
     yield harness
-    fake_host.thaw_all()  # let stuck threads finish
+    host.thaw_all()  # let stuck threads finish
     harness.exporter.stop()

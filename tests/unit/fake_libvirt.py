@@ -19,11 +19,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.sax.saxutils import escape
 
 import libvirt
+
+from libvirt_exporter.host import VcpuTimes
 
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 MAX_CLIENT_REQUESTS = 5
@@ -111,6 +113,12 @@ class FakeDomain:
         next (whose stats call ends it), and whoever reads them within a survey reads the same."""
         n = self.survey_reads + 1
         return {"cpu.time": n * 1_000_000_000, "cpu.user": n * 600_000_000, "cpu.system": n * 300_000_000}
+
+    def vcpu_times(self) -> dict[int, VcpuTimes]:
+        """Each vCPU thread's counters in /proc, as the `vcpu` group names them; like `cpu_times`,
+        they grow from one survey to the next."""
+        n = self.survey_reads + 1
+        return {v: VcpuTimes(time=n * 500_000_000, wait=n * 1000, delay=n * 2000) for v in range(self.vcpus)}
 
     def block_counters(self) -> dict[str, int]:
         """One read of a disk's I/O counters, as the block stats group names them."""
@@ -326,6 +334,13 @@ class FakeVirDomain:
         with self._conn.carrying(), self._conn.requests:
             self._domain.agent_answers.wait()
         return dict(self._domain.guest_info)
+
+    def vcpus(self) -> tuple[list[tuple[int, int, int, int]], list[tuple[bool, ...]]]:
+        """virDomainGetVcpus: from /proc, no monitor."""
+        self._conn.count(self._domain.name, "vcpus")
+        self._conn.check(self._domain, "vcpus")
+        times = self._domain.vcpu_times()
+        return [(v, libvirt.VIR_VCPU_RUNNING, t.time, 0) for v, t in times.items()], [(True,)] * len(times)
 
     def getCPUStats(self, total: bool, flags: int = 0) -> list[dict[str, int]]:
         """From the domain's cgroup: no monitor."""
@@ -563,6 +578,13 @@ class FakeHost:
             return None
         times = found.cpu_times()
         return {key: count + self.cgroup_skew_ns for key, count in times.items()}
+
+    def vcpu_times(self, domain: str) -> dict[int, VcpuTimes] | None:
+        found = self.domains.get(domain)
+        if not self.cgroups_readable or found is None or not found.active:
+            return None
+        times = found.vcpu_times().items()
+        return {v: replace(t, time=t.time + self.cgroup_skew_ns) for v, t in times}
 
     def mount_points(self) -> list[str]:
         return list(self.mounts)

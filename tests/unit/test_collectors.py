@@ -113,6 +113,7 @@ def test_a_realistic_domain_renders_exactly_the_expected_exposition() -> None:
     ("collector", "family", "call"),
     [
         ("block", "libvirt_domain_block_read_bytes_total", "blockInfo"),
+        ("vcpu", "libvirt_domain_vcpu_time_seconds_total", "vcpus"),
         ("job", "libvirt_domain_job_elapsed_seconds", "jobStats"),
         ("storage_pool", "libvirt_storage_pool_capacity_bytes", "listAllStoragePools"),
     ],
@@ -241,7 +242,7 @@ def test_a_disk_s_throttles_are_exported_from_its_xml_with_no_call_of_their_own(
     assert limit("total_bytes_per_second", device="vdb") is None
     assert {method for _, method in host.calls} <= {
         "XMLDesc", "controlInfo", "getCPUStats", "survey stats", "domainListGetStats", "blockInfo",
-        "jobStats", "lookupByUUID", "listAllStoragePools",
+        "jobStats", "lookupByUUID", "listAllStoragePools", "vcpus",
     }  # fmt: skip
 
 

@@ -209,6 +209,7 @@ def test_vcpu_pinning_is_read_per_vcpu_with_the_domain_wide_cpuset_for_the_other
       <cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='1' cpuset='3-4,6'/>
       <emulatorpin cpuset='0-1'/></cputune></domain>"""
     assert parse_domain_xml(xml).vcpu_pins == ((0, "2"), (1, "3-4,6"), (2, "0-7"), (3, "0-7"))
+    assert parse_domain_xml(xml).vcpus_maximum == 4, "the vCPUs it may have, online (current) or not"
     unpinned = (
         "<domain><vcpu placement='static'>2</vcpu><cputune><vcpupin vcpu='1' cpuset='5'/></cputune></domain>"
     )

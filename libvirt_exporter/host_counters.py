@@ -1,0 +1,147 @@
+"""The counters libvirt reads from the host itself, read by the survey from the host, once they are
+found to be libvirt's own.
+
+libvirtd answers a domain's CPU times (virDomainGetCPUStats) from its cgroup, and its vCPUs' times
+(the `vcpu` stat group) from /proc for each vCPU thread; the host has them for a file read. Asking
+libvirtd costs more: four round trips for the CPU times, and on libvirt 9.0 the `vcpu` group makes
+every QEMU answer a `query-stats` on its monitor (docs/benchmarks.md, fixes 17 and 23). The host's
+counters are checked against libvirt's once per QEMU process (a domain name and id); where they
+agree they are read from then on, and where they do not (cgroup v1 alone, another layout, a
+container that sees other cgroups), libvirt is asked, as before. One source per QEMU process, so
+that a counter never steps back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from libvirt_exporter.domain_xml import DomainDescription
+from libvirt_exporter.host import CLOCK_TICK_NS, HostAccess, VcpuTimes
+from libvirt_exporter.libvirt_client import is_missing_domain
+
+Process = tuple[str, int]
+"""A QEMU process: its domain's name and id (a restarted domain gets a new id)."""
+_CPU_FIELDS = {"cpu_time": "cpu.time", "user_time": "cpu.user", "system_time": "cpu.system"}
+"""virDomainGetCPUStats' names of the `cpu-total` stat group's fields."""
+_ROUNDING_NS = 1000
+"""cgroup v2 counts in microseconds; libvirt's answer may come from a counter in nanoseconds."""
+_HOST_CPUS = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the host was found to give as libvirt does, per QEMU process. Replaced after each
+    survey, never changed: the survey's thread reads it."""
+
+    cpu: frozenset[Process] = frozenset()
+    """The processes whose CPU times the host gives."""
+    vcpus: Mapping[Process, bool] = field(default_factory=dict)
+    """The processes whose vCPU times were checked: True where the host gives them. Unlike CPU
+    times, libvirt's vCPU times come from another call (the `bulk` sampler's), so a check that
+    failed is kept, not made again at every survey."""
+
+
+@dataclass
+class Counted:
+    """One domain's counters as a survey read them."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    """Its CPU times, and its vCPUs' figures where the host gives them, by the stat groups' keys."""
+    cpu_from_host: bool = False
+    vcpus_from_host: bool | None = None
+    """None: not checked (the check could not be made, or was not asked for)."""
+
+
+def read_counters(
+    dom: Any, process: Process, description: DomainDescription | None, host: HostAccess, checked: Checked,
+    cpu: bool, vcpu: bool,
+) -> Counted:  # fmt: skip
+    """The running domain's CPU times (with `cpu`) and vCPU figures (with `vcpu`), from the host
+    where `checked` says it gives them, checking it where not yet checked. Runs in the survey's
+    thread; raises the libvirt error of a domain that is gone."""
+    counted = Counted()
+    if cpu:
+        counted.values, counted.cpu_from_host = _cpu_times(dom, process, host, process in checked.cpu)
+    if vcpu and description is not None:
+        vcpus, counted.vcpus_from_host = _vcpu_times(dom, process[0], host, checked.vcpus.get(process))
+        if vcpus is not None:
+            counted.values.update(_vcpu_keys(vcpus, description.vcpus_maximum))
+    return counted
+
+
+def _cpu_times(dom: Any, process: Process, host: HostAccess, from_host: bool) -> tuple[dict[str, int], bool]:
+    """The domain's CPU times, and whether they came from the host. The host's counter agrees with
+    libvirt's when it is read after it and ahead by no more than every host CPU ran since."""
+    name = process[0]
+    if from_host and (times := host.cpu_times(name)) is not None:
+        return times, True
+    asked_at = time.monotonic()
+    libvirts = _libvirt_cpu_times(dom)
+    hosts = host.cpu_times(name)
+    if hosts is not None and "cpu.time" in libvirts:
+        ahead = hosts["cpu.time"] - libvirts["cpu.time"]
+        if -_ROUNDING_NS <= ahead <= (time.monotonic() - asked_at) * _HOST_CPUS * 1e9 + _ROUNDING_NS:
+            return hosts, True
+    return libvirts, False
+
+
+def _libvirt_cpu_times(dom: Any) -> dict[str, int]:
+    """virDomainGetCPUStats of the whole domain, in the `cpu-total` group's names; none from a
+    driver that lacks it."""
+    try:
+        totals = dom.getCPUStats(True)[0]
+    except libvirt.libvirtError as error:
+        if is_missing_domain(error):
+            raise
+        return {}
+    return {ours: totals[theirs] for theirs, ours in _CPU_FIELDS.items() if theirs in totals}
+
+
+def _vcpu_times(
+    dom: Any, name: str, host: HostAccess, from_host: bool | None
+) -> tuple[dict[int, VcpuTimes] | None, bool | None]:
+    """The vCPUs' times where the host gives them, and whether it does (None: not known yet).
+
+    Checked with virDomainGetVcpus, which libvirtd answers from /proc without the domain's job or
+    its monitor: the same vCPU numbers, and each vCPU's time read after libvirt's and ahead by no
+    more than the time since plus a clock tick (one thread runs on one CPU at a time). A vCPU
+    plugged or unplugged since changes the host's answer with libvirt's; one the host cannot read
+    any more is read by libvirt in this round, and checked again at the next survey."""
+    if from_host is False:
+        return None, False
+    if from_host:
+        times = host.vcpu_times(name)
+        return times, None if times is None else True
+    asked_at = time.monotonic()
+    try:
+        libvirts = {number: cpu_time for number, _, cpu_time, _ in dom.vcpus()[0]}
+    except libvirt.libvirtError as error:
+        if is_missing_domain(error):
+            raise
+        return None, False  # a driver without it, or a QEMU whose vCPU threads libvirt does not know
+    hosts = host.vcpu_times(name)
+    slack = (time.monotonic() - asked_at) * 1e9 + CLOCK_TICK_NS
+    agree = (
+        hosts is not None
+        and hosts.keys() == libvirts.keys()
+        and all(0 <= hosts[number].time - cpu_time <= slack for number, cpu_time in libvirts.items())
+    )
+    return (hosts, True) if agree else (None, False)
+
+
+def _vcpu_keys(vcpus: Mapping[int, VcpuTimes], maximum: int) -> dict[str, int]:
+    """The `vcpu` stat group's keys, as libvirt fills them: the state of an online vCPU is always
+    VIR_VCPU_RUNNING."""
+    keys = {"vcpu.current": len(vcpus), "vcpu.maximum": maximum}
+    for number, times in vcpus.items():
+        keys[f"vcpu.{number}.state"] = libvirt.VIR_VCPU_RUNNING
+        keys[f"vcpu.{number}.time"] = times.time
+        keys[f"vcpu.{number}.wait"] = times.wait
+        keys[f"vcpu.{number}.delay"] = times.delay
+    return keys
