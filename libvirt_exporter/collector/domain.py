@@ -140,7 +140,9 @@ SCALARS = (
 VCPU_FIELDS = fields("vcpu", ("domain", "vcpu"), [
     ("state", G, "libvirt_domain_vcpu_state", "virVcpuState of the vCPU", 1),
     ("time", C, "libvirt_domain_vcpu_time_seconds", "Time the vCPU ran", NANOSECONDS),
-    ("wait", C, "libvirt_domain_vcpu_wait_seconds", "Time the vCPU waited on I/O", NANOSECONDS),
+    ("wait", C, "libvirt_domain_vcpu_wait_seconds",
+     "Time the vCPU was runnable but waited for a host CPU, by the kernel's scheduler statistics "
+     "(0 while kernel.sched_schedstats is off)", NANOSECONDS),
     ("delay", C, "libvirt_domain_vcpu_delay_seconds",
      "Time the vCPU was runnable but waited for a host CPU: steal", NANOSECONDS),
 ])
