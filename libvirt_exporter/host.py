@@ -12,6 +12,7 @@ from /proc for each vCPU thread.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,21 +42,28 @@ class VcpuTimes:
     delay: int
 
 
+@dataclass(frozen=True)
+class QemuProcess:
+    """A domain's running QEMU as /proc and its cgroup show it, read at once by the survey."""
+
+    read_at: float
+    """time.monotonic() when it was read: libvirt's counters, read after, may only be ahead."""
+    stopped: bool
+    """The process is stopped (SIGSTOP, a debugger): its monitor answers nothing."""
+    cpu_times: dict[str, int] | None = None
+    """The CPU time, user and system time the domain's cgroup has used, in nanoseconds, by the
+    names of libvirt's `cpu-total` stat group; None where this process cannot read them."""
+    vcpu_times: dict[int, VcpuTimes] | None = None
+    """Each online vCPU's times, by libvirt's vCPU number; None where this process cannot find
+    its vCPU threads."""
+
+
 class HostAccess(Protocol):
     """The host as the exporter reads it; tests give a fake one."""
 
-    def qemu_stopped(self, domain: str) -> bool | None:
-        """Whether the domain's QEMU process is stopped (SIGSTOP, a debugger); None when unknown."""
-        ...
-
-    def cpu_times(self, domain: str) -> dict[str, int] | None:
-        """The CPU time, user and system time the domain's cgroup has used, in nanoseconds, by the
-        names of libvirt's `cpu-total` stat group; None where this process cannot read them."""
-        ...
-
-    def vcpu_times(self, domain: str) -> dict[int, VcpuTimes] | None:
-        """Each online vCPU's times, by libvirt's vCPU number; None where this process cannot find
-        its vCPU threads."""
+    def qemu(self, domain: str, cpu: bool, vcpus: bool) -> QemuProcess | None:
+        """The domain's QEMU process, with its CPU times (with `cpu`) and its vCPUs' (with
+        `vcpus`); None where it has none this process can see."""
         ...
 
     def mount_points(self) -> list[str]:
@@ -85,37 +93,34 @@ class LocalHost:
         self._cgroup2_root: str | None = None
         """Where the cgroup v2 hierarchy is mounted ("" for none), found at the first need."""
 
-    def qemu_stopped(self, domain: str) -> bool | None:
+    def qemu(self, domain: str, cpu: bool, vcpus: bool) -> QemuProcess | None:
+        """From the pid file libvirt writes for the domain; its pid and cgroup read once, since
+        the survey reads every domain's at every round."""
+        read_at = time.monotonic()
         try:
-            stat = _read(f"{self._proc}/{self._pid(domain)}/stat")
-        except (OSError, ValueError):
+            pid = int(_read(f"{self._qemu_run_dir}/{domain}.pid").strip())
+            stat = _read(f"{self._proc}/{pid}/stat")
+        except (OSError, ValueError):  # not running, or gone since
             return None
         # The state follows the command name, which is in parentheses and may hold anything.
-        return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("T", "t")
+        stopped = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("T", "t")
+        cgroup = self._domain_cgroup(pid) if cpu or vcpus else None
+        if cgroup is None:
+            return QemuProcess(read_at, stopped)
+        return QemuProcess(
+            read_at,
+            stopped,
+            cpu_times=_cpu_times(cgroup) if cpu else None,
+            vcpu_times=self._vcpu_times(pid, cgroup) if vcpus else None,
+        )
 
-    def cpu_times(self, domain: str) -> dict[str, int] | None:
-        """From `cpu.stat` of the domain's cgroup v2, as libvirt reads it there; None on a host
-        without cgroup v2 (libvirt then reads cgroup v1, which this does not)."""
-        try:
-            cgroup = self._domain_cgroup(self._pid(domain))
-            if cgroup is None:
-                return None
-            usec = dict(line.split(" ", 1) for line in _read(f"{cgroup}/cpu.stat").splitlines())
-            return {ours: int(usec[theirs]) * 1000 for theirs, ours in _CPU_STAT_FIELDS.items()}
-        except (OSError, ValueError, KeyError):  # gone, or a kernel that writes it otherwise
-            return None
-
-    def vcpu_times(self, domain: str) -> dict[int, VcpuTimes] | None:
+    def _vcpu_times(self, pid: int, cgroup: str) -> dict[int, VcpuTimes] | None:
         """From the domain's cgroup v2 `vcpuN` cgroups: libvirt creates one per online vCPU, N its
         vCPU number, and moves into it the thread QEMU reports for the vCPU (threads KVM starts for
         the VM may join it). Of its threads, the vCPU's is the one QEMU names `CPU N/KVM` (libvirt
         asks QEMU to name its threads). None on a host without them (cgroup v1 alone, no CPU
         controller for libvirt), or with a cgroup that holds no such thread or more than one."""
         try:
-            pid = self._pid(domain)
-            cgroup = self._domain_cgroup(pid)
-            if cgroup is None:
-                return None
             wait_kept = self._wait_kept()
             times = {}
             for vcpu in os.scandir(cgroup):
@@ -157,16 +162,17 @@ class LocalHost:
             delay=_schedstat_delay(task),
         )
 
-    def _pid(self, domain: str) -> int:
-        return int(_read(f"{self._qemu_run_dir}/{domain}.pid").strip())
-
     def _domain_cgroup(self, pid: int) -> str | None:
         """The directory of the domain's cgroup v2: libvirt moves QEMU's main thread into the
         domain's `emulator` child, and counts the domain's time (vCPUs, I/O threads, vhost) in the
         domain's own."""
         if self._cgroup2_root is None:
             self._cgroup2_root = next((f[4] for f in self._mounts() if f[-3] == "cgroup2"), "")
-        for line in _read(f"{self._proc}/{pid}/cgroup").splitlines():
+        try:
+            lines = _read(f"{self._proc}/{pid}/cgroup").splitlines()
+        except OSError:  # gone since
+            return None
+        for line in lines:
             if line.startswith("0::") and self._cgroup2_root:
                 path = line[3:].removesuffix("/emulator")
                 return f"{self._cgroup2_root}{path}"
@@ -186,6 +192,16 @@ def _read(path: str) -> str:
     """A small file of /proc or /sys, read without pathlib: the survey reads a few per domain."""
     with open(path) as file:
         return file.read()
+
+
+def _cpu_times(cgroup: str) -> dict[str, int] | None:
+    """From the cgroup v2 `cpu.stat`, as libvirt reads it there (on a host without cgroup v2,
+    libvirt reads cgroup v1, which this does not)."""
+    try:
+        usec = dict(line.split(" ", 1) for line in _read(f"{cgroup}/cpu.stat").splitlines())
+        return {ours: int(usec[theirs]) * 1000 for theirs, ours in _CPU_STAT_FIELDS.items()}
+    except (OSError, ValueError, KeyError):  # gone, or a kernel that writes it otherwise
+        return None
 
 
 def _wait_sum(sched: str) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import libvirt
 
 from libvirt_exporter.domain_xml import DomainDescription
-from libvirt_exporter.host import CLOCK_TICK_NS, HostAccess, VcpuTimes
+from libvirt_exporter.host import CLOCK_TICK_NS, QemuProcess, VcpuTimes
 from libvirt_exporter.libvirt_client import is_missing_domain
 
 Process = tuple[str, int]
@@ -59,34 +59,32 @@ class Counted:
 
 
 def read_counters(
-    dom: Any, process: Process, description: DomainDescription | None, host: HostAccess, checked: Checked,
-    cpu: bool, vcpu: bool,
+    dom: Any, process: Process, description: DomainDescription | None, qemu: QemuProcess | None,
+    checked: Checked, cpu: bool, vcpu: bool,
 ) -> Counted:  # fmt: skip
-    """The running domain's CPU times (with `cpu`) and vCPU figures (with `vcpu`), from the host
-    where `checked` says it gives them, checking it where not yet checked. Runs in the survey's
-    thread; raises the libvirt error of a domain that is gone."""
+    """The running domain's CPU times (with `cpu`) and vCPU figures (with `vcpu`), from what the
+    host showed of its QEMU where `checked` says the host gives them, checking it where not yet
+    checked. Runs in the survey's thread; raises the libvirt error of a domain that is gone."""
     counted = Counted()
     if cpu:
-        counted.values, counted.cpu_from_host = _cpu_times(dom, process, host, process in checked.cpu)
+        counted.values, counted.cpu_from_host = _cpu_times(dom, qemu, process in checked.cpu)
     if vcpu and description is not None:
-        vcpus, counted.vcpus_from_host = _vcpu_times(dom, process[0], host, checked.vcpus.get(process))
+        vcpus, counted.vcpus_from_host = _vcpu_times(dom, qemu, checked.vcpus.get(process))
         if vcpus is not None:
             counted.values.update(_vcpu_keys(vcpus, description.vcpus_maximum))
     return counted
 
 
-def _cpu_times(dom: Any, process: Process, host: HostAccess, from_host: bool) -> tuple[dict[str, int], bool]:
-    """The domain's CPU times, and whether they came from the host. The host's counter agrees with
-    libvirt's when it is read after it and ahead by no more than every host CPU ran since."""
-    name = process[0]
-    if from_host and (times := host.cpu_times(name)) is not None:
-        return times, True
-    asked_at = time.monotonic()
+def _cpu_times(dom: Any, qemu: QemuProcess | None, from_host: bool) -> tuple[dict[str, int], bool]:
+    """The domain's CPU times, and whether they came from the host. libvirt's counter agrees with
+    the host's when, read after it, it is ahead by no more than every host CPU ran since."""
+    hosts = qemu.cpu_times if qemu is not None else None
+    if from_host and hosts is not None:
+        return hosts, True
     libvirts = _libvirt_cpu_times(dom)
-    hosts = host.cpu_times(name)
-    if hosts is not None and "cpu.time" in libvirts:
-        ahead = hosts["cpu.time"] - libvirts["cpu.time"]
-        if -_ROUNDING_NS <= ahead <= (time.monotonic() - asked_at) * _HOST_CPUS * 1e9 + _ROUNDING_NS:
+    if qemu is not None and hosts is not None and "cpu.time" in libvirts:
+        ahead = libvirts["cpu.time"] - hosts["cpu.time"]
+        if -_ROUNDING_NS <= ahead <= (time.monotonic() - qemu.read_at) * _HOST_CPUS * 1e9 + _ROUNDING_NS:
             return hosts, True
     return libvirts, False
 
@@ -104,34 +102,30 @@ def _libvirt_cpu_times(dom: Any) -> dict[str, int]:
 
 
 def _vcpu_times(
-    dom: Any, name: str, host: HostAccess, from_host: bool | None
+    dom: Any, qemu: QemuProcess | None, from_host: bool | None
 ) -> tuple[dict[int, VcpuTimes] | None, bool | None]:
     """The vCPUs' times where the host gives them, and whether it does (None: not known yet).
 
     Checked with virDomainGetVcpus, which libvirtd answers from /proc without the domain's job or
-    its monitor: the same vCPU numbers, and each vCPU's time read after libvirt's and ahead by no
+    its monitor: the same vCPU numbers, and each vCPU's time read after the host's and ahead by no
     more than the time since plus a clock tick (one thread runs on one CPU at a time). A vCPU
     plugged or unplugged since changes the host's answer with libvirt's; one the host cannot read
     any more is read by libvirt in this round, and checked again at the next survey."""
+    hosts = qemu.vcpu_times if qemu is not None else None
     if from_host is False:
         return None, False
     if from_host:
-        times = host.vcpu_times(name)
-        return times, None if times is None else True
-    asked_at = time.monotonic()
+        return hosts, None if hosts is None else True
     try:
         libvirts = {number: cpu_time for number, _, cpu_time, _ in dom.vcpus()[0]}
     except libvirt.libvirtError as error:
         if is_missing_domain(error):
             raise
         return None, False  # a driver without it, or a QEMU whose vCPU threads libvirt does not know
-    hosts = host.vcpu_times(name)
-    slack = (time.monotonic() - asked_at) * 1e9 + CLOCK_TICK_NS
-    agree = (
-        hosts is not None
-        and hosts.keys() == libvirts.keys()
-        and all(0 <= hosts[number].time - cpu_time <= slack for number, cpu_time in libvirts.items())
-    )
+    if qemu is None or hosts is None or hosts.keys() != libvirts.keys():
+        return None, False
+    slack = (time.monotonic() - qemu.read_at) * 1e9 + CLOCK_TICK_NS
+    agree = all(0 <= cpu_time - hosts[number].time <= slack for number, cpu_time in libvirts.items())
     return (hosts, True) if agree else (None, False)
 
 

@@ -136,8 +136,9 @@ def _survey(
             parsed = known_id != dom_id
             if parsed:
                 description = _parse(name, dom.XMLDesc(0), metadata)
+            qemu = host.qemu(name, asked.cpu, asked.vcpu) if active else None
             counted = (
-                read_counters(dom, (name, dom_id), description, host, checked, asked.cpu, asked.vcpu)
+                read_counters(dom, (name, dom_id), description, qemu, checked, asked.cpu, asked.vcpu)
                 if active
                 else Counted()
             )
@@ -153,7 +154,7 @@ def _survey(
             monitor_busy_seconds=_busy_seconds(control),
             job_running=control is not None and control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB,
             description=description,
-            qemu_stopped=bool(active and host.qemu_stopped(name)),
+            qemu_stopped=qemu is not None and qemu.stopped,
             storages=_storages(description, mount_points),
             vcpus_from_host=bool(counted.vcpus_from_host),
         )

@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from libvirt_exporter.host import VcpuTimes
+from libvirt_exporter.host import QemuProcess, VcpuTimes
 
 NOWAIT = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 MAX_CLIENT_REQUESTS = 5
@@ -568,23 +568,21 @@ class FakeHost:
         """What the cgroup this process finds counts beyond libvirt's (not the domain's: its parent)."""
 
     # --- the host as the exporter sees it without libvirt (host.HostAccess) -------------------
-    def qemu_stopped(self, domain: str) -> bool | None:
+    def qemu(self, domain: str, cpu: bool, vcpus: bool) -> QemuProcess | None:
         found = self.domains.get(domain)
-        return found.qemu_stopped if found is not None else None
-
-    def cpu_times(self, domain: str) -> dict[str, int] | None:
-        found = self.domains.get(domain)
-        if not self.cgroups_readable or found is None or not found.active:
+        if found is None or not found.active:
             return None
-        times = found.cpu_times()
-        return {key: count + self.cgroup_skew_ns for key, count in times.items()}
-
-    def vcpu_times(self, domain: str) -> dict[int, VcpuTimes] | None:
-        found = self.domains.get(domain)
-        if not self.cgroups_readable or found is None or not found.active:
-            return None
-        times = found.vcpu_times().items()
-        return {v: replace(t, time=t.time + self.cgroup_skew_ns) for v, t in times}
+        if not self.cgroups_readable:
+            return QemuProcess(time.monotonic(), found.qemu_stopped)
+        skew = self.cgroup_skew_ns
+        return QemuProcess(
+            time.monotonic(),
+            found.qemu_stopped,
+            cpu_times={key: count + skew for key, count in found.cpu_times().items()} if cpu else None,
+            vcpu_times={v: replace(t, time=t.time + skew) for v, t in found.vcpu_times().items()}
+            if vcpus
+            else None,
+        )
 
     def mount_points(self) -> list[str]:
         return list(self.mounts)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_exporter.host import CLOCK_TICK_NS, LocalHost, VcpuTimes
+from libvirt_exporter.host import CLOCK_TICK_NS, LocalHost, QemuProcess, VcpuTimes
 
 PID = 4242
 CPU_STAT = "usage_usec 14916140\nuser_usec 544323\nsystem_usec 14371816\nnice_usec 0\n"
@@ -43,6 +43,20 @@ def make_host(
     return LocalHost(qemu_run_dir=run, proc=proc, mountinfo=mountinfo, schedstats=sysctl)
 
 
+def qemu(host: LocalHost) -> QemuProcess:
+    found = host.qemu("vm", cpu=True, vcpus=True)
+    assert found is not None, "vm's QEMU process was not found"
+    return found
+
+
+def cpu_times(host: LocalHost) -> dict[str, int] | None:
+    return qemu(host).cpu_times
+
+
+def vcpu_times(host: LocalHost) -> dict[int, VcpuTimes] | None:
+    return qemu(host).vcpu_times
+
+
 def write_cpu_stat(tmp_path: Path, cgroup_root: str, content: str = CPU_STAT) -> None:
     directory = tmp_path / cgroup_root.lstrip("/") / DOMAIN_CGROUP.lstrip("/")
     (directory / "emulator").mkdir(parents=True)
@@ -56,7 +70,7 @@ def test_cpu_times_are_the_domains_cgroup_v2_counters(tmp_path: Path, cgroup_roo
     thread is in; cgroup v2 mounted alone, or beside v1 (hybrid, as Debian 11 and this CI's host)."""
     host = make_host(tmp_path, f"0::{DOMAIN_CGROUP}/emulator", [("/", "ext4"), (cgroup_root, "cgroup2")])
     write_cpu_stat(tmp_path, cgroup_root)
-    assert host.cpu_times("vm") == {
+    assert cpu_times(host) == {
         "cpu.time": 14_916_140_000,
         "cpu.user": 544_323_000,
         "cpu.system": 14_371_816_000,
@@ -66,8 +80,8 @@ def test_cpu_times_are_the_domains_cgroup_v2_counters(tmp_path: Path, cgroup_roo
 def test_no_cpu_times_without_cgroup_v2_or_a_running_qemu(tmp_path: Path) -> None:
     """cgroup v1 alone: libvirt reads cpuacct, which this does not, so the survey asks libvirt."""
     host = make_host(tmp_path, "3:memory:/", [("/", "ext4"), ("/sys/fs/cgroup/cpu", "cgroup")])
-    assert host.cpu_times("vm") is None
-    assert host.cpu_times("not-running") is None
+    assert cpu_times(host) is None
+    assert host.qemu("not-running", cpu=True, vcpus=True) is None
 
 
 @pytest.mark.parametrize("content", ["usage_usec 1\nuser_usec 1\n", "usage_usec\n", "usage_usec x\n"])
@@ -75,15 +89,14 @@ def test_a_cpu_stat_that_says_otherwise_gives_no_cpu_times(tmp_path: Path, conte
     """The survey then asks libvirt; it must not fail."""
     host = make_host(tmp_path, f"0::{DOMAIN_CGROUP}/emulator", [("/sys/fs/cgroup", "cgroup2")])
     write_cpu_stat(tmp_path, "/sys/fs/cgroup", content)
-    assert host.cpu_times("vm") is None
+    assert cpu_times(host) is None
 
 
 def test_qemu_stopped_reads_the_state_after_the_command_name(tmp_path: Path) -> None:
     running = make_host(tmp_path / "running", "0::/", [("/", "ext4")])
     stopped = make_host(tmp_path / "stopped", "0::/", [("/", "ext4")], stat_state="T")
-    assert running.qemu_stopped("vm") is False
-    assert stopped.qemu_stopped("vm") is True
-    assert running.qemu_stopped("not-running") is None
+    assert not qemu(running).stopped
+    assert qemu(stopped).stopped
 
 
 def write_vcpu(
@@ -117,11 +130,10 @@ def test_vcpu_times_come_from_the_vcpu_thread_of_each_vcpu_cgroup(tmp_path: Path
     host = make_host(tmp_path, f"0::{DOMAIN_CGROUP}/emulator", [(cgroup_root, "cgroup2")], schedstats="1")
     write_vcpu(tmp_path, 0, {5001: "CPU 0/KVM", 5003: "kvm-nx-lpage-re"}, cgroup_root, wait_ms="12.345678")
     write_vcpu(tmp_path, 1, {5002: "CPU 1/KVM"}, cgroup_root, wait_ms="0.000000")
-    assert host.vcpu_times("vm") == {
+    assert vcpu_times(host) == {
         0: VcpuTimes(time=7 * CLOCK_TICK_NS, wait=12_345_678, delay=6001),
         1: VcpuTimes(time=7 * CLOCK_TICK_NS, wait=0, delay=6002),
     }
-    assert host.vcpu_times("not-running") is None
 
 
 @pytest.mark.parametrize("schedstats", ["0", None], ids=["off", "not built"])
@@ -133,7 +145,7 @@ def test_the_wait_is_0_where_the_kernel_keeps_no_scheduler_statistics(
         tmp_path, f"0::{DOMAIN_CGROUP}/emulator", [("/sys/fs/cgroup", "cgroup2")], schedstats=schedstats
     )
     write_vcpu(tmp_path, 0, {5001: "CPU 0/KVM"})
-    assert host.vcpu_times("vm") == {0: VcpuTimes(time=7 * CLOCK_TICK_NS, wait=0, delay=6001)}
+    assert vcpu_times(host) == {0: VcpuTimes(time=7 * CLOCK_TICK_NS, wait=0, delay=6001)}
 
 
 @pytest.mark.parametrize(
@@ -147,10 +159,10 @@ def test_no_vcpu_times_where_a_vcpu_cgroup_does_not_hold_one_vcpu_thread(
     """The survey then leaves the vCPUs to libvirt's `vcpu` group."""
     host = make_host(tmp_path, f"0::{DOMAIN_CGROUP}/emulator", [("/sys/fs/cgroup", "cgroup2")])
     write_vcpu(tmp_path, 0, threads)
-    assert host.vcpu_times("vm") is None
+    assert vcpu_times(host) is None
 
 
 def test_no_vcpu_times_without_cgroup_v2(tmp_path: Path) -> None:
     host = make_host(tmp_path, "3:memory:/", [("/", "ext4"), ("/sys/fs/cgroup/cpu", "cgroup")])
     write_vcpu(tmp_path, 0, {5001: "CPU 0/KVM"}, "/sys/fs/cgroup/cpu")
-    assert host.vcpu_times("vm") is None
+    assert vcpu_times(host) is None
