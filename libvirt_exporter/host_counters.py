@@ -32,6 +32,10 @@ _CPU_FIELDS = {"cpu_time": "cpu.time", "user_time": "cpu.user", "system_time": "
 _ROUNDING_NS = 1000
 """cgroup v2 counts in microseconds; libvirt's answer may come from a counter in nanoseconds."""
 _HOST_CPUS = os.cpu_count() or 1
+VCPUS_RECHECK_SECONDS = 300.0
+"""How long a QEMU process whose vCPU figures on the host were not libvirt's waits for another
+check: libvirt's come with the `bulk` sampler's call meanwhile, and a QEMU caught starting up may
+show fewer vCPU threads than it will."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,11 @@ class Checked:
 
     cpu: frozenset[Process] = frozenset()
     """The processes whose CPU times the host gives."""
-    vcpus: Mapping[Process, bool] = field(default_factory=dict)
-    """The processes whose vCPU times were checked: True where the host gives them. Unlike CPU
-    times, libvirt's vCPU times come from another call (the `bulk` sampler's), so a check that
-    failed is kept, not made again at every survey."""
+    vcpus: frozenset[Process] = frozenset()
+    """The processes whose vCPU figures the host gives."""
+    vcpus_refused: Mapping[Process, float] = field(default_factory=dict)
+    """When (time.monotonic()) the host's vCPU figures of these processes were last found not to
+    be libvirt's; checked again after VCPUS_RECHECK_SECONDS."""
 
 
 @dataclass
@@ -54,8 +59,9 @@ class Counted:
     values: dict[str, int] = field(default_factory=dict)
     """Its CPU times, and its vCPUs' figures where the host gives them, by the stat groups' keys."""
     cpu_from_host: bool = False
-    vcpus_from_host: bool | None = None
-    """None: not checked (the check could not be made, or was not asked for)."""
+    vcpus_from_host: bool = False
+    vcpus_refused_at: float | None = None
+    """When the host's vCPU figures were last found not to be libvirt's, if they were."""
 
 
 def read_counters(
@@ -69,8 +75,9 @@ def read_counters(
     if cpu:
         counted.values, counted.cpu_from_host = _cpu_times(dom, qemu, process in checked.cpu)
     if vcpu and description is not None:
-        vcpus, counted.vcpus_from_host = _vcpu_times(dom, qemu, checked.vcpus.get(process))
+        vcpus, counted.vcpus_refused_at = _vcpu_times(dom, qemu, process, checked)
         if vcpus is not None:
+            counted.vcpus_from_host = True
             counted.values.update(_vcpu_keys(vcpus, description.vcpus_maximum))
     return counted
 
@@ -102,31 +109,35 @@ def _libvirt_cpu_times(dom: Any) -> dict[str, int]:
 
 
 def _vcpu_times(
-    dom: Any, qemu: QemuProcess | None, from_host: bool | None
-) -> tuple[dict[int, VcpuTimes] | None, bool | None]:
-    """The vCPUs' times where the host gives them, and whether it does (None: not known yet).
+    dom: Any, qemu: QemuProcess | None, process: Process, checked: Checked
+) -> tuple[dict[int, VcpuTimes] | None, float | None]:
+    """The vCPUs' times where the host gives them, and when they were last found not to be
+    libvirt's, if they were.
 
     Checked with virDomainGetVcpus, which libvirtd answers from /proc without the domain's job or
     its monitor: the same vCPU numbers, and each vCPU's time read after the host's and ahead by no
     more than the time since plus a clock tick (one thread runs on one CPU at a time). A vCPU
-    plugged or unplugged since changes the host's answer with libvirt's; one the host cannot read
-    any more is read by libvirt in this round, and checked again at the next survey."""
-    hosts = qemu.vcpu_times if qemu is not None else None
-    if from_host is False:
-        return None, False
-    if from_host:
-        return hosts, None if hosts is None else True
+    plugged or unplugged since changes the host's answer with libvirt's; where the host cannot
+    read them any more, libvirt's come with this round's call, and the next survey checks again."""
+    if qemu is None or qemu.vcpu_times is None:  # nothing to check (cgroup v1, ...): no call
+        return None, None
+    hosts = qemu.vcpu_times
+    if process in checked.vcpus:
+        return hosts, None
+    refused_at = checked.vcpus_refused.get(process)
+    if refused_at is not None and time.monotonic() - refused_at < VCPUS_RECHECK_SECONDS:
+        return None, refused_at
     try:
         libvirts = {number: cpu_time for number, _, cpu_time, _ in dom.vcpus()[0]}
     except libvirt.libvirtError as error:
         if is_missing_domain(error):
             raise
-        return None, False  # a driver without it, or a QEMU whose vCPU threads libvirt does not know
-    if qemu is None or hosts is None or hosts.keys() != libvirts.keys():
-        return None, False
+        return None, time.monotonic()  # a driver without it, or vCPU threads libvirt does not know
     slack = (time.monotonic() - qemu.read_at) * 1e9 + CLOCK_TICK_NS
-    agree = all(0 <= cpu_time - hosts[number].time <= slack for number, cpu_time in libvirts.items())
-    return (hosts, True) if agree else (None, False)
+    agree = hosts.keys() == libvirts.keys() and all(
+        0 <= cpu_time - hosts[number].time <= slack for number, cpu_time in libvirts.items()
+    )
+    return (hosts, None) if agree else (None, time.monotonic())
 
 
 def _vcpu_keys(vcpus: Mapping[int, VcpuTimes], maximum: int) -> dict[str, int]:

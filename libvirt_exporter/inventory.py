@@ -156,7 +156,7 @@ def _survey(
             description=description,
             qemu_stopped=qemu is not None and qemu.stopped,
             storages=_storages(description, mount_points),
-            vcpus_from_host=bool(counted.vcpus_from_host),
+            vcpus_from_host=counted.vcpus_from_host,
         )
         surveyed.append(_Surveyed(entry, dom.UUID(), counted, parsed))
     by_name = {seen.entry.name: seen for seen in surveyed}
@@ -288,7 +288,8 @@ def _checked(read: list[_Surveyed]) -> Checked:
     processes = [((seen.entry.name, seen.entry.id), seen.counted) for seen in read]
     return Checked(
         cpu=frozenset(process for process, counted in processes if counted.cpu_from_host),
-        vcpus={process: c.vcpus_from_host for process, c in processes if c.vcpus_from_host is not None},
+        vcpus=frozenset(process for process, counted in processes if counted.vcpus_from_host),
+        vcpus_refused={p: c.vcpus_refused_at for p, c in processes if c.vcpus_refused_at is not None},
     )
 
 

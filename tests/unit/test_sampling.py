@@ -9,6 +9,7 @@ import gevent
 import libvirt
 import pytest
 
+from libvirt_exporter import host_counters
 from libvirt_exporter.calls import CallKey, CallRunner, Domain, Pool
 from libvirt_exporter.connection import MainConnection
 from libvirt_exporter.inventory import DomainEntry
@@ -636,8 +637,9 @@ def test_vcpu_figures_come_from_the_host_once_libvirt_agrees_with_it(harness: Ha
 @pytest.mark.parametrize("why", ["unreadable", "another counter"])
 def test_vcpu_figures_come_from_libvirt_where_the_host_does_not_give_them(why: str) -> None:
     """vCPU threads this process cannot find (cgroup v1, a container), or times that are not
-    libvirt's: the host-wide call asks for the `vcpu` group, and libvirt is not asked at every
-    survey whether the host agrees now."""
+    libvirt's: the host-wide call asks for the `vcpu` group, and libvirt's figures are exported.
+    virDomainGetVcpus is not asked where there is nothing to check, nor at every survey where the
+    host's figures were not libvirt's."""
     host = FakeHost([FakeDomain("a", 1), FakeDomain("b", 2)])
     if why == "unreadable":
         host.cgroups_readable = False
@@ -648,10 +650,31 @@ def test_vcpu_figures_come_from_libvirt_where_the_host_does_not_give_them(why: s
         harness.cycle(harness.exporter.bulk)
         series = harness.cycle(harness.exporter.bulk)
         assert asked_for_vcpus(host)
-        assert host.calls[("a", "vcpus")] == 1
+        assert host.calls[("a", "vcpus")] == (0 if why == "unreadable" else 1)
         assert value(series, VCPU_TIME, domain="a", vcpu="0") < 1000, "the host's counter was exported"  # type: ignore[operator]
     finally:
         harness.exporter.stop()
+
+
+def test_a_host_whose_vcpu_figures_were_not_libvirts_is_checked_again_later(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A QEMU caught starting up may show fewer vCPU threads than it will: the check is made
+    again once VCPUS_RECHECK_SECONDS have passed, and from then on the host's figures are read."""
+    host = harness.host
+    host.cgroup_skew_ns = 10**12
+    host.add(FakeDomain("d", 7))  # started: a new QEMU process, checked at the next survey
+    harness.cycle(harness.exporter.bulk)
+    assert host.calls[("d", "vcpus")] == 1
+    host.cgroup_skew_ns = 0
+    harness.cycle(harness.exporter.bulk)
+    assert host.calls[("d", "vcpus")] == 1, "checked again before its time"
+    monkeypatch.setattr(host_counters, "VCPUS_RECHECK_SECONDS", 0.0)
+    harness.cycle(harness.exporter.bulk)
+    host.stat_groups_asked.clear()
+    harness.cycle(harness.exporter.bulk)
+    assert host.calls[("d", "vcpus")] == 2
+    assert not asked_for_vcpus(host)
 
 
 def test_vcpu_figures_the_host_stops_giving_come_from_libvirt_and_are_checked_again(harness: Harness) -> None:
