@@ -582,15 +582,22 @@ def test_cpu_times_come_from_the_cgroup_once_libvirt_agrees_with_it(harness: Har
     assert host.calls[("a", "getCPUStats")] == 1
 
 
-@pytest.mark.parametrize("why", ["unreadable", "another counter"])
-def test_cpu_times_come_from_libvirt_where_the_host_cgroup_is_not_the_domains(why: str) -> None:
-    """A cgroup this process cannot read (cgroup v1, a container), or one that counts something
-    else than libvirt does: libvirt is asked at every survey, and its values are exported."""
-    host = FakeHost([FakeDomain("a", 1)])
+def host_not_giving_libvirts_counters(why: str, domains: list[FakeDomain]) -> FakeHost:
+    """A host whose cgroups this process cannot read (`unreadable`: cgroup v1, a container), or
+    whose cgroups count something else than libvirt does (`another counter`)."""
+    host = FakeHost(domains)
     if why == "unreadable":
         host.cgroups_readable = False
     else:
         host.cgroup_skew_ns = 10**12
+    return host
+
+
+@pytest.mark.parametrize("why", ["unreadable", "another counter"])
+def test_cpu_times_come_from_libvirt_where_the_host_cgroup_is_not_the_domains(why: str) -> None:
+    """A cgroup this process cannot read (cgroup v1, a container), or one that counts something
+    else than libvirt does: libvirt is asked at every survey, and its values are exported."""
+    host = host_not_giving_libvirts_counters(why, [FakeDomain("a", 1)])
     harness = Harness(host, make_config())
     try:
         series = harness.cycle(harness.exporter.bulk)
@@ -640,11 +647,7 @@ def test_vcpu_figures_come_from_libvirt_where_the_host_does_not_give_them(why: s
     libvirt's: the host-wide call asks for the `vcpu` group, and libvirt's figures are exported.
     virDomainGetVcpus is not asked where there is nothing to check, nor at every survey where the
     host's figures were not libvirt's."""
-    host = FakeHost([FakeDomain("a", 1), FakeDomain("b", 2)])
-    if why == "unreadable":
-        host.cgroups_readable = False
-    else:
-        host.cgroup_skew_ns = 10**12
+    host = host_not_giving_libvirts_counters(why, [FakeDomain("a", 1), FakeDomain("b", 2)])
     harness = Harness(host, make_config())
     try:
         harness.cycle(harness.exporter.bulk)
