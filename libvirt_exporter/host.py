@@ -99,11 +99,10 @@ class LocalHost:
         read_at = time.monotonic()
         try:
             pid = int(_read(f"{self._qemu_run_dir}/{domain}.pid").strip())
-            stat = _read(f"{self._proc}/{pid}/stat")
+            _, fields = _stat_fields(_read(f"{self._proc}/{pid}/stat"))
         except (OSError, ValueError):  # not running, or gone since
             return None
-        # The state follows the command name, which is in parentheses and may hold anything.
-        stopped = stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("T", "t")
+        stopped = fields[0] in ("T", "t")
         cgroup = self._domain_cgroup(pid) if cpu or vcpus else None
         if cgroup is None:
             return QemuProcess(read_at, stopped)
@@ -128,7 +127,7 @@ class LocalHost:
                 if number != vcpu.name and number.isdigit():
                     times[int(number)] = self._vcpu_thread_times(pid, vcpu.path, wait_kept)
             return times or None
-        except (OSError, ValueError):  # gone, or a kernel that writes it otherwise
+        except (OSError, ValueError, IndexError):  # gone, or a kernel that writes it otherwise
             return None
 
     def mount_points(self) -> list[str]:
@@ -147,14 +146,13 @@ class LocalHost:
         """As libvirt reads them; `wait` only where `wait_kept`: `sched` shows `wait_sum` only
         while the kernel keeps scheduler statistics, and it is the costliest of the files. Raises
         ValueError unless the cgroup holds one vCPU thread."""
-        stats = {}
+        named = {}
         for thread in _read(f"{vcpu_cgroup}/cgroup.threads").split():
-            stat = _read(f"{self._proc}/{pid}/task/{thread}/stat")
-            if stat[stat.find("(") + 1 :].startswith("CPU "):
-                stats[thread] = stat
-        ((thread, stat),) = stats.items()
-        after_name = stat[stat.rfind(")") + 2 :].split()  # fields 3 (state) onwards
-        ticks = int(after_name[11]) + int(after_name[12])  # fields 14 and 15: utime, stime
+            name, fields = _stat_fields(_read(f"{self._proc}/{pid}/task/{thread}/stat"))
+            if name.startswith("CPU "):
+                named[thread] = fields
+        ((thread, fields),) = named.items()
+        ticks = int(fields[11]) + int(fields[12])  # fields 14 and 15 of the line: utime, stime
         task = f"{self._proc}/{pid}/task/{thread}"
         return VcpuTimes(
             time=ticks * CLOCK_TICK_NS,
@@ -199,6 +197,16 @@ def _read(path: str) -> str:
         return b"".join(chunks).decode()
     finally:
         os.close(fd)
+
+
+def _stat_fields(stat: str) -> tuple[str, list[str]]:
+    """A /proc `stat` line's command name, which is in parentheses and may hold anything, and the
+    fields after it, from field 3 (the state) on. Raises ValueError for a line without them."""
+    opening, closing = stat.find("("), stat.rfind(")")
+    fields = stat[closing + 2 :].split()
+    if opening < 0 or closing < opening or not fields:
+        raise ValueError(f"not a /proc stat line: {stat[:80]!r}")
+    return stat[opening + 1 : closing], fields
 
 
 def _cpu_times(cgroup: str) -> dict[str, int] | None:

@@ -136,12 +136,12 @@ def _survey(
             parsed = known_id != dom_id
             if parsed:
                 description = _parse(name, dom.XMLDesc(0), metadata)
-            qemu = host.qemu(name, asked.cpu, asked.vcpu) if active else None
-            counted = (
-                read_counters(dom, (name, dom_id), description, qemu, checked, asked.cpu, asked.vcpu)
-                if active
-                else Counted()
-            )
+            qemu, counted = None, Counted()
+            if active:
+                qemu = host.qemu(name, asked.cpu, asked.vcpu)
+                counted = read_counters(
+                    dom, (name, dom_id), description, qemu, checked, asked.cpu, asked.vcpu
+                )
         except libvirt.libvirtError as error:
             if not is_missing_domain(error):
                 log.warning("cannot survey domain", err=describe(error))
