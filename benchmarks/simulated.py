@@ -213,10 +213,14 @@ class CycleStarts:
 
     def __init__(self, stdout: IO[str]) -> None:
         self._lines: queue.Queue[str] = queue.Queue()
+        self.seen_at: list[float] = []
+        """When each cycle's line arrived (`time.perf_counter`): its start, and the pipe's delay."""
         threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
 
     def _read(self, stdout: IO[str]) -> None:
         for line in stdout:
+            if line.startswith("cycle "):
+                self.seen_at.append(time.perf_counter())
             self._lines.put(line)
 
     def next_cpu(self) -> float:
@@ -225,6 +229,22 @@ class CycleStarts:
             word, _, cpu = self._lines.get(timeout=CYCLE_TIMEOUT_SECONDS).partition(" ")
             if word == "cycle":
                 return float(cpu)
+
+
+def start_host(domains: int, port: int, flags: Sequence[str]) -> tuple[subprocess.Popen[str], CycleStarts]:
+    """The exporter on a simulated hypervisor of `domains` (simulated_host.py) answering on `port`,
+    and the starts of its cycles."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.simulated_host",
+        f"--domains={domains}",
+        f"--port={port}",
+        *flags,
+    ]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    return child, CycleStarts(child.stdout)
 
 
 @dataclass
@@ -275,20 +295,9 @@ def scenario_hangs(scenario: str, domains: int, args: argparse.Namespace) -> dic
 
 def measure(domains: int, scenario: str, args: argparse.Namespace) -> Result:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.simulated_host",
-        f"--domains={domains}",
-        *host_flags(scenario, args),
-        f"--port={port}",
-        f"--interval={args.interval}",
-        f"--deadline={args.deadline}",
-    ]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
+    flags = [*host_flags(scenario, args), f"--interval={args.interval}", f"--deadline={args.deadline}"]
+    child, starts = start_host(domains, port, flags)
     try:
-        starts = CycleStarts(child.stdout)
         starts.next_cpu()
         warm = starts.next_cpu()  # the first cycle, which reads every domain's XML, is over
         cpu_per_cycle = (max(starts.next_cpu() for _ in range(args.cycles)) - warm) / args.cycles

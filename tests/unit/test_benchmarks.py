@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.scrape_timeline import place
 from benchmarks.simulated import read_health
 from benchmarks.simulated_host import FROZEN, OUTAGE, STOPPED, hangs, name_of
 
@@ -98,3 +99,30 @@ def test_the_simulated_benchmark_prints_one_row_per_size_and_scenario() -> None:
     assert half_hung["dead storage: bulk fresh"] == "100%" and half_hung["fresh"] == "72%"
     assert int(half_hung["stuck threads"]) <= 2 and half_hung["stuck probes"] == "1"
     assert int(late["stuck threads"]) <= MAX_STUCK_CALLS
+
+
+def test_scrapes_are_placed_by_their_time_since_their_cycles_start() -> None:
+    starts = [10.0, 12.0]
+    sent = [(9.5, 0.001), (10.01, 0.009), (10.05, 0.002), (10.5, 0.003), (12.03, 0.004), (12.2, None)]
+    by_step = place(sent, starts, step=0.04, steps=2)
+    # Before the first cycle: not placed; failed: not placed; past the steps: the rest of the cycle.
+    assert by_step == {0: [0.009, 0.004], 1: [0.002], 2: [0.003]}
+
+
+def test_the_scrape_timeline_places_every_answered_scrape() -> None:
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.scrape_timeline"),
+            *("--domains=30", "--scrapes=40", "--seconds=2", "--interval=1", "--step=0.1", "--steps=3"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    summary, header, _, *rows = run.stdout.splitlines()
+    assert summary.startswith("30 domains, 40 scrapes answered of 40: p50 ")
+    assert header.startswith("| since the cycle's start | scrapes | median | slowest | over 8 ms |")
+    assert [row.split("|")[1].strip() for row in rows] == ["0.00 s", "0.10 s", "0.20 s", "0.30 s on"]
+    assert sum(int(row.split("|")[2]) for row in rows) == 40

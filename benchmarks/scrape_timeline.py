@@ -1,0 +1,107 @@
+"""Where in a sampling cycle the slow scrapes fall: `python -m benchmarks.scrape_timeline`.
+
+The exporter runs on the simulated hypervisor (simulated_host.py), healthy, and is scraped at an
+even pace over many cycles, as `make bench` does but with more scrapes, so that a p99 rests on
+more than a handful of them. Each scrape is placed by its time since the start of its bulk cycle
+(the `cycle` line the simulated host prints as the cycle starts, read as it arrives). Printed: p50
+and p99 over all, then, for each step of a cycle's first part and for the rest of it, how many
+scrapes fell there, their median and slowest latency, and how many took longer than `--slow`.
+
+A cycle's first part is where the survey, the host-wide call and the render run Python in their
+threads while the hub answers scrapes (docs/benchmarks.md, fixes 19 to 22 and "The loaded p99,
+examined"): this shows whether a change made its scrapes like the rest of the cycle's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import statistics
+import time
+from collections.abc import Sequence
+
+from benchmarks.measure import Scraper, free_port, percentile, table
+from benchmarks.simulated import start_host, stop
+
+WARM_CYCLES = 2
+"""Cycles let pass before the first scrape: the first reads every domain's XML."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domains", type=int, default=500)
+    parser.add_argument("--scrapes", type=int, default=1500)
+    parser.add_argument("--seconds", type=float, default=30.0, help="time the scrapes are spread over")
+    parser.add_argument("--interval", type=float, default=2.0, help="every sampler's interval, seconds")
+    parser.add_argument("--step", type=float, default=0.04, help="seconds per step of a cycle's first part")
+    parser.add_argument("--steps", type=int, default=6, help="steps shown one by one")
+    parser.add_argument("--slow", type=float, default=0.008, help="seconds over which a scrape is slow")
+    return parser.parse_args(argv)
+
+
+def scrape(port: int, count: int, seconds: float) -> list[tuple[float, float | None]]:
+    """`count` scrapes sent at an even pace over `seconds`: when each was sent, and its latency
+    (None: it failed)."""
+    scraper = Scraper(port)
+    sent: list[tuple[float, float | None]] = []
+    start = time.perf_counter()
+    for index in range(count):
+        time.sleep(max(0.0, start + index * seconds / count - time.perf_counter()))
+        at = time.perf_counter()
+        sent.append((at, scraper.scrape()))
+    scraper.close()
+    return sent
+
+
+def place(
+    sent: list[tuple[float, float | None]], starts: list[float], step: float, steps: int
+) -> dict[int, list[float]]:
+    """The latencies by step of their cycle (`steps` for the rest of it), failures left out."""
+    by_step: dict[int, list[float]] = {index: [] for index in range(steps + 1)}
+    for at, latency in sent:
+        cycle = bisect.bisect_right(starts, at) - 1
+        if latency is None or cycle < 0:
+            continue
+        by_step[min(int((at - starts[cycle]) / step), steps)].append(latency)
+    return by_step
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    port = free_port()
+    child, starts = start_host(
+        args.domains, port, [f"--interval={args.interval}s", f"--deadline={args.interval / 2}s"]
+    )
+    try:
+        for _ in range(WARM_CYCLES):
+            starts.next_cpu()
+        sent = scrape(port, args.scrapes, args.seconds)
+    finally:
+        stop(child)
+    latencies = [latency for _, latency in sent if latency is not None]
+    ms = 1e3
+    print(
+        f"{args.domains} domains, {len(latencies)} scrapes answered of {len(sent)}: "
+        f"p50 {percentile(latencies, 0.5) * ms:.2f} ms, p99 {percentile(latencies, 0.99) * ms:.2f} ms"
+    )
+    rows = []
+    for index, step_latencies in place(sent, starts.seen_at, args.step, args.steps).items():
+        since = f"{index * args.step:.2f} s" if index < args.steps else f"{args.steps * args.step:.2f} s on"
+        if not step_latencies:
+            rows.append([since, "0", "-", "-", "0"])
+            continue
+        rows.append(
+            [
+                since,
+                str(len(step_latencies)),
+                f"{statistics.median(step_latencies) * ms:.2f} ms",
+                f"{max(step_latencies) * ms:.2f} ms",
+                str(sum(latency > args.slow for latency in step_latencies)),
+            ]
+        )
+    headers = ["since the cycle's start", "scrapes", "median", "slowest", f"over {args.slow * ms:g} ms"]
+    print(table(headers, rows))
+
+
+if __name__ == "__main__":
+    main()
