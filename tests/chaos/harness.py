@@ -3,7 +3,7 @@
 The run mounts the storage that can die (storage.py) and warms up (the control VM and a pool of VMs,
 some with their disks on that storage, fresh in the metrics), then for `duration`
 seconds starts a fault every 0.5-3 s, up to MAX_PARALLEL at once: first every kind once, in random
-order, then at random by WEIGHTS. Then it lets the host settle and checks that what the exporter
+order (one that finds the host not ready after all is tried again), then at random by WEIGHTS. Then it lets the host settle and checks that what the exporter
 serves matches libvirt's domains and disks. What it measured goes to a RunResult for report.py.
 """
 
@@ -211,10 +211,17 @@ class Run:
             thread.join()
 
     def _next_kind(self) -> str | None:
-        """The next kind of fault the host can take now: a pending one first, else by WEIGHTS."""
-        for kind in self._pending:
+        """The next kind of fault the host can take now: a pending one first, else by WEIGHTS.
+
+        While an outage is pending, other faults leave the storage's VMs alone: it needs them all
+        unclaimed at once, and with faults claiming VMs at random it could wait out a short run."""
+        with self._lock:
+            pending = list(self._pending)
+        self.host.storage_reserved = "storage_outage" in pending
+        for kind in pending:
             if self._can_start(kind):
-                self._pending.remove(kind)
+                with self._lock:
+                    self._pending.remove(kind)
                 return kind
         kinds = [kind for kind in WEIGHTS if self._can_start(kind)]
         if not kinds:
@@ -265,6 +272,11 @@ class Run:
             return
         if record is not None:
             self.result.records.append(record)
+        elif not any(done.kind == kind for done in self.result.records):
+            # It found the host not ready after all (a harness thread on the storage, a VM claimed
+            # meanwhile): pending again, so that every kind still runs once in a short run.
+            with self._lock:
+                self._pending.append(kind)
 
     # --- checks while it runs, and after ------------------------------------------------
 

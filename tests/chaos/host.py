@@ -128,6 +128,8 @@ class ChaosHost:
         self.libvirtd_down = False
         self.libvirtd_restarts = 0
         """How many times a fault restarted libvirtd."""
+        self.storage_reserved = False
+        """While set, `claim` gives no VM on the storage: an outage waits for all of them unclaimed."""
 
     # --- the VMs ------------------------------------------------------------------
 
@@ -167,7 +169,12 @@ class ChaosHost:
         """A random unclaimed pool VM that `suits` the fault, now reserved to it; None if none."""
         with self._lock:
             candidates = [
-                vm for vm in self._vms.values() if vm is not self.control and not vm.claimed and suits(vm)
+                vm
+                for vm in self._vms.values()
+                if vm is not self.control
+                and not vm.claimed
+                and not (vm.on_storage and self.storage_reserved)
+                and suits(vm)
             ]
             if not candidates:
                 return None
