@@ -1,10 +1,11 @@
 """One chaos run: the exporter on the private libvirtd, scraped three ways, while faults hit at random.
 
 The run mounts the storage that can die (storage.py) and warms up (the control VM and a pool of VMs,
-some with their disks on that storage, fresh in the metrics), then for `duration`
-seconds starts a fault every 0.5-3 s, up to MAX_PARALLEL at once: first every kind once, in random
-order (one that finds the host not ready after all is tried again), then at random by WEIGHTS. Then it lets the host settle and checks that what the exporter
-serves matches libvirt's domains and disks. What it measured goes to a RunResult for report.py.
+some with their disks on that storage, fresh in the metrics), then for `duration` seconds starts a
+fault every 0.5-3 s, up to MAX_PARALLEL at once: first every kind once, in random order (one that
+finds the host not ready after all is tried again), then at random by WEIGHTS. Then it lets the host
+settle and checks that what the exporter serves matches libvirt's domains and disks. What it
+measured goes to a RunResult for report.py.
 """
 
 from __future__ import annotations
