@@ -214,11 +214,12 @@ class Run:
     def _next_kind(self) -> str | None:
         """The next kind of fault the host can take now: a pending one first, else by WEIGHTS.
 
-        While an outage is pending, other faults leave the storage's VMs alone: it needs them all
-        unclaimed at once, and with faults claiming VMs at random it could wait out a short run."""
+        While an outage is pending and nothing but claims keeps it from starting, other faults leave
+        the storage's VMs alone: it needs them all unclaimed at once, and with faults claiming VMs at
+        random it could wait out a short run."""
         with self._lock:
             pending = list(self._pending)
-        self.host.storage_reserved = "storage_outage" in pending
+        self.host.storage_reserved = "storage_outage" in pending and not self._restart_waits()
         for kind in pending:
             if self._can_start(kind):
                 with self._lock:
@@ -247,11 +248,14 @@ class Run:
         if kind == "storage_outage":
             held = self.host.storage_vms()
             enough = len(held) >= STORAGE_VMS[0] and not any(vm.claimed for vm in held)
-            # A restart waits for the storage to answer, and outages come back to back in a
-            # short run: none starts while the restart has yet to run once, or it might never.
-            restart_waits = "libvirtd_restart" in running or "libvirtd_restart" in self._pending
-            return enough and not restart_waits
+            return enough and not self._restart_waits()
         return bool(free)
+
+    def _restart_waits(self) -> bool:
+        """A restart waits for the storage to answer, and outages come back to back in a short run:
+        none starts while the restart has yet to run once, or it might never."""
+        with self._lock:
+            return "libvirtd_restart" in self._running.values() or "libvirtd_restart" in self._pending
 
     def _running_count(self) -> int:
         with self._lock:
