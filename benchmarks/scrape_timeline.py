@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import bisect
 import statistics
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from benchmarks.measure import Scraper, free_port, percentile, table
-from benchmarks.simulated import start_host, stop
+from benchmarks.simulated import scrape_evenly, start_host, stop
 
 WARM_CYCLES = 2
 """Cycles let pass before the first scrape: the first reads every domain's XML."""
@@ -39,28 +38,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def scrape(port: int, count: int, seconds: float) -> list[tuple[float, float | None]]:
-    """`count` scrapes sent at an even pace over `seconds`: when each was sent, and its latency
-    (None: it failed)."""
-    scraper = Scraper(port)
-    sent: list[tuple[float, float | None]] = []
-    start = time.perf_counter()
-    for index in range(count):
-        time.sleep(max(0.0, start + index * seconds / count - time.perf_counter()))
-        at = time.perf_counter()
-        sent.append((at, scraper.scrape()))
-    scraper.close()
-    return sent
-
-
 def place(
-    sent: list[tuple[float, float | None]], starts: list[float], step: float, steps: int
+    answered: Iterable[tuple[float, float]], starts: list[float], step: float, steps: int
 ) -> dict[int, list[float]]:
-    """The latencies by step of their cycle (`steps` for the rest of it), failures left out."""
+    """The latencies of the scrapes sent at the times given, by step of their cycle (`steps` for
+    the rest of it); those sent before the first cycle left out."""
     by_step: dict[int, list[float]] = {index: [] for index in range(steps + 1)}
-    for at, latency in sent:
+    for at, latency in answered:
         cycle = bisect.bisect_right(starts, at) - 1
-        if latency is None or cycle < 0:
+        if cycle < 0:
             continue
         by_step[min(int((at - starts[cycle]) / step), steps)].append(latency)
     return by_step
@@ -75,17 +61,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for _ in range(WARM_CYCLES):
             starts.next_cpu()
-        sent = scrape(port, args.scrapes, args.seconds)
+        scraper = Scraper(port)
+        scrapes = scrape_evenly(scraper, child.pid, args.scrapes, args.seconds)
+        scraper.close()
     finally:
         stop(child)
-    latencies = [latency for _, latency in sent if latency is not None]
+    latencies = scrapes.latencies
     ms = 1e3
     print(
-        f"{args.domains} domains, {len(latencies)} scrapes answered of {len(sent)}: "
+        f"{args.domains} domains, {len(latencies)} scrapes answered of {args.scrapes}: "
         f"p50 {percentile(latencies, 0.5) * ms:.2f} ms, p99 {percentile(latencies, 0.99) * ms:.2f} ms"
     )
+    answered = zip(scrapes.sent_at, latencies, strict=True)
     rows = []
-    for index, step_latencies in place(sent, starts.seen_at, args.step, args.steps).items():
+    for index, step_latencies in place(answered, starts.seen_at, args.step, args.steps).items():
         since = f"{index * args.step:.2f} s" if index < args.steps else f"{args.steps * args.step:.2f} s on"
         if not step_latencies:
             rows.append([since, "0", "-", "-", "0"])

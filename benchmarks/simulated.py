@@ -214,13 +214,13 @@ class CycleStarts:
     def __init__(self, stdout: IO[str]) -> None:
         self._lines: queue.Queue[str] = queue.Queue()
         self.seen_at: list[float] = []
-        """When each cycle's line arrived (`time.perf_counter`): its start, and the pipe's delay."""
+        """When each cycle's line arrived (`time.monotonic`): its start, and the pipe's delay."""
         threading.Thread(target=self._read, args=(stdout,), daemon=True).start()
 
     def _read(self, stdout: IO[str]) -> None:
         for line in stdout:
             if line.startswith("cycle "):
-                self.seen_at.append(time.perf_counter())
+                self.seen_at.append(time.monotonic())
             self._lines.put(line)
 
     def next_cpu(self) -> float:
@@ -250,6 +250,8 @@ def start_host(domains: int, port: int, flags: Sequence[str]) -> tuple[subproces
 @dataclass
 class Scrapes:
     latencies: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
+    """When each answered scrape was sent (`time.monotonic`), in the order of `latencies`."""
     failed: int = 0
     peak_threads: int = 0
     sampled: list[bytes] = field(default_factory=list)
@@ -263,11 +265,13 @@ def scrape_evenly(scraper: Scraper, pid: int, count: int, seconds: float) -> Scr
     started = time.monotonic()
     for index in range(count):
         time.sleep(max(0.0, started + index * seconds / count - time.monotonic()))
+        sent_at = time.monotonic()
         latency = scraper.scrape()
         if latency is None:
             scrapes.failed += 1
         else:
             scrapes.latencies.append(latency)
+            scrapes.sent_at.append(sent_at)
             if index % SAMPLED == 0:
                 scrapes.sampled.append(scraper.last_body)
         scrapes.peak_threads = max(scrapes.peak_threads, status_value(pid, "Threads"))

@@ -103,9 +103,9 @@ def test_the_simulated_benchmark_prints_one_row_per_size_and_scenario() -> None:
 
 def test_scrapes_are_placed_by_their_time_since_their_cycles_start() -> None:
     starts = [10.0, 12.0]
-    sent = [(9.5, 0.001), (10.01, 0.009), (10.05, 0.002), (10.5, 0.003), (12.03, 0.004), (12.2, None)]
-    by_step = place(sent, starts, step=0.04, steps=2)
-    # Before the first cycle: not placed; failed: not placed; past the steps: the rest of the cycle.
+    answered = [(9.5, 0.001), (10.01, 0.009), (10.05, 0.002), (10.5, 0.003), (12.03, 0.004)]
+    by_step = place(answered, starts, step=0.04, steps=2)
+    # Before the first cycle: not placed; past the steps: the rest of the cycle.
     assert by_step == {0: [0.009, 0.004], 1: [0.002], 2: [0.003]}
 
 
