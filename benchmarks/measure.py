@@ -86,6 +86,13 @@ def machine_cpu_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
 
 
+def tcp_congestion_control() -> str:
+    """The congestion control new TCP connections get, the exporter's answers included: under BBR
+    an answer of a few hundred kilobytes over loopback stalls 16 to 20 ms now and then, whatever
+    the server (docs/benchmarks.md, "The slow scrapes that are not the exporter's")."""
+    return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+
+
 def own_cpu_seconds() -> float:
     """User plus system CPU time of this process and of the children it has waited for."""
     times = os.times()

@@ -3,9 +3,11 @@
 The exporter runs on the simulated hypervisor (simulated_host.py), healthy, and is scraped at an
 even pace over many cycles, as `make bench` does but with more scrapes, so that a p99 rests on
 more than a handful of them. Each scrape is placed by its time since the start of its bulk cycle
-(the `cycle` line the simulated host prints as the cycle starts, read as it arrives). Printed: p50
-and p99 over all, then, for each step of a cycle's first part and for the rest of it, how many
-scrapes fell there, their median and slowest latency, and how many took longer than `--slow`.
+(the `cycle` line the simulated host prints as the cycle starts, read as it arrives), and so is
+each scrape of the reference server (reference_server.py: the same HTTP server and body in a
+process that does nothing else) sent half-way between two of them. Printed: p50 and p99 over all,
+of both, then, for each step of a cycle's first part and for the rest of it, how many scrapes fell
+there, their median and slowest latency, and how many took longer than `--slow`, of both.
 
 A cycle's first part is where the survey, the host-wide call and the render run Python in their
 threads while the hub answers scrapes (docs/benchmarks.md, fixes 19 to 22 and "The loaded p99,
@@ -19,8 +21,8 @@ import bisect
 import statistics
 from collections.abc import Iterable, Sequence
 
-from benchmarks.measure import Scraper, free_port, percentile, table
-from benchmarks.simulated import scrape_evenly, start_host, stop
+from benchmarks.measure import Scraper, free_port, percentile, table, tcp_congestion_control
+from benchmarks.simulated import reference_server, scrape_evenly, start_host, stop
 
 WARM_CYCLES = 2
 """Cycles let pass before the first scrape: the first reads every domain's XML."""
@@ -62,34 +64,48 @@ def main(argv: Sequence[str] | None = None) -> None:
         for _ in range(WARM_CYCLES):
             starts.next_cpu()
         scraper = Scraper(port)
-        scrapes = scrape_evenly(scraper, child.pid, args.scrapes, args.seconds)
+        scraper.scrape()
+        with reference_server(scraper.last_body) as reference:
+            scrapes = scrape_evenly(scraper, reference, child.pid, args.scrapes, args.seconds)
         scraper.close()
     finally:
         stop(child)
-    latencies = scrapes.latencies
     ms = 1e3
-    print(
-        f"{args.domains} domains, {len(latencies)} scrapes answered of {args.scrapes}: "
-        f"p50 {percentile(latencies, 0.5) * ms:.2f} ms, p99 {percentile(latencies, 0.99) * ms:.2f} ms"
-    )
-    answered = zip(scrapes.sent_at, latencies, strict=True)
-    rows = []
-    for index, step_latencies in place(answered, starts.seen_at, args.step, args.steps).items():
-        since = f"{index * args.step:.2f} s" if index < args.steps else f"{args.steps * args.step:.2f} s on"
-        if not step_latencies:
-            rows.append([since, "0", "-", "-", "0"])
-            continue
-        rows.append(
-            [
-                since,
-                str(len(step_latencies)),
-                f"{statistics.median(step_latencies) * ms:.2f} ms",
-                f"{max(step_latencies) * ms:.2f} ms",
-                str(sum(latency > args.slow for latency in step_latencies)),
-            ]
+    print(f"TCP congestion control {tcp_congestion_control()}")
+    for who, latencies in (("exporter", scrapes.latencies), ("reference", scrapes.reference_latencies)):
+        print(
+            f"{who}: {len(latencies)} scrapes answered of {args.scrapes} at {args.domains} domains: "
+            f"p50 {percentile(latencies, 0.5) * ms:.2f} ms, p99 {percentile(latencies, 0.99) * ms:.2f} ms"
         )
-    headers = ["since the cycle's start", "scrapes", "median", "slowest", f"over {args.slow * ms:g} ms"]
+    exporter = place(
+        zip(scrapes.sent_at, scrapes.latencies, strict=True), starts.seen_at, args.step, args.steps
+    )
+    reference = place(
+        zip(scrapes.reference_sent_at, scrapes.reference_latencies, strict=True),
+        starts.seen_at,
+        args.step,
+        args.steps,
+    )
+    rows = []
+    for index in exporter:
+        since = f"{index * args.step:.2f} s" if index < args.steps else f"{args.steps * args.step:.2f} s on"
+        rows.append([since, *summary(exporter[index], args.slow), *summary(reference[index], args.slow)])
+    slow = f"over {args.slow * ms:g} ms"
+    headers = ["since the cycle's start", "scrapes", "median", "slowest", slow]
+    headers += ["reference: scrapes", "median", "slowest", slow]
     print(table(headers, rows))
+
+
+def summary(latencies: list[float], slow: float) -> list[str]:
+    """How many, their median, the slowest and how many over `slow`, of the latencies of one step."""
+    if not latencies:
+        return ["0", "-", "-", "0"]
+    return [
+        str(len(latencies)),
+        f"{statistics.median(latencies) * 1e3:.2f} ms",
+        f"{max(latencies) * 1e3:.2f} ms",
+        str(sum(latency > slow for latency in latencies)),
+    ]
 
 
 if __name__ == "__main__":

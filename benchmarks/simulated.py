@@ -10,6 +10,9 @@ its own, every sampler on the same interval, and this process measures it from o
   round are in it, and no scrape is (none is sent meanwhile);
 - scrape latency p50 / p99 over many scrapes spread evenly over several cycles, sent the way
   Prometheus sends them, so that the scrapes that coincide with sampling and rendering are counted;
+  and the p99 of as many scrapes of the reference server (reference_server.py), half-way between
+  them: the same HTTP server with the same body in a process that does nothing else, what the
+  machine alone gives at those moments;
 - exposition size (text format, plain and gzipped), series, peak RSS, peak threads;
 - from the exporter's own metrics, read in every `SAMPLED`-th scrape and in the last (after the
   timing, so that reading them costs no scrape anything), the lowest seen of: the share of
@@ -24,15 +27,17 @@ its own, every sampler on the same interval, and this process measures it from o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -45,6 +50,7 @@ from benchmarks.measure import (
     series_count,
     status_value,
     table,
+    tcp_congestion_control,
 )
 from benchmarks.simulated_host import DEFAULT_FROZEN, FROZEN, KINDS, OUTAGE, hangs, name_of
 from libvirt_exporter.cli import parse_config
@@ -65,6 +71,7 @@ HEADERS = (
     "gzip",
     "scrape p50",
     "scrape p99",
+    "reference p99",
     "CPU per cycle",
     "peak RSS",
     "peak threads",
@@ -170,6 +177,7 @@ class Result:
     text_bytes: int
     gzip_bytes: int
     latencies: list[float]
+    reference_latencies: list[float]
     failed_scrapes: int
     cpu_per_cycle: float
     peak_rss_kib: int
@@ -181,9 +189,10 @@ class Result:
             (
                 f"{percentile(self.latencies, 0.5) * 1e3:.2f} ms",
                 f"{percentile(self.latencies, 0.99) * 1e3:.2f} ms",
+                f"{percentile(self.reference_latencies, 0.99) * 1e3:.2f} ms",
             )
             if self.latencies
-            else ("-", "-")
+            else ("-", "-", "-")
         )
         failed = f" ({self.failed_scrapes} failed)" if self.failed_scrapes else ""
         health = self.health
@@ -196,6 +205,7 @@ class Result:
             f"{self.gzip_bytes / 1e6:.3f} MB",
             scrapes[0],
             scrapes[1] + failed,
+            scrapes[2],
             f"{self.cpu_per_cycle:.3f} s",
             f"{self.peak_rss_kib / 1024:.0f} MiB",
             str(self.peak_threads),
@@ -252,30 +262,57 @@ class Scrapes:
     latencies: list[float] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
     """When each answered scrape was sent (`time.monotonic`), in the order of `latencies`."""
+    reference_latencies: list[float] = field(default_factory=list)
+    reference_sent_at: list[float] = field(default_factory=list)
     failed: int = 0
     peak_threads: int = 0
     sampled: list[bytes] = field(default_factory=list)
     """Every SAMPLED-th answer, gzipped as sent."""
 
 
-def scrape_evenly(scraper: Scraper, pid: int, count: int, seconds: float) -> Scrapes:
-    """`count` scrapes spread evenly over `seconds`: their latencies, failures, the peak threads and
-    every SAMPLED-th answer."""
+def scrape_evenly(scraper: Scraper, reference: Scraper, pid: int, count: int, seconds: float) -> Scrapes:
+    """`count` scrapes spread evenly over `seconds`, and as many of the `reference` server half-way
+    between them (right after one, the client would answer it slower, having just run): their
+    latencies, failures, the peak threads and every SAMPLED-th answer."""
     scrapes = Scrapes()
     started = time.monotonic()
-    for index in range(count):
-        time.sleep(max(0.0, started + index * seconds / count - time.monotonic()))
+    for index in range(2 * count):
+        time.sleep(max(0.0, started + index * seconds / count / 2 - time.monotonic()))
         sent_at = time.monotonic()
+        if index % 2:
+            latency = reference.scrape()
+            if latency is None:
+                raise RuntimeError("the reference server failed a scrape")
+            scrapes.reference_latencies.append(latency)
+            scrapes.reference_sent_at.append(sent_at)
+            continue
         latency = scraper.scrape()
         if latency is None:
             scrapes.failed += 1
         else:
             scrapes.latencies.append(latency)
             scrapes.sent_at.append(sent_at)
-            if index % SAMPLED == 0:
+            if index // 2 % SAMPLED == 0:
                 scrapes.sampled.append(scraper.last_body)
         scrapes.peak_threads = max(scrapes.peak_threads, status_value(pid, "Threads"))
     return scrapes
+
+
+@contextlib.contextmanager
+def reference_server(body: bytes) -> Iterator[Scraper]:
+    """A scraper of the reference server (reference_server.py) answering with `body`."""
+    with tempfile.NamedTemporaryFile(prefix="reference-body-") as file:
+        file.write(body)
+        file.flush()
+        command = [sys.executable, "-m", "benchmarks.reference_server", f"--body={file.name}"]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            scraper = Scraper(int(child.stdout.readline()))
+            yield scraper
+            scraper.close()
+        finally:
+            stop(child)
 
 
 def host_flags(scenario: str, args: argparse.Namespace) -> list[str]:
@@ -307,7 +344,11 @@ def measure(domains: int, scenario: str, args: argparse.Namespace) -> Result:
         cpu_per_cycle = (max(starts.next_cpu() for _ in range(args.cycles)) - warm) / args.cycles
         scraper = Scraper(port)
         interval = float(args.interval.removesuffix("s"))
-        scrapes = scrape_evenly(scraper, child.pid, args.scrapes, args.scrape_cycles * interval)
+        scraper.scrape()
+        with reference_server(scraper.last_body) as reference:
+            scrapes = scrape_evenly(
+                scraper, reference, child.pid, args.scrapes, args.scrape_cycles * interval
+            )
         text = scraper.get({})
         gzipped = scraper.get({"Accept-Encoding": "gzip"})
         scraper.close()
@@ -328,6 +369,7 @@ def measure(domains: int, scenario: str, args: argparse.Namespace) -> Result:
         text_bytes=len(text),
         gzip_bytes=len(gzipped),
         latencies=scrapes.latencies,
+        reference_latencies=scrapes.reference_latencies,
         failed_scrapes=scrapes.failed,
         cpu_per_cycle=cpu_per_cycle,
         peak_rss_kib=peak_rss_kib,
@@ -396,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"\n{os.cpu_count()} CPUs; load average {load_before:.1f} at the start, {peak_load:.1f} at most "
         f"after a run, {os.getloadavg()[0]:.1f} at the end; other processes used {others:.2f} CPUs on "
         f"average (steal {(steal - steal_before) / elapsed:.2f}) over the {elapsed:.0f} s; every sampler "
-        f"every {args.interval}, deadline {args.deadline}; --sampler.max-stuck-calls {max_stuck}"
+        f"every {args.interval}, deadline {args.deadline}; --sampler.max-stuck-calls {max_stuck}; "
+        f"TCP congestion control {tcp_congestion_control()}"
     )
 
 

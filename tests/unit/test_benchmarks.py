@@ -4,12 +4,13 @@ holds. The real-libvirt one runs in the integration suite."""
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks.scrape_timeline import place
-from benchmarks.simulated import read_health
+from benchmarks.simulated import read_health, reference_server
 from benchmarks.simulated_host import FROZEN, OUTAGE, STOPPED, hangs, name_of
 
 ROOT = Path(__file__).parents[2]
@@ -85,6 +86,7 @@ def test_the_simulated_benchmark_prints_one_row_per_size_and_scenario() -> None:
     healthy, frozen, half_hung, late = cells
     assert int(healthy["series"]) > int(half_hung["series"]) > 0  # the hung domains' values are missing
     assert healthy["fresh"] == healthy["healthy fresh"] == "100%" and healthy["stuck threads"] == "0"
+    assert all(row["reference p99"].endswith(" ms") for row in cells)  # the reference server answered
     # 15 frozen domains, more than the stuck calls allowed, and nothing shows them hung but calls; and
     # the storage dying under a bulk cycle's calls: the threads stay capped (the values do not stay
     # fresh: see docs/benchmarks.md).
@@ -99,6 +101,12 @@ def test_the_simulated_benchmark_prints_one_row_per_size_and_scenario() -> None:
     assert half_hung["dead storage: bulk fresh"] == "100%" and half_hung["fresh"] == "72%"
     assert int(half_hung["stuck threads"]) <= 2 and half_hung["stuck probes"] == "1"
     assert int(late["stuck threads"]) <= MAX_STUCK_CALLS
+
+
+def test_the_reference_server_answers_every_scrape_with_the_body_it_was_given() -> None:
+    body = gzip.compress(b"# EOF\n")
+    with reference_server(body) as reference:
+        assert [reference.get({"Accept-Encoding": "gzip"}) for _ in range(3)] == [body] * 3
 
 
 def test_scrapes_are_placed_by_their_time_since_their_cycles_start() -> None:
@@ -121,8 +129,12 @@ def test_the_scrape_timeline_places_every_answered_scrape() -> None:
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    summary, header, _, *rows = run.stdout.splitlines()
-    assert summary.startswith("30 domains, 40 scrapes answered of 40: p50 ")
+    congestion, exporter, reference, header, _, *rows = run.stdout.splitlines()
+    assert congestion.startswith("TCP congestion control ")
+    assert exporter.startswith("exporter: 40 scrapes answered of 40 at 30 domains: p50 ")
+    assert reference.startswith("reference: 40 scrapes answered of 40 at 30 domains: p50 ")
     assert header.startswith("| since the cycle's start | scrapes | median | slowest | over 8 ms |")
+    assert "| reference: scrapes | median | slowest | over 8 ms |" in header
     assert [row.split("|")[1].strip() for row in rows] == ["0.00 s", "0.10 s", "0.20 s", "0.30 s on"]
     assert sum(int(row.split("|")[2]) for row in rows) == 40
+    assert sum(int(row.split("|")[6]) for row in rows) == 40
