@@ -100,7 +100,7 @@ class Process:
     def check_running(self) -> None:
         if self.popen.poll() is not None:
             raise RuntimeError(
-                f"{self.popen.args} exited with {self.popen.returncode}:\n{self.log.read_text()}"
+                f"{self.popen.args!r} exited with {self.popen.returncode}:\n{self.log.read_text()}"
             )
 
     def stop(self) -> None:

@@ -77,19 +77,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{who}: {len(latencies)} scrapes answered of {args.scrapes} at {args.domains} domains: "
             f"p50 {percentile(latencies, 0.5) * ms:.2f} ms, p99 {percentile(latencies, 0.99) * ms:.2f} ms"
         )
-    exporter = place(
+    exporter_steps = place(
         zip(scrapes.sent_at, scrapes.latencies, strict=True), starts.seen_at, args.step, args.steps
     )
-    reference = place(
+    reference_steps = place(
         zip(scrapes.reference_sent_at, scrapes.reference_latencies, strict=True),
         starts.seen_at,
         args.step,
         args.steps,
     )
     rows = []
-    for index in exporter:
+    for index, latencies in exporter_steps.items():
         since = f"{index * args.step:.2f} s" if index < args.steps else f"{args.steps * args.step:.2f} s on"
-        rows.append([since, *summary(exporter[index], args.slow), *summary(reference[index], args.slow)])
+        rows.append([since, *summary(latencies, args.slow), *summary(reference_steps[index], args.slow)])
     slow = f"over {args.slow * ms:g} ms"
     headers = ["since the cycle's start", "scrapes", "median", "slowest", slow]
     headers += ["reference: scrapes", "median", "slowest", slow]

@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -41,7 +42,7 @@ MONITOR_GROUPS = (
 IMAGES = "/var/lib/libvirt/images"
 
 
-class FakeLibvirtError(libvirt.libvirtError):
+class FakeLibvirtError(libvirt.libvirtError):  # type: ignore[misc]  # libvirt-python has no type hints
     def __init__(self, message: str, code: int = libvirt.VIR_ERR_INTERNAL_ERROR) -> None:
         super().__init__(message)
         self._code = code
@@ -306,7 +307,7 @@ class FakeVirDomain:
         self._conn.count(self._domain.name, "blockStatsFlags")
         self._conn.enter_monitor(self._domain, "blockStatsFlags")
         counters = self._domain.block_counters()
-        legacy = ("rd_operations", "rd_bytes", "rd_total_times", "wr_operations", "wr_bytes")
+        legacy: tuple[str, ...] = ("rd_operations", "rd_bytes", "rd_total_times", "wr_operations", "wr_bytes")
         legacy += ("wr_total_times", "flush_operations", "flush_total_times")
         return dict(zip(legacy, counters.values(), strict=True))
 
@@ -541,6 +542,16 @@ def _in_event_loop_thread(calls: Callable[[], object]) -> None:
     thread.join()
 
 
+def _run_close_callbacks(conn: FakeConnection) -> None:
+    for callback, opaque in conn.close_callbacks:
+        callback(conn, 1, opaque)
+
+
+def _run_event_callbacks(conn: FakeConnection, domain: FakeVirDomain) -> None:
+    for callback in conn.event_callbacks:
+        callback(conn, domain, 0, 0, None)
+
+
 class FakeHost:
     """A libvirtd with its domains: every connection opened to it sees the same domains, and
     calls are counted across connections."""
@@ -658,13 +669,13 @@ class FakeHost:
         for conn in self.open_connections():
             conn.alive = False
             if close_callbacks:
-                _in_event_loop_thread(lambda c=conn: [cb(c, 1, opaque) for cb, opaque in c.close_callbacks])
+                _in_event_loop_thread(partial(_run_close_callbacks, conn))
 
     def emit_event(self, domain: FakeDomain) -> None:
         """A lifecycle or device event about `domain`, on every open connection."""
         for conn in self.open_connections():
             handle = FakeVirDomain(conn, domain)
-            _in_event_loop_thread(lambda c=conn, h=handle: [cb(c, h, 0, 0, None) for cb in c.event_callbacks])
+            _in_event_loop_thread(partial(_run_event_callbacks, conn, handle))
 
 
 GUEST_INFO: dict[str, Any] = {
