@@ -2,8 +2,8 @@
 
 The exporter's HTTP server (`LimitedServer`, gevent's WSGI server under the exporter's limits), in
 a process that does nothing else, answering every request with the body in FILE as the exporter
-answers a Prometheus scrape (OpenMetrics, gzipped). The benchmarks scrape it right after each scrape
-of the exporter, with the exporter's own last answer as its body: whatever it takes is what the
+answers a Prometheus scrape (OpenMetrics, gzipped). The benchmarks scrape it half-way between two
+scrapes of the exporter, with the exporter's own last answer as its body: whatever it takes is what the
 machine (its load, its scheduler, its hypervisor) gives an HTTP answer at that moment, with no
 sampler and no render holding this process's GIL. The difference between the two is the
 exporter's.

@@ -272,7 +272,7 @@ class Scrapes:
 
 def scrape_evenly(scraper: Scraper, reference: Scraper, pid: int, count: int, seconds: float) -> Scrapes:
     """`count` scrapes spread evenly over `seconds`, and as many of the `reference` server half-way
-    between them (right after one, the client would answer it slower, having just run): their
+    between them (right after one, the client, having just run, would time it slower): their
     latencies, failures, the peak threads and every SAMPLED-th answer."""
     scrapes = Scrapes()
     started = time.monotonic()
