@@ -77,6 +77,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def with_children(pid: int) -> list[int]:
+    """A process and its live children: our exporter and its front process, which answers HTTP.
+    What either costs the host is the exporter's."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return [pid, *(int(child) for task in tasks for child in (task / "children").read_text().split())]
+
+
 def machine_cpu_seconds() -> tuple[float, float]:
     """CPU time the machine's CPUs have spent busy since boot (user, nice, system, irq, softirq) and
     the time the hypervisor gave to others (steal), from /proc/stat: with what this process and its

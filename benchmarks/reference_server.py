@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from libvirt_exporter.config import WebLimits
-from libvirt_exporter.exposition import OPENMETRICS_CONTENT_TYPE
 from libvirt_exporter.http_server import LimitedServer
+from libvirt_exporter.served import OPENMETRICS_CONTENT_TYPE
 
 
 def static_app(body: bytes) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:

@@ -22,11 +22,12 @@ is counted against the exporter.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
-import time
 from collections.abc import Callable, Sequence
 
+from benchmarks.measure import cpu_seconds, with_children
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.cli import DISK_INTERVALS, SAMPLER_DEFAULTS, parse_config
 from libvirt_exporter.config import parse_duration
@@ -107,8 +108,12 @@ def sizes_interval(interval: str) -> float:
 
 
 def report_cycle_starts(run_cycle: Callable[[], None]) -> Callable[[], None]:
+    """Print the CPU time the exporter's processes (ours and its front) have used at each cycle's
+    start."""
+
     def reported() -> None:
-        print(f"cycle {time.process_time():.6f}", flush=True)
+        used = sum(cpu_seconds(pid) for pid in with_children(os.getpid()))
+        print(f"cycle {used:.6f}", flush=True)
         run_cycle()
 
     return reported
@@ -151,8 +156,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for setting, value in (("interval", args.interval), ("deadline", args.deadline))
     ]
     samplers.append(f"--sampler.block_info.interval={sizes_interval(args.interval):g}s")
-    config, _ = parse_config([f"--web.listen-address=127.0.0.1:{args.port}", *samplers, *exporter_flags])
-    setup_logging("error", "logfmt")  # hung domains would log a warning per call
+    listen = f"--web.listen-address=127.0.0.1:{args.port}"
+    quiet = "--log.level=error"  # hung domains would log a warning per call
+    config, _ = parse_config([listen, quiet, *samplers, *exporter_flags])
+    setup_logging(config.log_level, config.log_format)
     hung = hangs(args.domains, args.hung_every, args.half_hung, args.frozen)
     host = simulated_host(args.domains, hung, outage_now=not args.late_outage)
     exporter = Exporter(config, opener=host.open, host=host)

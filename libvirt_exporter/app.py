@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import gc
 import signal
+import socket
 import sys
 from dataclasses import replace
 from functools import partial
 
 import gevent
+import gevent.event
+from gevent.baseserver import parse_address
+from gevent.server import StreamServer
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from libvirt_exporter import status_page
@@ -20,8 +24,8 @@ from libvirt_exporter.config import Config
 from libvirt_exporter.connection import DomainsChanged, MainConnection, Opener
 from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Snapshot, TakenState
+from libvirt_exporter.front_link import Front, FrontEnded
 from libvirt_exporter.host import HostAccess, LocalHost
-from libvirt_exporter.http import make_server
 from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.lanes import Dispatcher
 from libvirt_exporter.libvirt_client import open_read_only, open_read_write
@@ -37,9 +41,11 @@ from libvirt_exporter.samplers.job import JobSampler
 from libvirt_exporter.samplers.storage import StorageSampler
 from libvirt_exporter.samplers.storage_pool import StoragePoolSampler
 from libvirt_exporter.store import Store
-from libvirt_exporter.web_config import load_web_config
 
 log = get_logger(__name__)
+
+FRONT_NAMESPACE = "libvirt_exporter_front"
+"""The front process's `process_*` families are named `libvirt_exporter_front_process_*`."""
 
 SWITCH_INTERVAL = 0.001
 """Seconds the hub, when it wants the GIL, waits before the thread holding it must let it go
@@ -47,9 +53,10 @@ SWITCH_INTERVAL = 0.001
 
 
 def _favour_the_hub() -> None:
-    """Scrapes are answered on the hub, while the threads of the render and of the calls (which
-    split libvirt's answers in Python) hold the GIL for long stretches, and a scrape needs it
-    several times: the hub gets it back within SWITCH_INTERVAL. A garbage collection holds it
+    """The hub hands each render to the front, answers its status page requests and times every
+    call's deadline, while the threads of the render and of the calls (which split libvirt's
+    answers in Python) hold the GIL for long stretches: the hub gets it back within
+    SWITCH_INTERVAL. A garbage collection holds it
     throughout, so what lives as long as the process (modules, classes, functions) is left out of
     the collector's passes (what each bought: docs/benchmarks.md)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -122,6 +129,9 @@ class Exporter:
         )
         process = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=process)
+        self._front_pid = 0
+        """The front process's, once started: its `process_*` families come with ours."""
+        ProcessCollector(FRONT_NAMESPACE, pid=lambda: self._front_pid, registry=process)
         self.collector = SnapshotCollector(self.view)
         self.snapshot = Snapshot(self.take_state, process)
         self._greenlets: list[gevent.Greenlet] = []
@@ -157,26 +167,27 @@ class Exporter:
         gevent.killall(self._greenlets)
 
     def serve_forever(self) -> None:
-        web_config = load_web_config(self.config.web_config_file) if self.config.web_config_file else None
-        server = make_server(
-            self.config.listen_host,
-            self.config.listen_port,
-            self.snapshot,
-            self.config.telemetry_path,
-            web_config,
-            self.config.web,
-        )
-        _favour_the_hub()
-        server.start()  # bind first: a port in use fails before any sampling starts
+        """Listen, start the front process that answers on that socket (front.py), sample, and hand
+        the front each exposition, until SIGTERM. Raises FrontEnded if the front ends first."""
+        listener = listen(self.config.listen_host, self.config.listen_port)
+        _favour_the_hub()  # before the front starts: its process has nothing of ours to collect
+        front = Front.start(listener, self.config)  # bound first: a port in use fails before sampling
+        port = listener.getsockname()[1]
+        listener.close()  # the front holds it
+        self._front_pid = front.pid
         self.start()
-        log.info(
-            "listening",
-            address=f"{self.config.listen_host}:{server.server_port}",
-        )
-        gevent.signal_handler(signal.SIGTERM, server.stop)  # exit cleanly when systemd stops us
+        log.info("listening", address=f"{self.config.listen_host}:{port}", front_pid=front.pid)
+        follower = gevent.spawn(front.follow, self.snapshot)
+        answerer = gevent.spawn(front.answer, self.snapshot)
+        stopping = gevent.event.Event()
+        gevent.signal_handler(signal.SIGTERM, stopping.set)  # exit cleanly when systemd stops us
         gevent.signal_handler(signal.SIGUSR1, log_greenlets)
-        server.serve_forever()
+        gevent.wait([stopping, answerer], count=1)
+        gevent.killall([follower, answerer])
         self.stop()
+        front.stop()
+        if not stopping.is_set():
+            raise FrontEnded(f"the front process (which answers HTTP) ended: {front.how_it_ended()}")
 
     def follow_changes(self) -> None:
         """Act on what the main connection reports, in a greenlet of its own: show a lost or new
@@ -200,6 +211,13 @@ class Exporter:
         """A survey outside the rounds (after an event, a reconnect, at start-up)."""
         self.basic.refresh()
         self.publish()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host` (a name, an IPv4 or an IPv6 address) and `port`."""
+    family, address = parse_address((host, port))
+    listener: socket.socket = StreamServer.get_listener(address, family=family)
+    return listener
 
 
 def log_greenlets() -> None:

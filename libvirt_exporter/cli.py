@@ -263,6 +263,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Na
             web=_web_limits(args),
             metadata=tuple(field for flag in args.metadata for field in parse_metadata_flag(flag)),
             guest_uri=args.guest_uri,
+            log_level=args.log_level,
+            log_format=args.log_format,
         )
         if config.web_config_file:
             load_web_config(config.web_config_file)  # a file that cannot work stops us here
@@ -304,9 +306,10 @@ def _web_limits(args: argparse.Namespace) -> WebLimits:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(config.log_level, config.log_format)
     warn_of_retired_flags(args)
     from libvirt_exporter.app import Exporter  # imports gevent and libvirt only once flags are good
+    from libvirt_exporter.front_link import FrontEnded
 
     log.info("starting libvirt-exporter", version=__version__, uri=config.libvirt_uri)
     if config.libvirt_uri.startswith("test://"):
@@ -318,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"libvirt-exporter: error: cannot listen on {args.listen_address}: {error.strerror}",
             file=sys.stderr,
         )
+        return 1
+    except FrontEnded as error:
+        print(f"libvirt-exporter: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

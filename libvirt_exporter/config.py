@@ -232,6 +232,8 @@ class Config:
     guest_uri: str = ""
     """Where the guest sampler opens its read-write lanes (`--sampler.guest.uri`); empty: the
     libvirt URI."""
+    log_level: str = "info"
+    log_format: str = "logfmt"
 
     def __post_init__(self) -> None:
         check_metadata_labels(self.metadata)

@@ -1,10 +1,11 @@
-"""The snapshot that scrapes are answered from: rendered once per refresh, in both formats, gzipped.
+"""The snapshot that scrapes are answered from: rendered once per refresh, in both formats, gzipped,
+and handed to the front process (front_link.py), which answers them.
 
 A scrape only picks bytes. Rendering (the per-domain Python work) happens after each sampling
 cycle, so a scrape costs the same whatever the number of domains, and nothing a scrape does can
 wait on libvirt. The state is taken in the hub, where no greenlet changes it meanwhile, as copies of
 references (collector/view.py); collecting, formatting and compressing the families, the costly
-part, runs in a thread so that the hub answers scrapes meanwhile.
+part, runs in a thread so that the hub times the calls' deadlines meanwhile.
 
 The formatting is done here rather than by prometheus_client, which costs several times the CPU
 (docs/benchmarks.md): a sample's line is the same in both formats, so it is formatted once, and each
@@ -18,69 +19,20 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import gevent
 from gevent.event import Event
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
+from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
 from libvirt_exporter.collector.families import Families, Kind, Spec
-
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-def wants_openmetrics(accept_header: str) -> bool:
-    """Whether prometheus_client would answer this Accept header in OpenMetrics: it takes the
-    first type it serves in the header's order (Prometheus lists them by preference), OpenMetrics
-    from version 1.0.0 on, plain text otherwise. It ignores q-values, so a type refused with q=0 is
-    struck out first. The content types sent stay ours: the formatter writes no escaping variant."""
-    _, content_type = choose_encoder(_acceptable(accept_header))
-    return content_type.startswith("application/openmetrics-text")
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """prometheus_client's rule (`gzip` listed), less a `gzip;q=0`, which refuses it."""
-    return gzip_accepted(_acceptable(accept_encoding))
-
-
-def _acceptable(header: str) -> str:
-    """The header without the entries whose q-value is 0: RFC 9110 calls them "not acceptable"."""
-    return ",".join(entry for entry in header.split(",") if not _refused(entry))
-
-
-def _refused(entry: str) -> bool:
-    for parameter in entry.split(";")[1:]:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                return float(value.strip()) == 0
-            except ValueError:
-                return False
-    return False
-
+from libvirt_exporter.served import GZIP_WBITS, Exposition
 
 GZIP_LEVEL = 1
 """Exposition text repeats itself: the fastest level compresses it well enough (docs/benchmarks.md)."""
-GZIP_WBITS = 16 + zlib.MAX_WBITS
-"""zlib's window size, with gzip's framing."""
-
-
-@dataclass(frozen=True)
-class Exposition:
-    """One rendered snapshot, in both formats, gzipped: what Prometheus asks for. The plain text is
-    about twenty times its gzipped size, so a snapshot holds only the gzipped bodies; a plain answer
-    is unzipped part by part as the client reads it (http.py)."""
-
-    text_gzipped: bytes
-    openmetrics_gzipped: bytes
-    text_size: int
-    openmetrics_size: int
-    status_page: LazyPage = field(default_factory=lambda: LazyPage(lambda: b""))
-    """The status page (status_page.py) of the same state."""
 
 
 class LazyPage:
@@ -98,9 +50,14 @@ class LazyPage:
         self._size = 0
 
     def gzipped(self) -> tuple[bytes, int]:
-        """The page gzipped, and its plain size. Call it in a thread of its own: the first call
-        renders the page, which holds the GIL for as long as it runs (a few tens of milliseconds
-        at 2,000 domains)."""
+        """The first call renders the page in a thread: rendering holds the GIL for as long as it
+        runs (a few tens of milliseconds at 2,000 domains), and the hub must not wait that long."""
+        if self._render is None:
+            return self._gzipped, self._size
+        result: tuple[bytes, int] = gevent.get_hub().threadpool.spawn(self._rendered).get()
+        return result
+
+    def _rendered(self) -> tuple[bytes, int]:
         with self._lock:
             if self._render is not None:
                 page = _Gzip()
@@ -241,7 +198,15 @@ class Snapshot:
         self._renderer = Renderer()
         self._rendering: Event | None = None
         self._again = False
+        self._published = Event()
         self.current = self._render(freeze())
+
+    def newer_than(self, exposition: Exposition | None) -> Exposition:
+        """The current exposition once it is not `exposition`: waits (in a greenlet) for a publish.
+        Publishes that come meanwhile are skipped to the last one."""
+        while self.current is exposition:
+            self._published.wait()
+        return self.current
 
     def publish(self) -> None:
         """Render the state as it is now; return once the snapshot served includes it.
@@ -259,6 +224,8 @@ class Snapshot:
                 self._again = False
                 taken = self._freeze()
                 self.current = gevent.get_hub().threadpool.spawn(self._render, taken).get()
+                published, self._published = self._published, Event()
+                published.set()
         finally:
             self._rendering.set()
             self._rendering = None

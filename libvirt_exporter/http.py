@@ -7,6 +7,7 @@ holds a whole plain body per client and never lets authentication starve renderi
 
 from __future__ import annotations
 
+import socket
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -17,16 +18,16 @@ from gevent.pywsgi import WSGIServer
 
 from libvirt_exporter.basic_auth import BasicAuth, Verdict
 from libvirt_exporter.config import WebLimits
-from libvirt_exporter.exposition import (
+from libvirt_exporter.http_server import LimitedServer
+from libvirt_exporter.served import (
     GZIP_WBITS,
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     Exposition,
-    Snapshot,
+    Served,
     accepts_gzip,
     wants_openmetrics,
 )
-from libvirt_exporter.http_server import LimitedServer
 from libvirt_exporter.web_config import WebConfig
 
 StartResponse = Callable[..., Any]
@@ -66,7 +67,7 @@ _NOT_FOUND = Answer.whole("404 Not Found", _PLAIN, b"not found\n")
 _NOT_ALLOWED = Answer.whole("405 Method Not Allowed", _PLAIN, b"method not allowed\n", ("Allow", "GET, HEAD"))
 
 
-def make_app(snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | None = None) -> App:
+def make_app(snapshot: Served, telemetry_path: str, web_config: WebConfig | None = None) -> App:
     web_config = web_config or WebConfig()
     route = _router(snapshot, telemetry_path)
     auth = BasicAuth(web_config.users)
@@ -96,7 +97,7 @@ def make_app(snapshot: Snapshot, telemetry_path: str, web_config: WebConfig | No
     return app
 
 
-def _router(snapshot: Snapshot, telemetry_path: str) -> Callable[[dict[str, Any]], Answer]:
+def _router(snapshot: Served, telemetry_path: str) -> Callable[[dict[str, Any]], Answer]:
     def route(environ: dict[str, Any]) -> Answer:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
         if path not in (telemetry_path, "/"):
@@ -111,9 +112,8 @@ def _router(snapshot: Snapshot, telemetry_path: str) -> Callable[[dict[str, Any]
 
 
 def _status_page(exposition: Exposition, environ: dict[str, Any]) -> Answer:
-    """The status page of the snapshot (status_page.py), rendered in a thread by the first request
-    for it: it never calls libvirt either."""
-    zipped, size = gevent.get_hub().threadpool.spawn(exposition.status_page.gzipped).get()
+    """The status page of the snapshot (status_page.py): it never calls libvirt either."""
+    zipped, size = exposition.status_page.gzipped()
     return _body(_HTML, zipped, size, environ, ("Vary", "Accept-Encoding"), ("Cache-Control", "no-cache"))
 
 
@@ -155,14 +155,14 @@ def _inflated(zipped: bytes) -> Iterator[bytes]:
 
 
 def make_server(
-    host: str,
-    port: int,
-    snapshot: Snapshot,
+    listener: socket.socket | tuple[str, int],
+    snapshot: Served,
     telemetry_path: str,
     web_config: WebConfig | None = None,
     limits: WebLimits | None = None,
 ) -> WSGIServer:
-    """The server of the app, with TLS when the web config has it, under `limits` (the flags')."""
+    """The server of the app on `listener` (a bound socket, or an address to bind), with TLS when
+    the web config has it, under `limits` (the flags')."""
     app = make_app(snapshot, telemetry_path, web_config)
     ssl_context = web_config.ssl_context if web_config else None
-    return LimitedServer((host, port), app, limits or WebLimits(), ssl_context)
+    return LimitedServer(listener, app, limits or WebLimits(), ssl_context)

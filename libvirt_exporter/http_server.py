@@ -144,12 +144,16 @@ class LimitedServer(WSGIServer):  # type: ignore[misc]
     """
 
     def __init__(
-        self, address: tuple[str, int], app: Any, limits: WebLimits, ssl_context: ssl.SSLContext | None
+        self,
+        listener: socket.socket | tuple[str, int],
+        app: Any,
+        limits: WebLimits,
+        ssl_context: ssl.SSLContext | None,
     ) -> None:
         tls: dict[str, Any] = {}
         if ssl_context is not None:
             tls = {"ssl_context": ssl_context, "do_handshake_on_connect": False}
-        super().__init__(address, app, log=None, error_log=log.logger, handler_class=_Handler, **tls)
+        super().__init__(listener, app, log=None, error_log=log.logger, handler_class=_Handler, **tls)
         self.limits = limits
         self.open_connections = 0
         self.waiting: dict[_Handler, None] = {}

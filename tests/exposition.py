@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 
 from libvirt_exporter.collector.families import Families, Kind
-from libvirt_exporter.exposition import Exposition
+from libvirt_exporter.served import Exposition
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -6,7 +6,7 @@ import gzip
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
-from libvirt_exporter.exposition import Exposition
+from libvirt_exporter.served import Exposition
 
 
 @dataclass

@@ -31,7 +31,9 @@ device add `device` (its target name, such as `vda` or `vnet0`), and those about
 series on `domain`. A field that libvirt or the guest does not report yields no series, never a
 made-up 0. Counters are listed under the name they are exposed with, ending in `_total`.
 
-Besides these, the exporter serves the `process_*` families of its own process.
+Besides these, the exporter serves the `process_*` families of its own process, and the same of
+its front process (the one that answers HTTP, docs/architecture.md) as
+`libvirt_exporter_front_process_*`.
 
 In the tables, *unit* follows from the family's name, and *source* is the libvirt stats field or
 API call the value comes from.

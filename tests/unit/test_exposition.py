@@ -21,8 +21,9 @@ from libvirt_exporter.collector import SnapshotCollector
 from libvirt_exporter.collector.families import Families, gauge
 from libvirt_exporter.config import COLLECTOR_DEFAULTS, SamplerConfig
 from libvirt_exporter.cycle import Rounds, run_forever
-from libvirt_exporter.exposition import Exposition, Renderer
+from libvirt_exporter.exposition import Renderer
 from libvirt_exporter.samplers import SamplerName
+from libvirt_exporter.served import Exposition
 from libvirt_exporter.store import Sample, Store
 from tests.exposition import as_prometheus_client_metrics, plain_openmetrics, plain_text
 from tests.unit.conftest import Harness, make_config, parse, value, wait_for

@@ -56,7 +56,7 @@ class Running:
 @pytest.fixture
 def running(fake_host: FakeHost) -> Iterator[Running]:
     exporter = Exporter(make_config(deadline=0.2, interval=0.3), opener=fake_host.open)
-    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics")
+    server = make_server(("127.0.0.1", 0), exporter.snapshot, "/metrics")
     server.start()
     exporter.start()
     yield Running(exporter, f"http://127.0.0.1:{server.server_port}")
@@ -120,7 +120,7 @@ def test_answers_go_out_without_waiting_for_the_clients_ack(fake_host: FakeHost)
     """gevent writes an answer's head and body in two sends; with Nagle's algorithm on, every scrape
     on a kept-alive connection but the first would wait for the client's delayed ACK (40 ms)."""
     exporter = Exporter(make_config(), opener=fake_host.open)
-    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics")
+    server = make_server(("127.0.0.1", 0), exporter.snapshot, "/metrics")
     nodelay: list[int] = []
 
     class Spy(server.handler_class):  # type: ignore[name-defined,misc]

@@ -32,7 +32,7 @@ HEAD_TIMEOUT = 1.0  # seconds, instead of the default minute, so that tests see 
 def port() -> Iterator[int]:
     exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
     server = make_server(
-        "127.0.0.1", 0, exporter.snapshot, "/metrics", limits=WebLimits(read_timeout=HEAD_TIMEOUT)
+        ("127.0.0.1", 0), exporter.snapshot, "/metrics", limits=WebLimits(read_timeout=HEAD_TIMEOUT)
     )
     server.start()
     yield server.server_port

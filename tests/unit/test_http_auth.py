@@ -66,7 +66,7 @@ def protected(web_config: Path) -> Iterator[Protected]:
     exporter = Exporter(
         make_config(deadline=0.2, interval=INTERVAL), opener=FakeHost([FakeDomain("a", 1)]).open
     )
-    server = make_server("127.0.0.1", 0, exporter.snapshot, "/metrics", load_web_config(str(web_config)))
+    server = make_server(("127.0.0.1", 0), exporter.snapshot, "/metrics", load_web_config(str(web_config)))
     server.start()
     exporter.start()
     yield Protected(exporter, server.server_port)

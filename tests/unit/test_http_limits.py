@@ -23,9 +23,9 @@ import pytest
 
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.config import WebLimits
-from libvirt_exporter.exposition import GZIP_WBITS, Exposition
 from libvirt_exporter.http import make_server
 from libvirt_exporter.http_server import LimitedServer
+from libvirt_exporter.served import GZIP_WBITS, Exposition
 from tests.unit.conftest import make_config, wait_for
 from tests.unit.fake_libvirt import FakeDomain, FakeHost
 
@@ -64,7 +64,7 @@ def serve() -> Iterator[Callable[..., LimitedServer]]:
     servers: list[LimitedServer] = []
 
     def start(snapshot: object, limits: WebLimits) -> LimitedServer:
-        server = make_server("127.0.0.1", 0, snapshot, "/metrics", None, limits)  # type: ignore[arg-type]
+        server = make_server(("127.0.0.1", 0), snapshot, "/metrics", None, limits)  # type: ignore[arg-type]
         server.start()
         servers.append(server)
         return server  # type: ignore[return-value]

@@ -106,7 +106,7 @@ def test_names_from_libvirt_are_escaped_and_the_page_runs_no_script() -> None:
 def test_a_request_for_the_page_sends_no_call_to_libvirt(host: FakeHost) -> None:
     harness = Harness(host, make_config())
     round_of(harness)
-    server = make_server("127.0.0.1", 0, harness.exporter.snapshot, "/metrics")
+    server = make_server(("127.0.0.1", 0), harness.exporter.snapshot, "/metrics")
     server.start()
     try:
         calls_before = sum(host.calls.values())

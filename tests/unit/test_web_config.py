@@ -108,8 +108,7 @@ def serve(pki: Path) -> Iterator[Serve]:
     def start(config_body: str, limits: WebLimits | None = None) -> Served:
         exporter = Exporter(make_config(), opener=FakeHost([FakeDomain("a", 1)]).open)
         server = make_server(
-            "127.0.0.1",
-            0,
+            ("127.0.0.1", 0),
             exporter.snapshot,
             "/metrics",
             load_web_config(str(write_config(pki, config_body))),
