@@ -169,9 +169,9 @@ class Exporter:
     def serve_forever(self) -> None:
         """Listen, start the front process that answers on that socket (front.py), sample, and hand
         the front each exposition, until SIGTERM. Raises FrontEnded if the front ends first."""
-        listener = listen(self.config.listen_host, self.config.listen_port)
-        _favour_the_hub()  # before the front starts: its process has nothing of ours to collect
-        front = Front.start(listener, self.config)  # bound first: a port in use fails before sampling
+        listener = listen(self.config.listen_host, self.config.listen_port)  # a port in use fails here
+        _favour_the_hub()
+        front = Front.start(listener, self.config)
         port = listener.getsockname()[1]
         listener.close()  # the front holds it
         self._front_pid = front.pid

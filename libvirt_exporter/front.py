@@ -96,7 +96,8 @@ class HandedOver:
 
     def __init__(self, channel: Channel, first: Exposition) -> None:
         self.pages = StatusPages(channel)
-        self.current = replace(first, status_page=self.pages)
+        self.current: Exposition
+        self.take(first)
 
     def take(self, exposition: Exposition) -> None:
         self.current = replace(exposition, status_page=self.pages)

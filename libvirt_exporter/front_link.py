@@ -24,7 +24,6 @@ STOP_TIMEOUT = 5.0
 """Seconds the front has to end once the channel is closed (it closes its connections within one)
 before it is killed."""
 
-
 _THIS_INTERPRETER = "/proc/self/exe"
 """The front runs this process's interpreter, reached through the kernel's link to it: the path it
 was started by may not resolve for the user it runs as (a virtualenv's link into root's home, for
