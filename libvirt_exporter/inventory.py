@@ -123,7 +123,8 @@ def _survey(
     metadata: tuple[MetadataField, ...],
 ) -> list[_Surveyed]:
     """Runs in a pool thread, and builds each domain's entry there, XML parsed and disks placed on
-    their storages: the hub only swaps the new entries in, so that scrapes do not wait for it.
+    their storages: the hub only swaps the new entries in, so that the deadlines it times and the
+    hand-over to the front do not wait for it.
     `known` holds the descriptions read so far; `checked` what the host was found to give."""
     mount_points = host.mount_points()
     surveyed = []

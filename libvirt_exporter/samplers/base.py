@@ -26,9 +26,9 @@ Read = Callable[[Lane], Any]
 SENDERS_AT_ONCE = 16
 """Greenlets that send a cycle's calls, one subject after another: the calls run a few at a time
 anyway (`--sampler.max-concurrent-calls`), and a greenlet per subject, all started at once, held
-the hub for milliseconds at each cycle's start at 500 domains, which scrapes waited for
-(docs/benchmarks.md). Each waits at most a deadline for its subject's call, so the cycle still
-ends."""
+the hub for milliseconds at each cycle's start at 500 domains, which the calls' deadlines (timed
+on the hub) waited for (docs/benchmarks.md). Each waits at most a deadline for its subject's
+call, so the cycle still ends."""
 
 
 def read_domain_stats(domain: Any, groups: int, lane: Lane) -> Mapping[str, Any]:

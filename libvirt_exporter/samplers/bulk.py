@@ -81,7 +81,8 @@ def stat_groups(collectors: frozenset[str]) -> int:
 @dataclass(frozen=True)
 class Answer:
     """One domain's answer to a call, split by the sampler whose values each part is, in the call's
-    thread: split on the hub, 500 domains' keys held it for milliseconds, which scrapes waited for."""
+    thread: split on the hub, 500 domains' keys held it for milliseconds, which everything on the hub
+    (the calls' deadlines among it) waited for."""
 
     own: Mapping[str, Any]
     """This sampler's groups."""
