@@ -251,13 +251,17 @@ def test_under_systemd_the_hardened_unit_serves_the_vm(systemd: SystemdContainer
     body = systemd.fetch(url)
     assert body is not None
     assert (value(parse(body), "process_resident_memory_bytes") or 0) > 0  # /proc is readable enough
+    assert (value(parse(body), "libvirt_exporter_front_process_resident_memory_bytes") or 0) > 0
 
     main_pid = systemd.run(
         "systemctl", "show", "--property=MainPID", "--value", UNIT_PATH.name
     ).stdout.strip()
-    service, init = proc_status(systemd, main_pid), proc_status(systemd, "1")
-    assert service["Uid"].split() == [str(pwd.getpwnam(USER).pw_uid)] * 4
-    assert service["NoNewPrivs"] == "1"
-    assert int(service["CapBnd"], 16) == 0 != int(init["CapBnd"], 16)
-    # nspawn filters the container's system calls already; the unit adds filters of its own.
-    assert int(service["Seccomp_filters"]) > int(init["Seccomp_filters"])
+    (front_pid,) = systemd.run("cat", f"/proc/{main_pid}/task/{main_pid}/children").stdout.split()
+    init = proc_status(systemd, "1")
+    for pid in (main_pid, front_pid):  # the front, which answers HTTP, is in the same sandbox
+        service = proc_status(systemd, pid)
+        assert service["Uid"].split() == [str(pwd.getpwnam(USER).pw_uid)] * 4
+        assert service["NoNewPrivs"] == "1"
+        assert int(service["CapBnd"], 16) == 0 != int(init["CapBnd"], 16)
+        # nspawn filters the container's system calls already; the unit adds filters of its own.
+        assert int(service["Seccomp_filters"]) > int(init["Seccomp_filters"])
