@@ -77,9 +77,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
-def with_children(pid: int) -> list[int]:
-    """A process and its live children: our exporter and its front process, which answers HTTP.
-    What either costs the host is the exporter's."""
+def cpu_seconds_with_children(pid: int) -> float:
+    """`cpu_seconds` of a process and its live children: our exporter and its front process, which
+    answers HTTP. What either costs the host is the exporter's."""
+    return sum(cpu_seconds(each) for each in _with_children(pid))
+
+
+def status_value_with_children(pid: int, key: str) -> int:
+    """`status_value` summed over a process and its live children (see above)."""
+    return sum(status_value(each, key) for each in _with_children(pid))
+
+
+def _with_children(pid: int) -> list[int]:
     tasks = Path(f"/proc/{pid}/task").iterdir()
     return [pid, *(int(child) for task in tasks for child in (task / "children").read_text().split())]
 

@@ -39,12 +39,12 @@ import libvirt
 from benchmarks.measure import (
     Scraper,
     cpu_seconds,
+    cpu_seconds_with_children,
     free_port,
     percentile,
     series_count,
-    status_value,
+    status_value_with_children,
     table,
-    with_children,
 )
 from tests.integration.vms import (
     TinyVM,
@@ -218,23 +218,14 @@ class HostCpu:
         return self.exporter + self.libvirtd
 
 
-def exporter_cpu(process: Process) -> float:
-    return sum(cpu_seconds(pid) for pid in with_children(process.pid))
-
-
-def exporter_status(process: Process, key: str) -> int:
-    """A figure of /proc/<pid>/status summed over the exporter's processes."""
-    return sum(status_value(pid, key) for pid in with_children(process.pid))
-
-
 def cpu_per_interval(process: Process, args: argparse.Namespace, idle_rate: float) -> HostCpu:
     """The exporter's and libvirtd's CPU over `args.cycles` intervals, scraped once in each, as
     Prometheus does, divided by their number; libvirtd's idle CPU taken off."""
     window = args.cycles * args.interval
-    exporter_before, libvirtd_before = exporter_cpu(process), libvirtd_cpu()
+    exporter_before, libvirtd_before = cpu_seconds_with_children(process.pid), libvirtd_cpu()
     scrape_for(process, args.cycles, window, spaced=True)
     return HostCpu(
-        exporter=(exporter_cpu(process) - exporter_before) / args.cycles,
+        exporter=(cpu_seconds_with_children(process.pid) - exporter_before) / args.cycles,
         libvirtd=(libvirtd_cpu() - libvirtd_before - idle_rate * window) / args.cycles,
     )
 
@@ -254,8 +245,8 @@ def measure_ours(
             latencies=[r for r in results if r is not None],
             exporter_cpu_per_interval=host.exporter,
             libvirtd_cpu_per_interval=host.libvirtd,
-            peak_rss_kib=exporter_status(process, "VmHWM"),
-            threads=exporter_status(process, "Threads"),
+            peak_rss_kib=status_value_with_children(process.pid, "VmHWM"),
+            threads=status_value_with_children(process.pid, "Threads"),
             series=series_count(scrape_text(process)),
         )
 
@@ -269,8 +260,8 @@ def measure_debians(workdir: Path, args: argparse.Namespace, idle_rate: float) -
             latencies=[r for r in results if r is not None],
             exporter_cpu_per_interval=host.exporter,
             libvirtd_cpu_per_interval=host.libvirtd,
-            peak_rss_kib=exporter_status(process, "VmHWM"),
-            threads=exporter_status(process, "Threads"),
+            peak_rss_kib=status_value_with_children(process.pid, "VmHWM"),
+            threads=status_value_with_children(process.pid, "Threads"),
             series=series_count(scrape_text(process)),
         )
 

@@ -49,9 +49,9 @@ from benchmarks.measure import (
     percentile,
     series_count,
     status_value,
+    status_value_with_children,
     table,
     tcp_congestion_control,
-    with_children,
 )
 from benchmarks.simulated_host import DEFAULT_FROZEN, FROZEN, KINDS, OUTAGE, hangs, name_of
 from libvirt_exporter.cli import parse_config
@@ -353,7 +353,7 @@ def measure(domains: int, scenario: str, args: argparse.Namespace) -> Result:
         text = scraper.get({})
         gzipped = scraper.get({"Accept-Encoding": "gzip"})
         scraper.close()
-        peak_rss_kib = sum(status_value(pid, "VmHWM") for pid in with_children(child.pid))
+        peak_rss_kib = status_value_with_children(child.pid, "VmHWM")
     finally:
         stop(child)
     hung = scenario_hangs(scenario, domains, args)

@@ -27,7 +27,7 @@ import random
 import sys
 from collections.abc import Callable, Sequence
 
-from benchmarks.measure import cpu_seconds, with_children
+from benchmarks.measure import cpu_seconds_with_children
 from libvirt_exporter.app import Exporter
 from libvirt_exporter.cli import DISK_INTERVALS, SAMPLER_DEFAULTS, parse_config
 from libvirt_exporter.config import parse_duration
@@ -112,8 +112,7 @@ def report_cycle_starts(run_cycle: Callable[[], None]) -> Callable[[], None]:
     start."""
 
     def reported() -> None:
-        used = sum(cpu_seconds(pid) for pid in with_children(os.getpid()))
-        print(f"cycle {used:.6f}", flush=True)
+        print(f"cycle {cpu_seconds_with_children(os.getpid()):.6f}", flush=True)
         run_cycle()
 
     return reported
