@@ -83,17 +83,17 @@ class Channel:
                 return
             yield _decoded(_Kind(kind), body)
 
-    def _read(self, length: int) -> bytes | None:
-        """`length` bytes, or None if the other end closed first."""
-        buffer = bytearray(length)
-        view = memoryview(buffer)
+    def _read(self, length: int) -> memoryview | None:
+        """`length` bytes, or None if the other end closed first. A view, not a copy: the parts a
+        message keeps are copied out of it once (`_decoded`)."""
+        view = memoryview(bytearray(length))
         received = 0
         while received < length:
             count = self._socket.recv_into(view[received:])
             if count == 0:
                 return None
             received += count
-        return bytes(buffer)
+        return view
 
 
 def _encoded(message: Message) -> tuple[_Kind, tuple[bytes, ...]]:
@@ -106,13 +106,13 @@ def _encoded(message: Message) -> tuple[_Kind, tuple[bytes, ...]]:
     return _Kind.PAGE, (_PAGE.pack(message.number, message.size), message.gzipped)
 
 
-def _decoded(kind: _Kind, body: bytes) -> Message:
+def _decoded(kind: _Kind, body: memoryview) -> Message:
     if kind is _Kind.EXPOSITION:
         text_length, openmetrics_length, text_size, openmetrics_size = _SIZES.unpack_from(body)
         text_end = _SIZES.size + text_length
-        openmetrics = body[text_end : text_end + openmetrics_length]
-        return Exposition(body[_SIZES.size : text_end], openmetrics, text_size, openmetrics_size)
+        openmetrics = bytes(body[text_end : text_end + openmetrics_length])
+        return Exposition(bytes(body[_SIZES.size : text_end]), openmetrics, text_size, openmetrics_size)
     if kind is _Kind.PAGE_REQUEST:
         return PageRequest(*_NUMBER.unpack(body))
     number, size = _PAGE.unpack_from(body)
-    return Page(number, body[_PAGE.size :], size)
+    return Page(number, bytes(body[_PAGE.size :]), size)
