@@ -24,7 +24,7 @@ from libvirt_exporter.config import Config
 from libvirt_exporter.connection import DomainsChanged, MainConnection, Opener
 from libvirt_exporter.cycle import Rounds, run_forever
 from libvirt_exporter.exposition import Snapshot, TakenState
-from libvirt_exporter.front_link import Front, FrontEnded
+from libvirt_exporter.front_link import Front, FrontFailed
 from libvirt_exporter.host import HostAccess, LocalHost
 from libvirt_exporter.inventory import Inventory
 from libvirt_exporter.lanes import Dispatcher
@@ -168,7 +168,8 @@ class Exporter:
 
     def serve_forever(self) -> None:
         """Listen, start the front process that answers on that socket (front.py), sample, and hand
-        the front each exposition, until SIGTERM. Raises FrontEnded if the front ends first."""
+        the front each exposition, until SIGTERM. Raises FrontFailed if the front cannot start or ends
+        first."""
         listener = listen(self.config.listen_host, self.config.listen_port)  # a port in use fails here
         _favour_the_hub()
         front = Front.start(listener, self.config)
@@ -187,7 +188,7 @@ class Exporter:
         self.stop()
         front.stop()
         if not stopping.is_set():
-            raise FrontEnded(f"the front process (which answers HTTP) ended: {front.how_it_ended()}")
+            raise FrontFailed(f"the front process (which answers HTTP) ended: {front.how_it_ended()}")
 
     def follow_changes(self) -> None:
         """Act on what the main connection reports, in a greenlet of its own: show a lost or new

@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level, config.log_format)
     warn_of_retired_flags(args)
     from libvirt_exporter.app import Exporter  # imports gevent and libvirt only once flags are good
-    from libvirt_exporter.front_link import FrontEnded
+    from libvirt_exporter.front_link import FrontFailed
 
     log.info("starting libvirt-exporter", version=__version__, uri=config.libvirt_uri)
     if config.libvirt_uri.startswith("test://"):
@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except FrontEnded as error:
+    except FrontFailed as error:
         print(f"libvirt-exporter: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

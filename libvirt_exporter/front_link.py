@@ -30,8 +30,9 @@ was started by may not resolve for the user it runs as (a virtualenv's link into
 `nobody`). Given `sys.executable` as its name, the interpreter finds the same modules as ours."""
 
 
-class FrontEnded(Exception):
-    """The front process ended while the exporter was not stopping: nothing answers scrapes."""
+class FrontFailed(Exception):
+    """The front process could not start, or ended while the exporter was not stopping: nothing
+    answers scrapes."""
 
 
 def answer_pages(channel: Channel, snapshot: Snapshot) -> None:
@@ -76,12 +77,16 @@ class Front:
             config.log_level,
             config.log_format,
         )
-        process = gevent.subprocess.Popen(
-            [sys.executable, "-m", "libvirt_exporter.front", setup.to_json()],
-            executable=_THIS_INTERPRETER,
-            pass_fds=(listener.fileno(), theirs.fileno()),
-        )
-        theirs.close()
+        try:
+            process = gevent.subprocess.Popen(
+                [sys.executable, "-m", "libvirt_exporter.front", setup.to_json()],
+                executable=_THIS_INTERPRETER,
+                pass_fds=(listener.fileno(), theirs.fileno()),
+            )
+        except OSError as error:  # not the port's fault: the caller reports those as "cannot listen"
+            raise FrontFailed(f"the front process (which answers HTTP) could not start: {error}") from error
+        finally:
+            theirs.close()
         return cls(process, Channel(ours))
 
     @property

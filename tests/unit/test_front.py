@@ -20,10 +20,11 @@ import gevent.socket
 import pytest
 from prometheus_client import CollectorRegistry
 
-from libvirt_exporter import front
+from libvirt_exporter import front, front_link
+from libvirt_exporter.cli import parse_config
 from libvirt_exporter.exposition import Snapshot, TakenState
 from libvirt_exporter.front import HandedOver
-from libvirt_exporter.front_link import answer_pages
+from libvirt_exporter.front_link import Front, FrontFailed, answer_pages
 from libvirt_exporter.handover import Channel
 from libvirt_exporter.http import make_server
 from tests.exposition import parse, value
@@ -176,3 +177,16 @@ def http_status(port: int, path: str) -> int:
             return status
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def test_a_front_that_cannot_start_says_so_not_that_the_port_is_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The port is bound by then: the line must not read "cannot listen", as for a port in use."""
+    monkeypatch.setattr(front_link, "_THIS_INTERPRETER", "/nonexistent/python3")
+    config, _ = parse_config(["--libvirt.uri=test:///default"])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with pytest.raises(FrontFailed, match=r"front process .* could not start: .*No such file"):
+            Front.start(listener, config)
