@@ -56,9 +56,9 @@ def _favour_the_hub() -> None:
     """The hub hands each render to the front, answers its status page requests and times every
     call's deadline, while the threads of the render and of the calls (which split libvirt's
     answers in Python) hold the GIL for long stretches: the hub gets it back within
-    SWITCH_INTERVAL. A garbage collection holds it
-    throughout, so what lives as long as the process (modules, classes, functions) is left out of
-    the collector's passes (what each bought: docs/benchmarks.md)."""
+    SWITCH_INTERVAL. A garbage collection holds it throughout, so what lives as long as the process
+    (modules, classes, functions) is left out of the collector's passes (what each bought:
+    docs/benchmarks.md)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.collect()
     gc.freeze()

@@ -8,10 +8,9 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from libvirt_exporter.front_link import Front, FrontFailed, answer_pages
 from libvirt_exporter.handover import Channel
 from libvirt_exporter.http import make_server
 from tests.exposition import parse, value
+from tests.unit.conftest import wait_for
 from tests.unit.test_cli import exporter_command
 
 START_TIMEOUT = 30.0
@@ -66,7 +66,7 @@ def running() -> Iterator[Running]:
     match = re.search(r"front_pid=(\d+)", line)
     assert match, line
     started = Running(exporter, int(match.group(1)), port)
-    wait_until(lambda: value(parse(started.get("/metrics")), "libvirt_up") == 1, timeout=START_TIMEOUT)
+    wait_for(lambda: value(parse(started.get("/metrics")), "libvirt_up") == 1, timeout=START_TIMEOUT)
     yield started
     for pid in (exporter.pid, int(match.group(1))):
         if not ended(pid):
@@ -82,13 +82,6 @@ def ended(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "not within the timeout"
-        time.sleep(0.05)
 
 
 def mapped_files(pid: int) -> str:
@@ -108,7 +101,7 @@ def test_each_new_snapshot_reaches_the_front(running: Running) -> None:
         return value(series, "libvirt_sampler_last_success_timestamp_seconds", sampler="bulk") or 0
 
     first = sampled_at()
-    wait_until(lambda: sampled_at() > first, timeout=START_TIMEOUT)
+    wait_for(lambda: sampled_at() > first, timeout=START_TIMEOUT)
 
 
 def test_scrapes_are_answered_while_the_exporters_process_is_stopped(running: Running) -> None:
@@ -122,7 +115,7 @@ def test_scrapes_are_answered_while_the_exporters_process_is_stopped(running: Ru
 
 def test_the_front_ends_with_the_exporter_however_it_ends(running: Running) -> None:
     os.kill(running.exporter.pid, signal.SIGKILL)
-    wait_until(lambda: ended(running.front_pid), timeout=END_TIMEOUT)
+    wait_for(lambda: ended(running.front_pid), timeout=END_TIMEOUT)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", running.port), timeout=5).close()
 
@@ -140,7 +133,7 @@ def test_sigterm_stops_both_cleanly(running: Running) -> None:
     """systemd stops the exporter with SIGTERM (the front ignores it, and ends with the exporter)."""
     os.kill(running.exporter.pid, signal.SIGTERM)
     assert running.exporter.wait(timeout=END_TIMEOUT) == 0
-    wait_until(lambda: ended(running.front_pid), timeout=END_TIMEOUT)
+    wait_for(lambda: ended(running.front_pid), timeout=END_TIMEOUT)
 
 
 def test_a_status_page_that_fails_to_render_is_a_500_and_metrics_are_still_served() -> None:
